@@ -1,0 +1,421 @@
+"""The batched decoding engine.
+
+Every step runs ONE forward over all rows of the batch — for each sequence its
+``__base__`` row plus one row per LoRA head it uses, each row with its own KV
+cache entry — then, per sequence: base top-k → head values → combine → sample
+→ append. Heads that no sequence uses cost nothing; ``linear`` heads read the
+base row and add no row at all.
+
+Requests are expanded into sequences by their method (``methods.py``): ``base``
+and ``vas`` are one sequence each, ``bon`` is N sequences reduced to the best.
+Dimension letters are listed in ``sampling.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from personalize.decoding import methods
+from personalize.decoding.config import FinishReason, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.rng import uniforms
+from personalize.decoding.sampling import ValueEntries, ValueStack, guide_scores, sample_tokens
+from personalize.decoding.text import TextStream
+from personalize.errors import ContextLengthError, UnknownObjectiveError
+from personalize.heads import HeadMeta, ValueHead, check_compatible
+from personalize.lora import MultiLoRALinear, wrap_targets
+from personalize.models import BaseModel
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """One token stream to decode: a prompt, a seed and which heads steer it how strongly."""
+
+    request_index: int
+    prompt_ids: tuple[int, ...]
+    seed: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    steer: tuple[tuple[str, float], ...]  # (objective, beta * weight), non-zero only
+
+
+@dataclass
+class SequenceOutput:
+    """What one sequence produced, filled in as it decodes."""
+
+    spec: SequenceSpec
+    text: TextStream
+    finish_reason: FinishReason | None = None
+    rows: int = 1
+    steps: int = 0
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.text.token_ids
+
+
+@dataclass
+class _Layout:
+    """Index tensors of the live batch; rebuilt only when its composition changes."""
+
+    live: list[int]  # sequence numbers (into the run's outputs) still decoding, in row order
+    row_slots: torch.Tensor  # (R,) LoRA slot per row, 0 = base
+    row_sequence: torch.Tensor  # (R,) live position of each row's sequence
+    base_rows: torch.Tensor  # (S,)
+    entries: ValueEntries
+    temperature: torch.Tensor  # (S,)
+    top_p: torch.Tensor  # (S,)
+    top_k: torch.Tensor  # (S,)
+    seeds: torch.Tensor  # (S,) int64
+    max_top_k: int
+    use_top_p: bool
+
+
+@dataclass
+class _Heads:
+    """Loaded heads and their slots: value slot per objective, LoRA slot per LoRA head."""
+
+    heads: dict[str, ValueHead] = field(default_factory=dict)
+    value_slot: dict[str, int] = field(default_factory=dict)
+    lora_slot: dict[str, int] = field(default_factory=dict)
+    stack: ValueStack | None = None
+
+
+class Engine:
+    """Decodes batches of requests against one frozen base model and its value heads.
+
+    Not thread-safe: run one ``stream``/``generate`` at a time (the service feeds it
+    from a single worker), and change heads only between batches.
+    """
+
+    def __init__(self, base: BaseModel, heads: Sequence[ValueHead] = ()) -> None:
+        self.base = base
+        self._decoder: nn.Module = base.model.get_decoder()
+        self._lm_head: nn.Module = base.model.get_output_embeddings()
+        self._embedding: torch.Tensor = self._lm_head.weight  # (V, H), frozen
+        self._wrappers: dict[str, MultiLoRALinear] = {}
+        self._heads = _Heads()
+        for head in heads:
+            self.add_head(head, _rebuild=False)
+        self._rebuild()
+
+    # ---- heads -------------------------------------------------------------------------
+    @property
+    def objectives(self) -> Mapping[str, HeadMeta]:
+        return {name: head.meta for name, head in self._heads.heads.items()}
+
+    def add_head(self, head: ValueHead, *, _rebuild: bool = True) -> None:
+        """Load (or replace) the head for ``head.objective``; validated against the backbone."""
+        check_compatible(head, self.base)
+        if head.meta.lora is not None:
+            self._wrappers = wrap_targets(self.base.model, head.meta.lora.target_modules)
+        self._heads.heads[head.objective] = head
+        if _rebuild:
+            self._rebuild()
+
+    def remove_head(self, objective: str) -> None:
+        if objective not in self._heads.heads:
+            raise UnknownObjectiveError(objective, self._heads.heads)
+        del self._heads.heads[objective]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Restack value outputs and LoRA adapters after the head set changed."""
+        heads = self._heads.heads
+        dev = self.base.device
+        self._heads.value_slot = {name: i for i, name in enumerate(heads)}
+        lora_heads = [name for name, h in heads.items() if h.meta.kind == "lora"]
+        self._heads.lora_slot = {name: i + 1 for i, name in enumerate(lora_heads)}
+        module_names = list(self._wrappers)
+        per_head = {name: heads[name].adapter_pairs(module_names) for name in lora_heads}
+        for module, wrapper in self._wrappers.items():
+            wrapper.set_adapters([per_head[name].get(module) for name in lora_heads])
+        if not heads:
+            self._heads.stack = None
+            return
+        rank = max(h.meta.value_rank for h in heads.values())
+        hidden = self.base.hidden_size
+        down = torch.zeros(len(heads), rank, hidden)
+        up = torch.zeros(len(heads), hidden, rank)
+        inv_scale = torch.zeros(len(heads))
+        for slot, head in enumerate(heads.values()):
+            r = head.meta.value_rank
+            down[slot, :r] = head.output.down.weight.detach().float().cpu()
+            up[slot, :, :r] = head.output.up.weight.detach().float().cpu()
+            inv_scale[slot] = 1.0 / head.meta.calibration.scale
+        self._heads.stack = ValueStack(down.to(dev), up.to(dev), inv_scale.to(dev))
+
+    # ---- public decoding API -------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> list[GenerationResult]:
+        """Decode all requests in one batch and return their results in order."""
+        run = _Run(self, requests, reward)
+        for _ in run.events():
+            pass
+        return run.results()
+
+    def stream(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> Iterator[StreamEvent]:
+        """Decode all requests in one batch, yielding text as each token is produced."""
+        return _Run(self, requests, reward).events()
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise the error a request would hit, before it joins a batch."""
+        for name in request.personalization.weights:
+            if name not in self._heads.heads:
+                raise UnknownObjectiveError(name, self._heads.heads)
+        limit = self.base.context_length
+        need = len(request.prompt_ids) + request.sampling.max_new_tokens
+        if need > limit:
+            raise ContextLengthError(
+                f"prompt ({len(request.prompt_ids)} tokens) + max_new_tokens "
+                f"({request.sampling.max_new_tokens}) = {need} exceeds the model's context of {limit} tokens"
+            )
+
+    def head_versions(self, objectives: Sequence[str]) -> dict[str, str]:
+        return {name: self._heads.heads[name].meta.version for name in objectives}
+
+    # ---- internals used by _Run ------------------------------------------------------------
+    def _layout(self, outputs: Sequence[SequenceOutput], live: list[int]) -> _Layout:
+        dev = self.base.device
+        row_slots: list[int] = []
+        row_sequence: list[int] = []
+        base_rows: list[int] = []
+        src: list[int] = []
+        slots: list[int] = []
+        seqs: list[int] = []
+        coefs: list[float] = []
+        for pos, number in enumerate(live):
+            spec = outputs[number].spec
+            base_row = len(row_slots)
+            base_rows.append(base_row)
+            row_slots.append(0)
+            row_sequence.append(pos)
+            for name, coef in spec.steer:
+                lora = self._heads.lora_slot.get(name)
+                if lora is None:
+                    src.append(base_row)
+                else:
+                    src.append(len(row_slots))
+                    row_slots.append(lora)
+                    row_sequence.append(pos)
+                slots.append(self._heads.value_slot[name])
+                seqs.append(pos)
+                coefs.append(coef)
+        specs = [outputs[n].spec for n in live]
+
+        def ints(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=dev)
+
+        def floats(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=dev)
+
+        return _Layout(
+            live=live,
+            row_slots=ints(row_slots),
+            row_sequence=ints(row_sequence),
+            base_rows=ints(base_rows),
+            entries=ValueEntries(ints(src), ints(slots), ints(seqs), floats(coefs)),
+            temperature=floats([s.temperature for s in specs]),
+            top_p=floats([s.top_p for s in specs]),
+            top_k=ints([s.top_k for s in specs]),
+            seeds=ints([s.seed for s in specs]),
+            max_top_k=max(s.top_k for s in specs),
+            use_top_p=any(s.top_p < 1.0 and s.temperature > 0 for s in specs),
+        )
+
+    def _select_rows(self, layout: _Layout | None) -> None:
+        for wrapper in self._wrappers.values():
+            wrapper.select_rows(None if layout is None else layout.row_slots)
+
+    def _forward(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Backbone forward for all rows; returns each row's last hidden state (R, H)."""
+        out = self._decoder(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+        return out.last_hidden_state[:, -1]  # (R, H)
+
+    def _scores(self, hidden: torch.Tensor, layout: _Layout) -> torch.Tensor:
+        """Forward output → base logits → value-guided scores (S, V) float32."""
+        logits = self._lm_head(hidden[layout.base_rows]).float()  # (S, V)
+        return guide_scores(
+            logits, hidden, self._embedding, self._heads.stack, layout.entries, layout.top_k, layout.max_top_k
+        )
+
+    def _next_tokens(self, hidden: torch.Tensor, layout: _Layout, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample each sequence's next token; return it (S,) and its log-prob under the guided scores (S,)."""
+        scores = self._scores(hidden, layout)  # (S, V)
+        u = uniforms(layout.seeds, step)  # (S,)
+        tokens = sample_tokens(scores, layout.temperature, layout.top_p, u, use_top_p=layout.use_top_p)  # (S,)
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)
+        return tokens, logprobs
+
+    def next_token_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
+        """Guided scores of the first token of each request's sequences, computed from scratch (S, V).
+
+        Rows are ordered like the sequences (one per request, N for ``bon``). Used to
+        inspect steering and to check the cached decode loop against recomputation.
+        """
+        run = _Run(self, requests, None)
+        with torch.inference_mode():
+            layout, _, _, _, hidden = run.prefill()
+            scores = self._scores(hidden, layout)
+        self._select_rows(None)
+        return scores
+
+
+class _Run:
+    """One batch of requests decoded together."""
+
+    def __init__(self, engine: Engine, requests: Sequence[GenerationRequest], reward: RewardFn | None) -> None:
+        self.engine = engine
+        self.requests = list(requests)
+        for request in self.requests:
+            engine.validate(request)
+        self.reward = reward
+        self.outputs: list[SequenceOutput] = []
+        self._winners: dict[int, tuple[int, float | None]] = {}
+        tokenizer = engine.base.tokenizer
+        for index, request in enumerate(self.requests):
+            seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
+            for spec in methods.expand(index, request, seed):
+                self.outputs.append(SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=1 + self._lora_rows(spec)))
+        self._by_request: dict[int, list[int]] = {}
+        for number, out in enumerate(self.outputs):
+            self._by_request.setdefault(out.spec.request_index, []).append(number)
+
+    def _lora_rows(self, spec: SequenceSpec) -> int:
+        return sum(1 for name, _ in spec.steer if name in self.engine._heads.lora_slot)
+
+    def prefill(self) -> tuple[_Layout, DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run every row's prompt once: layout, filled cache, mask (R, L), positions (R, L), hidden (R, H)."""
+        engine = self.engine
+        layout = engine._layout(self.outputs, list(range(len(self.outputs))))
+        ids, mask, positions = self._prefill_inputs(layout)
+        cache = DynamicCache()
+        engine._select_rows(layout)
+        hidden = engine._forward(ids, mask, positions, cache)  # (R, H)
+        return layout, cache, mask, positions, hidden
+
+    def events(self) -> Iterator[StreamEvent]:
+        engine = self.engine
+        eos = set(engine.base.eos_token_ids)
+        if not self.outputs:
+            return
+        try:
+            with torch.inference_mode():
+                layout, cache, mask, positions, hidden = self.prefill()
+                next_ids, logprobs = engine._next_tokens(hidden, layout, step=0)  # (S,), (S,)
+            step = 0
+            while True:
+                tokens = next_ids.tolist()  # the one device sync per step
+                token_logprobs = logprobs.tolist()
+                finished: set[int] = set()
+                for pos, token in enumerate(tokens):
+                    number = layout.live[pos]
+                    event = self._advance(number, token, token_logprobs[pos], eos)
+                    if event is not None:
+                        yield event
+                    if self.outputs[number].finish_reason is not None:
+                        finished.add(pos)
+                        yield from self._maybe_reduce(self.outputs[number].spec.request_index)
+                step += 1
+                with torch.inference_mode():
+                    row_tokens = next_ids[layout.row_sequence]  # (R,)
+                    if finished:
+                        keep = [p for p in range(len(layout.live)) if p not in finished]
+                        if not keep:
+                            return
+                        kept = torch.tensor(keep, device=mask.device)
+                        rows = torch.isin(layout.row_sequence, kept).nonzero().squeeze(-1)  # (R',)
+                        cache.batch_select_indices(rows)
+                        mask, positions, row_tokens = mask[rows], positions[rows], row_tokens[rows]
+                        layout = engine._layout(self.outputs, [layout.live[p] for p in keep])
+                        engine._select_rows(layout)
+                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (R, L+1)
+                    positions = positions[:, -1:] + 1  # (R, 1)
+                    hidden = engine._forward(row_tokens.unsqueeze(-1), mask, positions, cache)  # (R, H)
+                    next_ids, logprobs = engine._next_tokens(hidden, layout, step=step)  # (S,), (S,)
+        finally:
+            engine._select_rows(None)
+
+    def _prefill_inputs(self, layout: _Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids, attention mask and positions for every row: (R, L) each."""
+        row_prompts = [self.outputs[layout.live[s]].spec.prompt_ids for s in layout.row_sequence.tolist()]
+        length = max(len(p) for p in row_prompts)
+        pad = self.engine.base.pad_token_id
+        ids = torch.full((len(row_prompts), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(row_prompts), length), dtype=torch.long)
+        for row, prompt in enumerate(row_prompts):
+            ids[row, length - len(prompt) :] = torch.tensor(prompt)
+            mask[row, length - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (R, L)
+        dev = self.engine.base.device
+        return ids.to(dev), mask.to(dev), positions.to(dev)
+
+    def _advance(self, number: int, token: int, logprob: float, eos: set[int]) -> StreamEvent | None:
+        out = self.outputs[number]
+        out.steps += 1
+        spec = out.spec
+        index = spec.request_index
+        streams = methods.streams(self.requests[index])
+        if token in eos:
+            out.finish_reason = "stop"
+            tail = out.text.finish()
+            return StreamEvent(index, token, tail, "stop", logprob) if streams else None
+        delta = out.text.push(token)
+        if out.text.stopped:
+            out.finish_reason = "stop"
+        elif len(out.token_ids) >= spec.max_new_tokens:
+            out.finish_reason = "length"
+            delta += out.text.finish()
+        return StreamEvent(index, token, delta, out.finish_reason, logprob) if streams else None
+
+    def _maybe_reduce(self, index: int) -> Iterator[StreamEvent]:
+        """When all sequences of a non-streaming request are done, pick its winner and emit it."""
+        numbers = self._by_request[index]
+        if any(self.outputs[n].finish_reason is None for n in numbers) or index in self._winners:
+            return
+        request = self.requests[index]
+        if methods.streams(request):
+            self._winners[index] = (numbers[0], None)
+            return
+        texts = [self.outputs[n].text.text for n in numbers]
+        winner, score = methods.reduce(request, texts, self.engine.base, self.reward)
+        self._winners[index] = (numbers[winner], score)
+        out = self.outputs[numbers[winner]]
+        last = out.token_ids[-1] if out.token_ids else -1
+        yield StreamEvent(index, last, out.text.text, out.finish_reason)
+
+    def results(self) -> list[GenerationResult]:
+        results = []
+        for index, request in enumerate(self.requests):
+            number, score = self._winners[index]
+            out = self.outputs[number]
+            spent = [self.outputs[n] for n in self._by_request[index]]
+            steered = [name for name, _ in out.spec.steer]
+            assert out.finish_reason is not None
+            results.append(
+                GenerationResult(
+                    token_ids=tuple(out.token_ids),
+                    text=out.text.text,
+                    finish_reason=out.finish_reason,
+                    prompt_tokens=len(request.prompt_ids),
+                    personalization=request.personalization,
+                    head_versions=self.engine.head_versions(steered),
+                    forward_rows=sum(o.rows * o.steps for o in spent),
+                    processed_tokens=sum(o.rows * (len(o.spec.prompt_ids) + o.steps) for o in spent),
+                    reward=score,
+                )
+            )
+        return results

@@ -1,0 +1,112 @@
+"""Pure tensor steps of the decoder: value guidance, then sampling.
+
+Dimension letters used across ``personalize.decoding``:
+    S sequences (token streams being decoded), R batch rows (a sequence's base
+    row plus one row per LoRA head it uses), M value entries (one per
+    sequence x head it uses), C top-k candidates, V vocabulary, H hidden size,
+    N loaded heads (value slots), r low rank.
+
+Nothing here touches a database, file, clock or logger, and nothing syncs the
+device: tensors and configuration in, tensors out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ValueStack:
+    """All loaded heads' value outputs stacked by slot, float32 on the decode device."""
+
+    down: torch.Tensor  # (N, r, H)
+    up: torch.Tensor  # (N, H, r)
+    inv_scale: torch.Tensor  # (N,) 1 / calibration scale
+
+
+@dataclass(frozen=True)
+class ValueEntries:
+    """Which hidden state feeds which head for which sequence, and with what coefficient."""
+
+    source_row: torch.Tensor  # (M,) row whose final hidden state the head reads
+    slot: torch.Tensor  # (M,) value slot of the head
+    sequence: torch.Tensor  # (M,) sequence the value steers
+    coef: torch.Tensor  # (M,) beta * weight, float32
+
+    @property
+    def empty(self) -> bool:
+        return self.slot.numel() == 0
+
+
+def head_values(
+    hidden: torch.Tensor,
+    candidates: torch.Tensor,
+    embedding: torch.Tensor,
+    stack: ValueStack,
+    entries: ValueEntries,
+) -> torch.Tensor:
+    """Relative ``Q(s, a)`` of each entry's candidates: ``E[a] · U(D h)`` (state value and bias cancel).
+
+    hidden (R, H), candidates (S, C) token ids, embedding (V, H) -> (M, C) float32.
+    """
+    h = hidden[entries.source_row].float()  # (M, H)
+    down = stack.down[entries.slot]  # (M, r, H)
+    up = stack.up[entries.slot]  # (M, H, r)
+    direction = torch.bmm(up, torch.bmm(down, h.unsqueeze(-1)))  # (M, H, 1)
+    cand_emb = embedding[candidates[entries.sequence]].float()  # (M, C, H)
+    return torch.bmm(cand_emb, direction).squeeze(-1)  # (M, C)
+
+
+def guide_scores(
+    logits: torch.Tensor,
+    hidden: torch.Tensor,
+    embedding: torch.Tensor,
+    stack: ValueStack | None,
+    entries: ValueEntries,
+    top_k: torch.Tensor,
+    max_top_k: int,
+) -> torch.Tensor:
+    """``logits + beta · Σ_k w_k · z_k`` over each sequence's base top-k (unchanged elsewhere).
+
+    ``z_k`` is head k's value centred over the top-k and divided by its calibration
+    scale. logits (S, V) float32 -> (S, V) float32.
+    """
+    if stack is None or entries.empty:
+        return logits
+    _, candidates = logits.topk(max_top_k, dim=-1)  # (S, C)
+    valid = torch.arange(max_top_k, device=logits.device) < top_k.unsqueeze(-1)  # (S, C)
+    values = head_values(hidden, candidates, embedding, stack, entries)  # (M, C)
+    entry_valid = valid[entries.sequence].float()  # (M, C)
+    mean = (values * entry_valid).sum(-1, keepdim=True) / entry_valid.sum(-1, keepdim=True)  # (M, 1)
+    scale = (entries.coef * stack.inv_scale[entries.slot]).unsqueeze(-1)  # (M, 1)
+    z = (values - mean) * entry_valid * scale  # (M, C)
+    bonus = torch.zeros(logits.shape[0], max_top_k, device=logits.device).index_add_(0, entries.sequence, z)  # (S, C)
+    return logits.scatter_add(1, candidates, bonus)  # (S, V)
+
+
+def sample_tokens(
+    scores: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
+    *,
+    use_top_p: bool,
+) -> torch.Tensor:
+    """Temperature → top-p → inverse-CDF draw with one uniform per row; temperature 0 is greedy.
+
+    scores (S, V), temperature/top_p/uniform (S,) -> token ids (S,).
+    """
+    greedy = scores.argmax(dim=-1)  # (S,)
+    probs = torch.softmax(scores / temperature.clamp_min(1e-6).unsqueeze(-1), dim=-1)  # (S, V)
+    if use_top_p:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # (S, V)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (S, V)
+        keep = (mass_before < top_p.unsqueeze(-1)) | (top_p >= 1.0).unsqueeze(-1)  # (S, V) first always kept
+        # Back to vocabulary order, so a row with top_p = 1 draws exactly as without top-p.
+        probs = probs * torch.zeros_like(keep).scatter(-1, order, keep)  # (S, V)
+    cdf = probs.cumsum(dim=-1)  # (S, V)
+    target = (uniform * cdf[:, -1]).unsqueeze(-1)  # (S, 1)
+    sampled = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1).squeeze(-1)  # (S,)
+    return torch.where(temperature == 0, greedy, sampled)

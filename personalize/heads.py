@@ -1,0 +1,341 @@
+"""Value heads: one per objective, a few MB each.
+
+A head estimates ``Q(s, a)`` — the expected final reward of appending token ``a``
+to prefix ``s`` — for every vocabulary token in one forward pass:
+
+    Q(s, a) = v · h + E[a] · U(D h) + b
+
+``h`` is the final hidden state of the head's row, ``E`` the backbone's frozen
+output embedding, ``D`` (H→r) and ``U`` (r→H) a small low-rank map, ``v`` a
+state-value vector and ``b`` a bias. ``v·h + b`` is the same for every candidate
+token, so it cancels when the decoder centres values over the top-k; it is kept
+because training regresses absolute returns.
+
+Two kinds:
+- ``lora``: the row runs the backbone with the head's LoRA adapter (one extra
+  batch row per request at decode time; steers well at high beta).
+- ``linear``: reads the base row's hidden state (no adapter, no extra row: free
+  at decode time, but weaker).
+
+On disk a head is a directory: ``head.json`` (metadata), ``value_head.safetensors``
+and, for ``lora``, ``adapter_model.safetensors`` + ``adapter_config.json`` in
+peft's format. Only safetensors are read; any pickle-capable file is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from personalize.errors import (
+    BackboneMismatchError,
+    HeadFormatError,
+    TokenizerMismatchError,
+    UnsafeArtifactError,
+)
+from personalize.lora import PEFT_PREFIX, LoraSpec, MultiLoRALinear, adapter_pairs
+from personalize.models import BaseModel
+
+HeadKind = Literal["lora", "linear"]
+HEAD_JSON = "head.json"
+VALUE_FILE = "value_head.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ALLOWED_FILES = frozenset({HEAD_JSON, VALUE_FILE, ADAPTER_FILE, ADAPTER_CONFIG, "README.md"})
+UNSAFE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
+MAX_HEAD_BYTES = 10 * 1024 * 1024
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+FORMAT_VERSION = 1
+
+
+def check_objective_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise HeadFormatError(
+            f"objective name must match {NAME_PATTERN.pattern} (lowercase letters, digits, '_' or '-'), got {name!r}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Return statistics from training; ``scale`` divides centred values so weight 1.0 means the same strength."""
+
+    return_mean: float = 0.0
+    return_std: float = 1.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("return_mean", "return_std", "scale"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise HeadFormatError(f"calibration.{name} must be a finite number, got {value!r}")
+        if self.scale <= 0:
+            raise HeadFormatError(f"calibration.scale must be > 0, got {self.scale}")
+
+
+@dataclass(frozen=True)
+class HeadMeta:
+    """Everything ``head.json`` records about a head."""
+
+    objective: str
+    version: str
+    kind: HeadKind
+    backbone_id: str
+    tokenizer_hash: str
+    hidden_size: int
+    value_rank: int
+    description: str = ""
+    reward: str = ""
+    calibration: Calibration = field(default_factory=Calibration)
+    lora: LoraSpec | None = None
+    training: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        check_objective_name(self.objective)
+        if self.kind not in ("lora", "linear"):
+            raise HeadFormatError(f"kind must be 'lora' or 'linear', got {self.kind!r}")
+        if (self.kind == "lora") != (self.lora is not None):
+            raise HeadFormatError(f"a {self.kind!r} head {'needs' if self.kind == 'lora' else 'has no'} a lora spec")
+        if not self.version or "/" in self.version or ".." in self.version:
+            raise HeadFormatError(f"version must be a plain non-empty string, got {self.version!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.lora is not None:
+            data["lora"]["target_modules"] = list(self.lora.target_modules)
+        data["training"] = dict(self.training)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HeadMeta:
+        try:
+            fields = dict(data)
+            fields["calibration"] = Calibration(**fields.get("calibration", {}))
+            lora = fields.get("lora")
+            if lora is not None:
+                fields["lora"] = LoraSpec(
+                    rank=int(lora["rank"]), alpha=float(lora["alpha"]), target_modules=tuple(lora["target_modules"])
+                )
+            return cls(**fields)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise HeadFormatError(f"malformed {HEAD_JSON}: {exc}") from exc
+
+
+class TokenValueOutput(nn.Module):
+    """``Q(s, ·)`` for every token from one hidden state, via the frozen output embedding."""
+
+    def __init__(self, hidden_size: int, rank: int = 16, init_bias: float = 0.0) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden_size, rank, bias=False)  # D: H -> r
+        self.up = nn.Linear(rank, hidden_size, bias=False)  # U: r -> H, zero-init: Q starts flat
+        self.state = nn.Linear(hidden_size, 1, bias=False)  # v, zero-init
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.state.weight)
+
+    def direction(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``U(D h)``: the vector whose dot product with ``E[a]`` gives a's relative value."""
+        return self.up(self.down(hidden))  # (..., H)
+
+    def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Absolute ``Q(s, a)`` for all ``a``: hidden (..., H), embedding (V, H) -> (..., V)."""
+        relative = self.direction(hidden) @ embedding.T  # (..., V)
+        return relative + self.state(hidden) + self.bias  # (..., V)
+
+
+@dataclass
+class ValueHead:
+    """A loaded head: metadata, value output and (for ``lora``) peft-format adapter tensors."""
+
+    meta: HeadMeta
+    output: TokenValueOutput
+    adapter: dict[str, torch.Tensor] | None = None
+
+    @property
+    def objective(self) -> str:
+        return self.meta.objective
+
+    def adapter_pairs(self, module_names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if self.meta.lora is None or self.adapter is None:
+            return {}
+        return adapter_pairs(self.adapter, self.meta.lora, module_names)
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The model's linear layers by name, seeing through LoRA wrappers the engine may have added."""
+    layers: dict[str, nn.Linear] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, MultiLoRALinear):
+            layers[name] = module.base
+        elif isinstance(module, nn.Linear) and not name.endswith(".base"):
+            layers[name] = module
+    return layers
+
+
+def new_head(
+    base: BaseModel,
+    objective: str,
+    *,
+    kind: HeadKind = "lora",
+    version: str = "1",
+    value_rank: int = 16,
+    lora: LoraSpec | None = None,
+    description: str = "",
+    reward: str = "",
+    init_bias: float = 0.0,
+    seed: int = 0,
+) -> ValueHead:
+    """A fresh head for ``base``: zero-initialised outputs (and LoRA B), so it starts neutral."""
+    if kind == "lora" and lora is None:
+        lora = LoraSpec(rank=8, alpha=16.0, target_modules=("q_proj", "v_proj"))
+    if kind == "linear":
+        lora = None
+    meta = HeadMeta(
+        objective=objective,
+        version=version,
+        kind=kind,
+        backbone_id=base.backbone_id,
+        tokenizer_hash=base.tokenizer_hash,
+        hidden_size=base.hidden_size,
+        value_rank=value_rank,
+        description=description,
+        reward=reward,
+        lora=lora,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    output = TokenValueOutput(base.hidden_size, value_rank, init_bias)
+    with torch.no_grad():
+        output.down.weight.copy_(torch.randn(output.down.weight.shape, generator=gen) / math.sqrt(base.hidden_size))
+    adapter = None
+    if lora is not None:
+        adapter = {}
+        for name, module in linear_layers(base.model).items():
+            if name.rsplit(".", 1)[-1] in lora.target_modules:
+                a = torch.randn(lora.rank, module.in_features, generator=gen) / math.sqrt(module.in_features)
+                adapter[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
+                adapter[f"{PEFT_PREFIX}{name}.lora_B.weight"] = torch.zeros(module.out_features, lora.rank)
+        if not adapter:
+            raise HeadFormatError(f"backbone has no linear layers named {lora.target_modules}")
+    return ValueHead(meta, output, adapter)
+
+
+def save_head(head: ValueHead, directory: Path) -> Path:
+    """Write a head directory (safetensors + JSON only)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.output.state_dict().items()}
+    save_file(tensors, str(directory / VALUE_FILE), metadata={"format": "pt"})
+    if head.adapter is not None and head.meta.lora is not None:
+        adapter = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.adapter.items()}
+        save_file(adapter, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
+        spec = head.meta.lora
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": head.meta.backbone_id,
+            "r": spec.rank,
+            "lora_alpha": spec.alpha,
+            "lora_dropout": 0.0,
+            "target_modules": list(spec.target_modules),
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "inference_mode": True,
+        }
+        (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    (directory / HEAD_JSON).write_text(json.dumps(head.meta.to_json(), indent=2, sort_keys=True))
+    return directory
+
+
+def check_artifact_files(directory: Path) -> None:
+    """Refuse pickle-capable files, unexpected files, links escaping the folder and oversize heads."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise HeadFormatError(f"head directory {directory} does not exist")
+    total = 0
+    root = directory.resolve()
+    for path in directory.iterdir():
+        if path.suffix.lower() in UNSAFE_SUFFIXES:
+            raise UnsafeArtifactError(
+                f"{path.name}: pickle-capable files are never loaded; heads must be safetensors + JSON "
+                f"(allowed files: {', '.join(sorted(ALLOWED_FILES))})"
+            )
+        if path.name not in ALLOWED_FILES:
+            raise HeadFormatError(f"unexpected file {path.name!r} in head; allowed: {', '.join(sorted(ALLOWED_FILES))}")
+        if path.is_symlink() or not path.resolve().is_relative_to(root) or not path.is_file():
+            raise UnsafeArtifactError(f"{path.name} must be a regular file inside the head directory")
+        total += path.stat().st_size
+    if total > MAX_HEAD_BYTES:
+        raise HeadFormatError(f"head is {total / 2**20:.1f} MiB; the limit is {MAX_HEAD_BYTES / 2**20:.0f} MiB")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise HeadFormatError(f"missing {path.name}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HeadFormatError(f"{path.name} is not a valid safetensors file: {exc}") from exc
+
+
+def load_head(directory: Path, base: BaseModel | None = None) -> ValueHead:
+    """Load and validate a head directory; with ``base``, also check it fits that backbone."""
+    directory = Path(directory)
+    check_artifact_files(directory)
+    try:
+        meta = HeadMeta.from_json(json.loads((directory / HEAD_JSON).read_text()))
+    except FileNotFoundError as exc:
+        raise HeadFormatError(f"{directory} has no {HEAD_JSON}") from exc
+    except json.JSONDecodeError as exc:
+        raise HeadFormatError(f"{HEAD_JSON} is not valid JSON: {exc}") from exc
+    if meta.format_version != FORMAT_VERSION:
+        raise HeadFormatError(f"head format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
+    output = TokenValueOutput(meta.hidden_size, meta.value_rank)
+    state = _load_tensors(directory / VALUE_FILE)
+    expected = {k: tuple(v.shape) for k, v in output.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        raise HeadFormatError(f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}")
+    output.load_state_dict(state)
+    output.requires_grad_(False)
+    adapter = _load_tensors(directory / ADAPTER_FILE) if meta.kind == "lora" else None
+    head = ValueHead(meta, output, adapter)
+    if base is not None:
+        check_compatible(head, base)
+    return head
+
+
+def check_compatible(head: ValueHead, base: BaseModel) -> None:
+    """Refuse a head trained on another backbone, tokenizer, or shape."""
+    meta = head.meta
+    if meta.backbone_id != base.backbone_id:
+        raise BackboneMismatchError(
+            f"head {meta.objective!r} v{meta.version} was trained on backbone {meta.backbone_id!r}, "
+            f"but the loaded base model is {base.backbone_id!r}"
+        )
+    if meta.tokenizer_hash != base.tokenizer_hash:
+        raise TokenizerMismatchError(
+            f"head {meta.objective!r} v{meta.version} expects tokenizer {meta.tokenizer_hash[:12]}…, "
+            f"the base model's is {base.tokenizer_hash[:12]}…"
+        )
+    if meta.hidden_size != base.hidden_size:
+        raise HeadFormatError(f"head hidden size {meta.hidden_size} != backbone hidden size {base.hidden_size}")
+    if head.adapter is not None:
+        shapes = linear_layers(base.model)
+        for module, (a, b) in head.adapter_pairs(list(shapes)).items():
+            linear = shapes[module]
+            if a.shape[1] != linear.in_features or b.shape[0] != linear.out_features:
+                raise HeadFormatError(
+                    f"adapter for {module} has shapes {tuple(a.shape)}/{tuple(b.shape)}, "
+                    f"layer is {linear.in_features}->{linear.out_features}"
+                )

@@ -1,0 +1,247 @@
+"""Properties of the steered decoder on a tiny random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
+from personalize.decoding.sampling import ValueEntries, ValueStack, guide_scores
+from personalize.errors import ConfigError, ContextLengthError, RewardError, UnknownObjectiveError
+from personalize.heads import load_head, new_head
+from personalize.models import BaseModel
+from tests.conftest import randomize_head
+
+PROMPTS = ["How do I clean my keyboard?", "Explain photosynthesis.", "I love sunny days"]
+
+
+def req(base: BaseModel, prompt: str, weights=None, *, beta=2.0, method="vas", temperature=1.0, seed=0, n=12, **kw):
+    return GenerationRequest(
+        tuple(base.encode_prompt(prompt)),
+        SamplingParams(max_new_tokens=n, temperature=temperature, seed=seed, **kw),
+        Personalization(weights or {}, beta=beta, method=method),
+    )
+
+
+@pytest.fixture()
+def engine(fresh_tiny_base: BaseModel, tiny_head_dir) -> Engine:
+    heads = [
+        load_head(tiny_head_dir("concise", kind="lora", seed=1), fresh_tiny_base),
+        load_head(tiny_head_dir("helpful", kind="lora", seed=2), fresh_tiny_base),
+        load_head(tiny_head_dir("positive", kind="linear", seed=3), fresh_tiny_base),
+    ]
+    return Engine(fresh_tiny_base, heads)
+
+
+def test_zero_weights_greedy_equals_hf_generate(engine: Engine) -> None:
+    base = engine.base
+    for prompt in PROMPTS:
+        ids = base.encode_prompt(prompt)
+        want = base.model.generate(
+            torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=base.pad_token_id
+        )[0, len(ids) :].tolist()
+        eos = set(base.eos_token_ids)
+        want = [t for t in want if t not in eos][: len(want)]
+        zero = {"concise": 0.0, "helpful": 0.0, "positive": 0.0}
+        for method in ("vas", "base"):
+            got = engine.generate([req(base, prompt, zero, temperature=0.0, method=method)])[0]
+            assert list(got.token_ids) == want[: len(got.token_ids)]
+            assert got.forward_rows == got.completion_tokens + (got.finish_reason == "stop")  # base row only
+
+
+def test_zero_weights_scores_equal_base_logits(engine: Engine) -> None:
+    base = engine.base
+    request = req(base, PROMPTS[0], {"concise": 0.0, "positive": 0.0})
+    ids = torch.tensor([request.prompt_ids])
+    with torch.inference_mode():
+        plain = base.model(ids).logits[0, -1].float()
+    # The engine applies the LM head to the last position only: same numbers up to matmul rounding.
+    assert torch.allclose(engine.next_token_scores([request])[0], plain, atol=1e-5, rtol=0)
+
+
+def test_zero_weights_sampling_equals_base_method(engine: Engine) -> None:
+    base = engine.base
+    for seed in range(3):
+        steered_off = engine.generate([req(base, PROMPTS[1], {"concise": 0.0}, seed=seed)])[0]
+        plain = engine.generate([req(base, PROMPTS[1], method="base", seed=seed)])[0]
+        assert steered_off.token_ids == plain.token_ids
+
+
+def test_same_seed_same_text_and_seeds_differ(engine: Engine) -> None:
+    base = engine.base
+    a = engine.generate([req(base, PROMPTS[0], {"concise": 1.0}, seed=7)])[0]
+    b = engine.generate([req(base, PROMPTS[0], {"concise": 1.0}, seed=7)])[0]
+    assert a.token_ids == b.token_ids
+    others = {engine.generate([req(base, PROMPTS[0], {"concise": 1.0}, seed=s)])[0].token_ids for s in range(4)}
+    assert len(others) > 1
+
+
+def _favouring_stack(base: BaseModel, hidden: torch.Tensor, target_dir: torch.Tensor) -> ValueStack:
+    """A one-head stack whose direction at ``hidden`` is exactly ``target_dir``."""
+    h = hidden.float()
+    down = (h / h.dot(h)).reshape(1, 1, -1)  # (N=1, r=1, H): D h = 1
+    up = target_dir.float().reshape(1, -1, 1)  # (N=1, H, r=1)
+    return ValueStack(down, up, torch.ones(1))
+
+
+def test_head_favouring_a_token_wins_as_beta_grows(tiny_base: BaseModel) -> None:
+    ids = torch.tensor([tiny_base.encode_prompt(PROMPTS[0])])
+    with torch.inference_mode():
+        hidden = tiny_base.model.get_decoder()(ids).last_hidden_state[:, -1]  # (1, H)
+        logits = tiny_base.model.get_output_embeddings()(hidden).float()  # (1, V)
+    emb = tiny_base.model.get_output_embeddings().weight.detach()
+    top = logits.topk(20).indices[0]
+    target = int(top[7])  # a candidate the base model ranks 8th
+    # Values one-hot on the target within the top-k: least-squares direction d with E[top] d = e_target.
+    rhs = (top == target).float()
+    d = torch.linalg.lstsq(emb[top].float(), rhs.unsqueeze(-1)).solution.squeeze(-1)
+    stack = _favouring_stack(tiny_base, hidden[0], d)
+    probs = []
+    for beta in (0.0, 1.0, 4.0, 16.0, 64.0):
+        entries = ValueEntries(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.tensor([beta]))
+        scores = guide_scores(logits, hidden, emb, stack, entries, torch.tensor([20]), 20)
+        probs.append(float(torch.softmax(scores, -1)[0, target]))
+        # outside the top-k nothing moves
+        outside = torch.ones_like(logits, dtype=torch.bool)
+        outside[0, top] = False
+        assert torch.equal(scores[outside], logits[outside])
+    assert all(b > a for a, b in zip(probs, probs[1:], strict=False)), probs
+    assert probs[-1] > 0.9
+    assert int(scores.argmax()) == target
+
+
+def test_value_guidance_centres_over_top_k(tiny_base: BaseModel) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, tiny_base.vocab_size)
+    hidden = torch.randn(3, tiny_base.hidden_size)
+    emb = tiny_base.model.get_output_embeddings().weight.detach()
+    stack = ValueStack(torch.randn(2, 4, tiny_base.hidden_size), torch.randn(2, tiny_base.hidden_size, 4), torch.ones(2))
+    entries = ValueEntries(torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
+    top_k = torch.tensor([5, 20])
+    scores = guide_scores(logits, hidden, emb, stack, entries, top_k, 20)
+    delta = scores - logits
+    for row, k in enumerate(top_k.tolist()):
+        idx = logits[row].topk(k).indices
+        assert abs(float(delta[row, idx].sum())) < 1e-3  # centred: values sum to zero over the row's top-k
+        mask = torch.ones(logits.shape[1], dtype=torch.bool)
+        mask[idx] = False
+        assert torch.count_nonzero(delta[row, mask]) == 0  # untouched outside the top-k
+
+
+def test_batch_with_different_weights_equals_one_by_one(engine: Engine) -> None:
+    base = engine.base
+    requests = [
+        req(base, PROMPTS[0], {"concise": 1.0, "helpful": -0.5}, seed=1),
+        req(base, PROMPTS[1], {"positive": 2.0}, seed=2, temperature=0.0),
+        req(base, PROMPTS[2], {}, seed=3, n=5),
+        req(base, PROMPTS[2], {"helpful": 1.5, "positive": 0.5}, seed=4, top_p=0.9),
+    ]
+    batched = engine.generate(requests)
+    for request, together in zip(requests, batched, strict=True):
+        alone = engine.generate([request])[0]
+        assert together.token_ids == alone.token_ids
+        assert together.text == alone.text
+        assert together.forward_rows == alone.forward_rows
+    # the first-step scores agree numerically too
+    together_scores = engine.next_token_scores(requests)
+    for i, request in enumerate(requests):
+        assert torch.allclose(together_scores[i], engine.next_token_scores([request])[0], atol=1e-4)
+
+
+def test_cached_decoding_equals_recomputation(engine: Engine) -> None:
+    base = engine.base
+    request = req(base, PROMPTS[0], {"concise": 1.0, "helpful": 0.7, "positive": -1.0}, n=10)
+    events = [e for e in engine.stream([request])]
+    tokens = [e.token_id for e in events]
+    for t, event in enumerate(events):
+        prefix = GenerationRequest(request.prompt_ids + tuple(tokens[:t]), request.sampling, request.personalization)
+        scores = engine.next_token_scores([prefix])[0]
+        recomputed = float(torch.log_softmax(scores, -1)[event.token_id])
+        assert event.logprob is not None
+        assert abs(recomputed - event.logprob) < 1e-4, (t, recomputed, event.logprob)
+
+
+def test_unused_heads_are_not_computed(engine: Engine) -> None:
+    base = engine.base
+    one_lora = engine.generate([req(base, PROMPTS[0], {"concise": 1.0}, n=6)])[0]
+    assert one_lora.forward_rows == 2 * one_lora.completion_tokens or one_lora.finish_reason == "stop"
+    linear_only = engine.generate([req(base, PROMPTS[0], {"positive": 1.0}, n=6)])[0]
+    assert linear_only.processed_tokens == linear_only.prompt_tokens + linear_only.forward_rows  # one row
+    both = engine.generate([req(base, PROMPTS[0], {"concise": 1.0, "helpful": 1.0, "positive": 1.0}, n=6)])[0]
+    assert both.head_versions == {"concise": "1", "helpful": "1", "positive": "1"}
+    assert both.processed_tokens == 3 * (both.prompt_tokens + both.forward_rows // 3)
+
+
+def test_streaming_concatenates_to_text_and_stops(engine: Engine) -> None:
+    base = engine.base
+    request = req(base, PROMPTS[0], {"concise": 1.0}, n=20)
+    events = list(engine.stream([request]))
+    full = engine.generate([request])[0]
+    assert "".join(e.text for e in events) == full.text
+    assert events[-1].finish_reason == full.finish_reason
+    assert all(e.finish_reason is None for e in events[:-1])
+    if len(full.text) > 3:
+        stop = full.text[2:4]
+        stopped = engine.generate([req(base, PROMPTS[0], {"concise": 1.0}, n=20, stop=(stop,))])[0]
+        assert stopped.finish_reason == "stop"
+        assert stop not in stopped.text
+        assert full.text.startswith(stopped.text)
+
+
+def test_best_of_n_returns_highest_reward(engine: Engine) -> None:
+    base = engine.base
+
+    def longest(prompts, responses):
+        return torch.tensor([float(len(r)) for r in responses])
+
+    request = req(base, PROMPTS[0], method="bon", n=8, seed=5)
+    request = GenerationRequest(request.prompt_ids, request.sampling, Personalization({}, method="bon", best_of=6))
+    [result] = engine.generate([request], reward=longest)
+    from personalize.decoding.rng import derive_seed
+
+    samples = [
+        engine.generate([req(base, PROMPTS[0], method="base", n=8, seed=derive_seed(5, i))])[0].text for i in range(6)
+    ]
+    assert result.reward == max(len(s) for s in samples)
+    assert result.text in samples and len(result.text) == max(len(s) for s in samples)
+    assert result.forward_rows >= 6  # N samples were paid for
+    with pytest.raises(RewardError):
+        engine.generate([request])  # no weights and no reward: nothing to rank by
+
+
+def test_errors_are_clear(engine: Engine) -> None:
+    base = engine.base
+    with pytest.raises(UnknownObjectiveError, match="valid objectives: concise, helpful, positive"):
+        engine.generate([req(base, PROMPTS[0], {"consise": 1.0})])
+    with pytest.raises(ContextLengthError, match="exceeds the model's context"):
+        engine.generate([req(base, PROMPTS[0], n=600)])
+    with pytest.raises(ConfigError, match="beta"):
+        Personalization({"concise": 1.0}, beta=float("nan"))
+    with pytest.raises(ConfigError, match="weights"):
+        Personalization({"concise": float("inf")})
+    with pytest.raises(ConfigError, match="method"):
+        Personalization(method="ppo")
+
+
+def test_add_and_remove_heads_between_batches(fresh_tiny_base: BaseModel, tiny_head_dir) -> None:
+    engine = Engine(fresh_tiny_base)
+    request = req(fresh_tiny_base, PROMPTS[0], {"concise": 1.0}, beta=8.0, seed=3)
+    with pytest.raises(UnknownObjectiveError):
+        engine.generate([request])
+    engine.add_head(load_head(tiny_head_dir("concise", seed=9), fresh_tiny_base))
+    steered = engine.generate([request])[0]
+    engine.remove_head("concise")
+    plain = engine.generate([req(fresh_tiny_base, PROMPTS[0], {}, seed=3)])[0]
+    assert steered.token_ids != plain.token_ids
+    assert engine.objectives == {}
+
+
+def test_neutral_new_head_does_not_steer(fresh_tiny_base: BaseModel) -> None:
+    head = new_head(fresh_tiny_base, "concise")  # zero-initialised output and LoRA B
+    engine = Engine(fresh_tiny_base, [head])
+    a = engine.generate([req(fresh_tiny_base, PROMPTS[0], {"concise": 3.0}, seed=11)])[0]
+    b = engine.generate([req(fresh_tiny_base, PROMPTS[0], {}, seed=11)])[0]
+    assert a.token_ids == b.token_ids
+    _ = randomize_head

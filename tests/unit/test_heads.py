@@ -1,0 +1,113 @@
+"""Head files: round trips, safety and compatibility checks, peft interoperability."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from personalize.errors import BackboneMismatchError, HeadFormatError, TokenizerMismatchError, UnsafeArtifactError
+from personalize.heads import load_head, new_head, save_head
+from personalize.lora import LoraSpec, wrap_targets
+from personalize.models import BaseModel, from_pretrained_objects
+from tests.conftest import randomize_head
+from tests.tiny import build_tiny_base, build_tiny_tokenizer
+
+
+@pytest.mark.parametrize("kind", ["lora", "linear"])
+def test_save_load_round_trips_bit_exactly(tiny_base: BaseModel, tmp_path: Path, kind: str) -> None:
+    head = randomize_head(new_head(tiny_base, "concise", kind=kind, description="short answers"), seed=4)  # type: ignore[arg-type]
+    loaded = load_head(save_head(head, tmp_path / "h"), tiny_base)
+    assert loaded.meta == head.meta
+    for (k1, v1), (k2, v2) in zip(head.output.state_dict().items(), loaded.output.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2)
+    if kind == "lora":
+        assert head.adapter is not None and loaded.adapter is not None
+        assert head.adapter.keys() == loaded.adapter.keys()
+        assert all(torch.equal(head.adapter[k], loaded.adapter[k]) for k in head.adapter)
+    else:
+        assert loaded.adapter is None
+
+
+@pytest.mark.parametrize("name", ["weights.bin", "model.pt", "evil.pkl", "adapter.ckpt", "x.joblib"])
+def test_pickle_files_are_refused(tiny_base: BaseModel, tmp_path: Path, name: str) -> None:
+    folder = save_head(new_head(tiny_base, "concise"), tmp_path / "h")
+    (folder / name).write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(UnsafeArtifactError, match="pickle"):
+        load_head(folder, tiny_base)
+
+
+def test_unexpected_files_and_symlinks_are_refused(tiny_base: BaseModel, tmp_path: Path) -> None:
+    folder = save_head(new_head(tiny_base, "concise"), tmp_path / "h")
+    (folder / "notes.txt").write_text("hi")
+    with pytest.raises(HeadFormatError, match="unexpected file"):
+        load_head(folder, tiny_base)
+    (folder / "notes.txt").unlink()
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    (folder / "README.md").symlink_to(outside)
+    with pytest.raises(UnsafeArtifactError, match="regular file"):
+        load_head(folder, tiny_base)
+
+
+def test_wrong_backbone_is_refused(tiny_base: BaseModel, tmp_path: Path) -> None:
+    other = build_tiny_base(backbone_id="another-model")
+    folder = save_head(new_head(other, "concise"), tmp_path / "h")
+    with pytest.raises(BackboneMismatchError, match="another-model"):
+        load_head(folder, tiny_base)
+
+
+def test_wrong_tokenizer_is_refused(tiny_base: BaseModel, tmp_path: Path) -> None:
+    tokenizer = build_tiny_tokenizer(vocab_size=400)
+    other = from_pretrained_objects(tiny_base.model, tokenizer, backbone_id=tiny_base.backbone_id)
+    folder = save_head(new_head(other, "concise"), tmp_path / "h")
+    with pytest.raises(TokenizerMismatchError, match="tokenizer"):
+        load_head(folder, tiny_base)
+
+
+def test_malformed_files_give_clear_errors(tiny_base: BaseModel, tmp_path: Path) -> None:
+    folder = save_head(new_head(tiny_base, "concise"), tmp_path / "h")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "value_head.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(HeadFormatError, match="safetensors"):
+        load_head(broken, tiny_base)
+    meta = json.loads((folder / "head.json").read_text())
+    meta["objective"] = "../etc"
+    (folder / "head.json").write_text(json.dumps(meta))
+    with pytest.raises(HeadFormatError, match="objective name"):
+        load_head(folder, tiny_base)
+    with pytest.raises(HeadFormatError, match="does not exist"):
+        load_head(tmp_path / "missing", tiny_base)
+
+
+def test_adapter_matches_peft(tmp_path: Path) -> None:
+    """Our stacked per-row LoRA equals peft's own forward for the same saved adapter."""
+    peft = pytest.importorskip("peft")
+    base = build_tiny_base()
+    head = randomize_head(new_head(base, "concise", lora=LoraSpec(4, 8.0, ("q_proj", "v_proj", "o_proj"))), seed=6)
+    folder = save_head(head, tmp_path / "h")
+    ids = torch.tensor([base.encode_prompt("How do I clean my keyboard?")])
+    reference = build_tiny_base()
+    peft_model = peft.PeftModel.from_pretrained(reference.model, str(folder))
+    with torch.inference_mode():
+        want = peft_model(ids).logits
+    wrappers = wrap_targets(base.model, ("q_proj", "v_proj", "o_proj"))
+    loaded = load_head(folder, base)
+    pairs = loaded.adapter_pairs(list(wrappers))
+    for name, wrapper in wrappers.items():
+        wrapper.set_adapters([pairs[name]])
+    with torch.inference_mode():
+        for wrapper in wrappers.values():
+            wrapper.select_rows(torch.tensor([1, 0]))
+        got = base.model(ids.repeat(2, 1)).logits
+        for wrapper in wrappers.values():
+            wrapper.select_rows(None)
+        plain = base.model(ids).logits
+    assert torch.allclose(got[0], want[0], atol=1e-5)  # adapter row == peft
+    assert torch.allclose(got[1], plain[0], atol=1e-5)  # base row == no adapter
+    assert not torch.allclose(want[0], plain[0], atol=1e-3)  # and the adapter really changes something
