@@ -1,0 +1,118 @@
+"""SQLAlchemy 2.0 models of the registry and profile database.
+
+objectives      one row per objective name (conciseness, helpfulness, ...)
+head_versions   uploaded heads: artifact location + sha256, identity checks, active flag
+users           API callers: role and the sha256 of their API key (never the key)
+profiles        one per user: weights per objective, beta, method, version (optimistic locking)
+audit_log       admin actions: who did what to which target, when
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import text as sql_text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ROLE_ADMIN = "admin"
+ROLE_USER = "user"
+ROLES = (ROLE_ADMIN, ROLE_USER)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Objective(Base):
+    __tablename__ = "objectives"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    versions: Mapped[list[HeadVersion]] = relationship(
+        back_populates="objective_row", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class HeadVersion(Base):
+    __tablename__ = "head_versions"
+    __table_args__ = (
+        Index("uq_head_versions_objective_version", "objective", "version", unique=True),
+        # At most one active version per objective, enforced by the database itself.
+        Index(
+            "uq_head_versions_one_active",
+            "objective",
+            unique=True,
+            postgresql_where=sql_text("active"),
+            sqlite_where=sql_text("active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    objective: Mapped[str] = mapped_column(String(64), ForeignKey("objectives.name", ondelete="CASCADE"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    backbone_id: Mapped[str] = mapped_column(String(256))
+    tokenizer_hash: Mapped[str] = mapped_column(String(128))
+    artifact_path: Mapped[str] = mapped_column(String(512))
+    """Relative to the artifact root: ``<sha256[:2]>/<sha256>``."""
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calibration: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The full head.json, for listing without touching the artifact."""
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str | None] = mapped_column(String(32), ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    objective_row: Mapped[Objective] = relationship(back_populates="versions")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=ROLE_USER)
+    api_key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    """The first characters of the key, to tell keys apart in listings; not a secret."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    profile: Mapped[Profile | None] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Profile(Base):
+    __tablename__ = "profiles"
+
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    weights: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    beta: Mapped[float] = mapped_column(Float, default=1.0)
+    method: Mapped[str] = mapped_column(String(16), default="vas")
+    top_k: Mapped[int] = mapped_column(Integer, default=20)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    """Bumped on every write; a write naming an older version is refused (lost update)."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="profile")
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor_id: Mapped[str | None] = mapped_column(String(32))
+    """Kept as plain text (no foreign key): the log outlives deleted users."""
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,73 @@
+"""Service settings: the one place that reads environment variables.
+
+Library code never reads the environment; the service and the CLI build one
+:class:`Settings` and pass the values down explicitly.
+
+    PERSONALIZE_DATA_DIR     model cache, SQLite file, head artifacts (default: per-user data dir)
+    DATABASE_URL             SQLAlchemy URL (default: SQLite file in the data dir)
+    REDIS_URL                optional; profile cache, rate limits, cross-replica head events
+    PERSONALIZE_BASE_MODEL   base model name or path (default: the embedded model)
+    PERSONALIZE_*            limits and server address (see the fields below)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_data_path
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return user_data_path("personalize", appauthor=False)
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="PERSONALIZE_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url_override: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
+    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    redis_prefix: str = Field(default="personalize", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    base_model: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    max_tokens_limit: int = Field(default=1024, ge=1)
+    """Largest ``max_tokens`` a request may ask for."""
+    default_max_tokens: int = Field(default=128, ge=1)
+    queue_size: int = Field(default=64, ge=1)
+    """Requests waiting for the decoder beyond this get 429."""
+    max_batch_size: int = Field(default=8, ge=1)
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    """Requests per API key per minute; 0 disables rate limiting."""
+    profile_cache_ttl_s: int = Field(default=300, ge=1)
+    head_sync_interval_s: float = Field(default=30.0, gt=0)
+    """How often each replica re-reads the active heads from the database (a fallback for Redis)."""
+    auto_migrate: bool | None = None
+    """Upgrade the database schema on start; default: only for SQLite."""
+
+    @property
+    def database_url(self) -> str:
+        if self.database_url_override:
+            return self.database_url_override
+        return f"sqlite:///{self.data_dir / 'personalize.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.data_dir / "heads"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
