@@ -56,6 +56,8 @@ UNSAFE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", 
 MAX_HEAD_BYTES = 10 * 1024 * 1024
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 FORMAT_VERSION = 1
+SHIPPED_HEADS_DIR = Path(__file__).parent / "shipped_heads"
+"""Demo heads for the embedded base model, installed with the package."""
 
 
 def check_objective_name(name: str) -> str:
@@ -305,7 +307,9 @@ def load_head(directory: Path, base: BaseModel | None = None) -> ValueHead:
     expected = {k: tuple(v.shape) for k, v in output.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
-        raise HeadFormatError(f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}")
+        raise HeadFormatError(
+            f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}"
+        )
     output.load_state_dict(state)
     output.requires_grad_(False)
     adapter = _load_tensors(directory / ADAPTER_FILE) if meta.kind == "lora" else None
@@ -339,3 +343,15 @@ def check_compatible(head: ValueHead, base: BaseModel) -> None:
                     f"adapter for {module} has shapes {tuple(a.shape)}/{tuple(b.shape)}, "
                     f"layer is {linear.in_features}->{linear.out_features}"
                 )
+
+
+def discover_heads(folders: list[Path]) -> list[Path]:
+    """Head directories (holding a head.json) directly in each folder, or the folder itself."""
+    found: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if (folder / HEAD_JSON).is_file():
+            found.append(folder)
+        elif folder.is_dir():
+            found.extend(sorted(p for p in folder.iterdir() if (p / HEAD_JSON).is_file()))
+    return found

@@ -95,8 +95,8 @@ class BaseModel:
         if self.tokenizer.chat_template is None:
             text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
             return self.encode_text(text)
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer(str(text), add_special_tokens=False)["input_ids"])
+        text = str(self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode_prompt(self, prompt: str, *, chat: bool = True) -> list[int]:
         """A user prompt as one chat turn (``chat=True``) or as raw text."""
@@ -211,7 +211,8 @@ def load_base_model(
             f"cannot load base model {source!r}: {exc}. Valid: a Hugging Face model id available "
             f"offline, a local model directory, or {EMBEDDED_NAME!r}"
         ) from exc
-    return from_pretrained_objects(model.to(dev), tokenizer, backbone_id=_backbone_id_for(source, folder))
+    model.to(dev)  # type: ignore[arg-type]  # transformers stubs mistype nn.Module.to
+    return from_pretrained_objects(model, tokenizer, backbone_id=_backbone_id_for(source, folder))
 
 
 def from_pretrained_objects(

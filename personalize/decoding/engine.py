@@ -46,6 +46,7 @@ class SequenceSpec:
     top_k: int
     max_new_tokens: int
     stop: tuple[str, ...]
+    ignore_eos: bool
     steer: tuple[tuple[str, float], ...]  # (objective, beta * weight), non-zero only
 
 
@@ -289,7 +290,9 @@ class _Run:
         for index, request in enumerate(self.requests):
             seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
             for spec in methods.expand(index, request, seed):
-                self.outputs.append(SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=1 + self._lora_rows(spec)))
+                self.outputs.append(
+                    SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=1 + self._lora_rows(spec))
+                )
         self._by_request: dict[int, list[int]] = {}
         for number, out in enumerate(self.outputs):
             self._by_request.setdefault(out.spec.request_index, []).append(number)
@@ -369,7 +372,7 @@ class _Run:
         spec = out.spec
         index = spec.request_index
         streams = methods.streams(self.requests[index])
-        if token in eos:
+        if token in eos and not spec.ignore_eos:
             out.finish_reason = "stop"
             tail = out.text.finish()
             return StreamEvent(index, token, tail, "stop", logprob) if streams else None

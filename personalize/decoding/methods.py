@@ -44,6 +44,7 @@ def expand(index: int, request: GenerationRequest, seed: int) -> list[SequenceSp
             top_k=p.top_k,
             max_new_tokens=s.max_new_tokens,
             stop=s.stop,
+            ignore_eos=s.ignore_eos,
             steer=steer,
         )
         for i in range(count)
@@ -72,7 +73,7 @@ def reduce(
     if request.personalization.method != "bon":
         return 0, None
     scorer = reward or default_reward(request)
-    prompt = base.tokenizer.decode(list(request.prompt_ids), skip_special_tokens=True)
+    prompt = base.decode(request.prompt_ids)
     scores = scorer([prompt] * len(texts), list(texts)).float()  # (N,)
     if scores.shape != (len(texts),) or not bool(torch.isfinite(scores).all()):
         raise RewardError(f"reward returned {tuple(scores.shape)} / non-finite scores for {len(texts)} samples")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import itertools
 
 import pytest
 import torch
@@ -107,7 +107,7 @@ def test_head_favouring_a_token_wins_as_beta_grows(tiny_base: BaseModel) -> None
         outside = torch.ones_like(logits, dtype=torch.bool)
         outside[0, top] = False
         assert torch.equal(scores[outside], logits[outside])
-    assert all(b > a for a, b in zip(probs, probs[1:], strict=False)), probs
+    assert all(b > a for a, b in itertools.pairwise(probs)), probs
     assert probs[-1] > 0.9
     assert int(scores.argmax()) == target
 
@@ -117,7 +117,9 @@ def test_value_guidance_centres_over_top_k(tiny_base: BaseModel) -> None:
     logits = torch.randn(2, tiny_base.vocab_size)
     hidden = torch.randn(3, tiny_base.hidden_size)
     emb = tiny_base.model.get_output_embeddings().weight.detach()
-    stack = ValueStack(torch.randn(2, 4, tiny_base.hidden_size), torch.randn(2, tiny_base.hidden_size, 4), torch.ones(2))
+    stack = ValueStack(
+        torch.randn(2, 4, tiny_base.hidden_size), torch.randn(2, tiny_base.hidden_size, 4), torch.ones(2)
+    )
     entries = ValueEntries(torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
     top_k = torch.tensor([5, 20])
     scores = guide_scores(logits, hidden, emb, stack, entries, top_k, 20)

@@ -1,0 +1,217 @@
+"""The ``personalize`` command line (Typer). Prints through rich; reads env only via Settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from personalize.errors import PersonalizeError
+
+app = typer.Typer(help="Personalize a frozen language model at decoding time.", no_args_is_help=True)
+heads_app = typer.Typer(help="Value heads: list and inspect.", no_args_is_help=True)
+app.add_typer(heads_app, name="heads")
+console = Console()
+err = Console(stderr=True)
+
+BaseModelOpt = Annotated[
+    str | None,
+    typer.Option("--base-model", help="Hugging Face id, local directory, or 'embedded' (default: settings)."),
+]
+HeadsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--heads",
+        help="Head directory, or a folder of head directories (repeatable). "
+        "Default: the shipped heads plus DATA_DIR/heads.",
+    ),
+]
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``concise=1,helpful=0.5`` -> ``{"concise": 1.0, "helpful": 0.5}``."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"expected NAME=NUMBER pairs separated by commas, got {part!r}")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"weight for {name.strip()!r} is not a number: {value!r}") from None
+    return weights
+
+
+def _settings():
+    from personalize.settings import Settings
+
+    return Settings()
+
+
+def _head_dirs(heads: list[Path] | None, data_dir: Path) -> list[Path]:
+    from personalize.heads import SHIPPED_HEADS_DIR, discover_heads
+
+    return discover_heads(list(heads) if heads else [SHIPPED_HEADS_DIR, data_dir / "heads"])
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user's message.")],
+    weights: Annotated[str, typer.Option(help="Objective weights, e.g. concise=1,helpful=0.5.")] = "",
+    beta: Annotated[float, typer.Option(help="Overall steering strength.")] = 1.0,
+    method: Annotated[str, typer.Option(help="base | vas | bon.")] = "vas",
+    top_k: Annotated[int, typer.Option("--top-k", help="Candidates re-scored per token.")] = 20,
+    best_of: Annotated[int, typer.Option("--best-of", help="N for method bon.")] = 4,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    base_model: BaseModelOpt = None,
+    heads: HeadsOpt = None,
+) -> None:
+    """Generate one answer, steered by the given objective weights."""
+    from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
+    from personalize.heads import load_head
+    from personalize.models import load_base_model
+
+    settings = _settings()
+    try:
+        personalization = Personalization(
+            parse_weights(weights), beta=beta, method=method, top_k=top_k, best_of=best_of
+        )
+        sampling = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
+        )
+        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
+        needed = set(personalization.weights)
+        loaded = []
+        for folder in _head_dirs(heads, settings.data_dir):
+            head = load_head(folder, base)
+            if head.objective in needed:
+                loaded.append(head)
+        engine = Engine(base, loaded)
+        request = GenerationRequest(tuple(base.encode_prompt(prompt, chat=not raw)), sampling, personalization)
+        start = time.perf_counter()
+        result: GenerationResult | None = None
+        if as_json or personalization.method == "bon":  # Best-of-N has no answer before the end
+            [result] = engine.generate([request])
+            if not as_json:
+                console.print(result.text, markup=False, highlight=False)
+        else:
+            for event in engine.stream([request]):
+                console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
+            console.print()
+        elapsed = time.perf_counter() - start
+    except PersonalizeError as exc:
+        raise _fail(exc) from exc
+    if as_json and result is not None:
+        out = {
+            "text": result.text,
+            "completion_tokens": result.completion_tokens,
+            "prompt_tokens": result.prompt_tokens,
+            "finish_reason": result.finish_reason,
+            **personalization.to_dict(),
+            "head_versions": dict(result.head_versions),
+            "seed": seed,
+            "base_model": base.backbone_id,
+            "elapsed_s": round(elapsed, 3),
+            "forward_rows": result.forward_rows,
+            "reward": result.reward,
+        }
+        typer.echo(json.dumps(out, ensure_ascii=False))
+    elif result is not None and result.reward is not None:
+        err.print(f"[dim]best of {best_of}: reward {result.reward:.3f}[/dim]")
+
+
+@heads_app.command("list")
+def heads_list(
+    heads: HeadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List head directories and their metadata (no model is loaded)."""
+    from personalize.heads import load_head
+
+    settings = _settings()
+    rows = []
+    for folder in _head_dirs(heads, settings.data_dir):
+        try:
+            meta = load_head(folder).meta
+        except PersonalizeError as exc:
+            err.print(f"[yellow]skipping {folder}: {exc}[/yellow]")
+            continue
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        rows.append(
+            {
+                "objective": meta.objective,
+                "version": meta.version,
+                "kind": meta.kind,
+                "backbone_id": meta.backbone_id,
+                "reward": meta.reward,
+                "scale": meta.calibration.scale,
+                "size_mb": round(size / 2**20, 2),
+                "path": str(folder),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("objective", "version", "kind", "backbone", "reward", "scale", "MB", "path")
+    for r in rows:
+        table.add_row(
+            *(str(r[k]) for k in ("objective", "version", "kind", "backbone_id", "reward", "scale", "size_mb", "path"))
+        )
+    console.print(table if rows else "no heads found")
+
+
+@app.command()
+def demo(base_model: BaseModelOpt = None) -> None:
+    """Prepare the embedded default and show the same prompt decoded plainly and steered."""
+    from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
+    from personalize.heads import load_head
+    from personalize.models import load_base_model
+
+    settings = _settings()
+    console.print(f"data directory: {settings.data_dir}")
+    try:
+        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
+        loaded = [load_head(folder, base) for folder in _head_dirs(None, settings.data_dir)]
+    except PersonalizeError as exc:
+        raise _fail(exc) from exc
+    console.print(f"base model {base.backbone_id} ready; heads: {', '.join(h.objective for h in loaded) or 'none'}")
+    engine = Engine(base, loaded)
+    prompt = "How do I clean my keyboard?"
+    ids = tuple(base.encode_prompt(prompt))
+    sampling = SamplingParams(max_new_tokens=96, temperature=0.7, seed=0)
+    plans = [("base", Personalization(method="base"))]
+    plans += [(f"{h.objective}=1", Personalization({h.objective: 1.0}, beta=2.0)) for h in loaded]
+    results = engine.generate([GenerationRequest(ids, sampling, p) for _, p in plans])
+    console.print(f"[bold]prompt:[/bold] {prompt}")
+    for (label, _), result in zip(plans, results, strict=True):
+        console.rule(f"{label} ({result.completion_tokens} tokens)")
+        console.print(result.text, markup=False, highlight=False)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars on every start are noise; ours say what happens
+    app()
+
+
+if __name__ == "__main__":
+    main()
