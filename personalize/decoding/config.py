@@ -53,6 +53,8 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     """Keep generating past end-of-sequence (benchmarks that need a fixed length)."""
+    top_k: int = 0
+    """Sample only among the k highest final scores (0: no filter). Distinct from the guidance top-k."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -67,6 +69,8 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError(f"stop must be non-empty strings, got {self.stop!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 0 <= self.top_k <= 1000:
+            raise ConfigError(f"sampling top_k must be an integer in [0, 1000] (0 = off), got {self.top_k!r}")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63
         ):
@@ -169,4 +173,5 @@ class StreamEvent:
     """Newly printable text (may be empty while a multi-byte character is incomplete)."""
     finish_reason: FinishReason | None = None
     logprob: float | None = None
-    """Log-probability of ``token_id`` under the value-guided scores (before temperature/top-p)."""
+    """Log-probability of ``token_id`` under the value-guided scores (after any sampling top-k filter,
+    before temperature and top-p)."""

@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from personalize.decoding import methods
 from personalize.decoding.config import FinishReason, GenerationRequest, GenerationResult, StreamEvent
 from personalize.decoding.rng import uniforms
-from personalize.decoding.sampling import ValueEntries, ValueStack, guide_scores, sample_tokens
+from personalize.decoding.sampling import ValueEntries, ValueStack, filter_top_k, guide_scores, sample_tokens
 from personalize.decoding.text import TextStream
 from personalize.errors import ContextLengthError, UnknownObjectiveError
 from personalize.heads import HeadMeta, ValueHead, check_compatible
@@ -44,6 +44,7 @@ class SequenceSpec:
     temperature: float
     top_p: float
     top_k: int
+    sample_top_k: int
     max_new_tokens: int
     stop: tuple[str, ...]
     ignore_eos: bool
@@ -78,7 +79,9 @@ class _Layout:
     top_p: torch.Tensor  # (S,)
     top_k: torch.Tensor  # (S,)
     seeds: torch.Tensor  # (S,) int64
+    sample_top_k: torch.Tensor  # (S,) 0 = no filter
     max_top_k: int
+    max_sample_top_k: int
     use_top_p: bool
 
 
@@ -229,7 +232,9 @@ class Engine:
             top_p=floats([s.top_p for s in specs]),
             top_k=ints([s.top_k for s in specs]),
             seeds=ints([s.seed for s in specs]),
+            sample_top_k=ints([s.sample_top_k for s in specs]),
             max_top_k=max(s.top_k for s in specs),
+            max_sample_top_k=max(s.sample_top_k for s in specs),
             use_top_p=any(s.top_p < 1.0 and s.temperature > 0 for s in specs),
         )
 
@@ -256,6 +261,8 @@ class Engine:
     def _next_tokens(self, hidden: torch.Tensor, layout: _Layout, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample each sequence's next token; return it (S,) and its log-prob under the guided scores (S,)."""
         scores = self._scores(hidden, layout)  # (S, V)
+        if layout.max_sample_top_k > 0:
+            scores = filter_top_k(scores, layout.sample_top_k, layout.max_sample_top_k)  # (S, V)
         u = uniforms(layout.seeds, step)  # (S,)
         tokens = sample_tokens(scores, layout.temperature, layout.top_p, u, use_top_p=layout.use_top_p)  # (S,)
         logprobs = torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)

@@ -42,6 +42,7 @@ def expand(index: int, request: GenerationRequest, seed: int) -> list[SequenceSp
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=p.top_k,
+            sample_top_k=s.top_k,
             max_new_tokens=s.max_new_tokens,
             stop=s.stop,
             ignore_eos=s.ignore_eos,

@@ -86,6 +86,14 @@ def guide_scores(
     return logits.scatter_add(1, candidates, bonus)  # (S, V)
 
 
+def filter_top_k(scores: torch.Tensor, keep: torch.Tensor, max_keep: int) -> torch.Tensor:
+    """Drop all but each row's ``keep`` best scores (``keep == 0``: keep all). scores (S, V), keep (S,)."""
+    kth = scores.topk(max_keep, dim=-1).values  # (S, K)
+    threshold = kth.gather(-1, (keep.clamp_min(1) - 1).unsqueeze(-1))  # (S, 1)
+    threshold = torch.where(keep.unsqueeze(-1) > 0, threshold, torch.full_like(threshold, -torch.inf))
+    return scores.masked_fill(scores < threshold, -torch.inf)  # (S, V)
+
+
 def sample_tokens(
     scores: torch.Tensor,
     temperature: torch.Tensor,
@@ -96,7 +104,7 @@ def sample_tokens(
 ) -> torch.Tensor:
     """Temperature → top-p → inverse-CDF draw with one uniform per row; temperature 0 is greedy.
 
-    scores (S, V), temperature/top_p/uniform (S,) -> token ids (S,).
+    scores (S, V) (already top-k filtered if asked), temperature/top_p/uniform (S,) -> token ids (S,).
     """
     greedy = scores.argmax(dim=-1)  # (S,)
     probs = torch.softmax(scores / temperature.clamp_min(1e-6).unsqueeze(-1), dim=-1)  # (S, V)

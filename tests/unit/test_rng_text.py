@@ -66,3 +66,17 @@ def test_text_stream_waits_for_complete_characters(tiny_base: BaseModel) -> None
     deltas = [stream.push(t) for t in ids]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) + stream.finish() == text
+
+
+def test_sampling_top_k_filter() -> None:
+    from personalize.decoding.sampling import filter_top_k
+
+    scores = torch.tensor([[0.0, 3.0, 1.0, 2.0], [0.0, 3.0, 1.0, 2.0], [0.0, 3.0, 1.0, 2.0]])
+    out = filter_top_k(scores, torch.tensor([1, 2, 0]), 2)
+    assert torch.isinf(out[0]).tolist() == [True, False, True, True]
+    assert torch.isinf(out[1]).tolist() == [True, False, True, False]
+    assert torch.equal(out[2], scores[2])  # 0 = no filter
+    u = uniforms(torch.arange(500, dtype=torch.int64), 1)
+    ones = torch.ones(500)
+    picks = sample_tokens(filter_top_k(scores[:1].repeat(500, 1), ones.long() * 2, 2), ones, ones, u, use_top_p=False)
+    assert set(picks.tolist()) == {1, 3}

@@ -1,0 +1,85 @@
+"""Rollouts: responses sampled from the base model for training prompts, batched and seeded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
+from personalize.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How training responses are sampled (temperature 1 with the decoder's top-k, per DESIGN.md)."""
+
+    samples_per_prompt: int = 2
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 20
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("samples_per_prompt", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    prompt: str
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    response: str
+    finish_reason: str
+    seed: int
+
+
+def sample_rollouts(
+    engine: Engine,
+    prompts: Sequence[str],
+    config: RolloutConfig = RolloutConfig(),
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Rollout]:
+    """``samples_per_prompt`` responses per prompt from the plain base policy, in batches."""
+    jobs = [(p, i) for p in prompts for i in range(config.samples_per_prompt)]
+    rollouts: list[Rollout] = []
+    for start in range(0, len(jobs), config.batch_size):
+        chunk = jobs[start : start + config.batch_size]
+        requests, seeds = [], []
+        for offset, (prompt, _) in enumerate(chunk):
+            seed = config.seed * 1_000_003 + start + offset
+            seeds.append(seed)
+            sampling = SamplingParams(
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, seed=seed
+            )
+            ids = tuple(engine.base.encode_prompt(prompt))
+            requests.append(GenerationRequest(ids, sampling, Personalization(method="base")))
+        for (prompt, _), request, seed, result in zip(chunk, requests, seeds, engine.generate(requests), strict=True):
+            rollouts.append(
+                Rollout(prompt, request.prompt_ids, result.token_ids, result.text, result.finish_reason, seed)
+            )
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return rollouts
+
+
+def save_rollouts(rollouts: Sequence[Rollout], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in rollouts:
+            fh.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+
+
+def load_rollouts(path: Path) -> list[Rollout]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            d = json.loads(line)
+            d["prompt_ids"], d["response_ids"] = tuple(d["prompt_ids"]), tuple(d["response_ids"])
+            out.append(Rollout(**d))
+    return out

@@ -1,0 +1,304 @@
+"""TD(lambda) regression of a token-value head on scored rollouts (DESIGN.md §1, Training).
+
+For every response token ``a_t`` the head's ``Q(s_t, a_t)`` regresses onto the
+lambda-return ``G_t`` (reward at the last response token, 0 elsewhere). LoRA
+heads train a peft adapter on a private copy of the backbone plus the value
+output; linear heads train the value output on the frozen base hidden states.
+Runs on the CPU, one GPU, or several through ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from personalize.errors import ConfigError
+from personalize.heads import Calibration, HeadKind, ValueHead, load_head, new_head, save_head
+from personalize.lora import PEFT_PREFIX, LoraSpec
+from personalize.models import BaseModel
+from personalize.training.returns import lambda_returns
+from personalize.training.rollouts import Rollout
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    """Where per-epoch checkpoints live: beside the head folder, removed once training completes."""
+    return out_dir.with_name(out_dir.name + ".checkpoint")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one head's training run (all recorded in head.json)."""
+
+    kind: HeadKind = "lora"
+    epochs: int = 3
+    lr: float = 3e-4
+    head_lr: float = 2e-3
+    batch_size: int = 8
+    gamma: float = 1.0
+    lam: float = 0.95
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_layers: int = 0
+    """Adapt only the top N transformer layers (0: all)."""
+    value_rank: int = 16
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("lora", "linear"):
+            raise ConfigError(f"kind must be 'lora' or 'linear', got {self.kind!r}")
+        for name in ("epochs", "batch_size", "lora_rank", "value_rank"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.lam <= 1.0 or not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"need 0 <= lam <= 1 and 0 < gamma <= 1, got lam={self.lam}, gamma={self.gamma}")
+        if self.lr <= 0 or self.head_lr <= 0:
+            raise ConfigError("learning rates must be > 0")
+
+
+@dataclass
+class TrainReport:
+    epoch_losses: list[float] = field(default_factory=list)
+    return_mean: float = 0.0
+    return_std: float = 1.0
+    scale: float = 1.0
+    seconds: float = 0.0
+    rollouts: int = 0
+
+
+@dataclass(frozen=True)
+class _Batch:
+    input_ids: torch.Tensor  # (B, L) right-padded prompt + response
+    attention: torch.Tensor  # (B, L)
+    positions: torch.Tensor  # (B, T) index of the hidden state that predicts response token t
+    actions: torch.Tensor  # (B, T) response token ids
+    mask: torch.Tensor  # (B, T)
+    rewards: torch.Tensor  # (B, T) final reward at the last response token
+
+
+def _collate(rollouts: Sequence[Rollout], scores: Sequence[float], pad_id: int) -> _Batch:
+    B = len(rollouts)
+    L = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
+    T = max(max(len(r.response_ids) for r in rollouts), 1)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention = torch.zeros(B, L, dtype=torch.long)
+    positions = torch.zeros(B, T, dtype=torch.long)
+    actions = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    rewards = torch.zeros(B, T)
+    for b, (r, score) in enumerate(zip(rollouts, scores, strict=True)):
+        seq = list(r.prompt_ids) + list(r.response_ids)
+        P, n = len(r.prompt_ids), len(r.response_ids)
+        ids[b, : len(seq)] = torch.tensor(seq)
+        attention[b, : len(seq)] = 1
+        if n == 0:
+            continue
+        positions[b, :n] = torch.arange(P - 1, P - 1 + n)
+        actions[b, :n] = torch.tensor(r.response_ids)
+        mask[b, :n] = 1.0
+        rewards[b, n - 1] = score
+    return _Batch(ids, attention, positions, actions, mask, rewards)
+
+
+class _Trainable(nn.Module):
+    """The backbone copy (with a peft LoRA for lora heads) and the head's value output."""
+
+    def __init__(self, base: BaseModel, head: ValueHead, config: TrainConfig) -> None:
+        super().__init__()
+        self.output = head.output
+        self.kind = config.kind
+        self.embedding: torch.Tensor
+        self.register_buffer("embedding", base.model.get_output_embeddings().weight.detach().float(), persistent=False)
+        if config.kind == "lora":
+            from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+            layers = int(base.model.config.num_hidden_layers)
+            transform = list(range(layers - config.lora_layers, layers)) if config.lora_layers else None
+            lora = LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
+                target_modules=list(config.lora_targets),
+                lora_dropout=0.0,
+                bias="none",
+                layers_to_transform=transform,
+            )
+            model = copy.deepcopy(base.model).float()
+            model.requires_grad_(False)
+            self.peft = get_peft_model(model, lora)
+            if head.adapter is not None:  # resume or warm start
+                set_peft_model_state_dict(self.peft, {k.removeprefix(PEFT_PREFIX): v for k, v in head.adapter.items()})
+            inner: Any = self.peft.get_base_model()
+            self.decoder: nn.Module = inner.get_decoder()
+        else:
+            self.decoder = base.model.get_decoder()
+
+    def forward(self, batch: _Batch) -> torch.Tensor:
+        return self.q_values(batch)
+
+    def q_values(self, batch: _Batch) -> torch.Tensor:
+        """``Q(s_t, a_t)`` for every response token (B, T)."""
+        grad = self.kind == "lora"
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention).last_hidden_state
+        hidden = hidden.float()  # (B, L, H)
+        H = hidden.shape[-1]
+        h = hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, H))  # (B, T, H)
+        direction = self.output.direction(h)  # (B, T, H)
+        taken = self.embedding[batch.actions]  # (B, T, H)
+        return (direction * taken).sum(-1) + self.output.state(h).squeeze(-1) + self.output.bias  # (B, T)
+
+    def adapter_state(self) -> dict[str, torch.Tensor] | None:
+        if self.kind != "lora":
+            return None
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.peft)
+        return {PEFT_PREFIX + k.removeprefix("base_model.model."): v.detach().cpu() for k, v in state.items()}
+
+
+def _calibration_scale(base: BaseModel, trainable: _Trainable, batch: _Batch, top_k: int = 20) -> float:
+    """Mean std of the head's relative values over the base top-k: z / scale has unit spread."""
+    with torch.no_grad():
+        if trainable.kind == "lora":
+            with trainable.peft.disable_adapter():
+                base_hidden = trainable.decoder(input_ids=batch.input_ids, attention_mask=batch.attention)
+        else:
+            base_hidden = trainable.decoder(input_ids=batch.input_ids, attention_mask=batch.attention)
+        head_hidden = trainable.decoder(input_ids=batch.input_ids, attention_mask=batch.attention).last_hidden_state
+        H = head_hidden.shape[-1]
+        pos = batch.positions.unsqueeze(-1).expand(-1, -1, H)
+        logits = base.model.get_output_embeddings()(base_hidden.last_hidden_state.gather(1, pos)).float()  # (B,T,V)
+        top = logits.topk(top_k, dim=-1).indices  # (B, T, C)
+        direction = trainable.output.direction(head_hidden.float().gather(1, pos))  # (B, T, H)
+        rel = torch.einsum("btch,bth->btc", trainable.embedding[top], direction)  # (B, T, C)
+        spread = rel.std(dim=-1)[batch.mask.bool()]  # (positions,)
+    value = float(spread.mean()) if spread.numel() else 0.0
+    return value if math.isfinite(value) and value > 1e-6 else 1.0
+
+
+def train_head(
+    base: BaseModel,
+    rollouts: Sequence[Rollout],
+    scores: Sequence[float],
+    objective: str,
+    out_dir: Path,
+    *,
+    reward_name: str,
+    config: TrainConfig = TrainConfig(),
+    description: str = "",
+    version: str = "1",
+    extra_meta: dict[str, Any] | None = None,
+    resume: bool = True,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[ValueHead, TrainReport]:
+    """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``."""
+    from accelerate import Accelerator
+
+    if len(rollouts) != len(scores) or not rollouts:
+        raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    returns = torch.tensor(list(scores), dtype=torch.float32)
+    report = TrainReport(return_mean=float(returns.mean()), return_std=float(returns.std().clamp_min(1e-6)))
+    report.rollouts = len(rollouts)
+    lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_targets) if config.kind == "lora" else None
+    head = new_head(
+        base,
+        objective,
+        kind=config.kind,
+        version=version,
+        value_rank=config.value_rank,
+        lora=lora,
+        description=description,
+        reward=reward_name,
+        init_bias=report.return_mean,
+        seed=config.seed,
+    )
+    head.adapter = None  # peft initialises its own adapter (B = 0: the head starts as the base model)
+    checkpoint = checkpoint_dir(Path(out_dir))
+    first_epoch = 0
+    if resume and (checkpoint / "state.json").is_file():
+        state = json.loads((checkpoint / "state.json").read_text())
+        restored = load_head(checkpoint / "head", base)
+        head.output.load_state_dict(restored.output.state_dict())
+        head.adapter = restored.adapter
+        first_epoch, report.epoch_losses = int(state["epoch"]), list(state["losses"])
+    head.output.requires_grad_(True)
+    trainable = _Trainable(base, head, config)
+    lora_params = [p for n, p in trainable.named_parameters() if "lora_" in n and p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": lora_params, "lr": config.lr}, {"params": list(head.output.parameters()), "lr": config.head_lr}],
+        weight_decay=0.0,
+    )
+    order = torch.randperm(len(rollouts), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    accelerator = Accelerator(cpu=base.device.type == "cpu")
+    trainable, optimizer = accelerator.prepare(trainable, optimizer)
+    model: _Trainable = accelerator.unwrap_model(trainable)
+    my_batches = batches[accelerator.process_index :: accelerator.num_processes]
+    pad = base.pad_token_id
+    for epoch in range(first_epoch, config.epochs):
+        total, count = 0.0, 0
+        for step, idx in enumerate(my_batches):
+            batch = _collate([rollouts[i] for i in idx], [scores[i] for i in idx], pad)
+            batch = _Batch(*(t.to(accelerator.device) for t in asdict_shallow(batch)))
+            q = trainable(batch)  # (B, T)
+            targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam)
+            loss = ((q - targets) ** 2 * batch.mask).sum() / batch.mask.sum().clamp_min(1.0)
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(list(model.parameters()), config.grad_clip)
+            optimizer.step()
+            total, count = total + float(loss.detach()), count + 1
+            if on_step is not None:
+                on_step(epoch, step, float(loss.detach()))
+        report.epoch_losses.append(total / max(count, 1))
+        if accelerator.is_main_process:
+            _save(head, model, checkpoint / "head", report, config, extra_meta)
+            state = {"epoch": epoch + 1, "losses": report.epoch_losses}
+            (checkpoint / "state.json").write_text(json.dumps(state))
+    calib_rollouts = [rollouts[i] for i in order[: min(32, len(order))]]
+    calib = _collate(calib_rollouts, [scores[i] for i in order[: len(calib_rollouts)]], pad)
+    report.scale = _calibration_scale(base, model, _Batch(*(t.to(accelerator.device) for t in asdict_shallow(calib))))
+    report.seconds = time.perf_counter() - start
+    final = _save(head, model, Path(out_dir), report, config, extra_meta)
+    if accelerator.is_main_process:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return final, report
+
+
+def asdict_shallow(batch: _Batch) -> tuple[torch.Tensor, ...]:
+    return (batch.input_ids, batch.attention, batch.positions, batch.actions, batch.mask, batch.rewards)
+
+
+def _save(
+    head: ValueHead,
+    model: _Trainable,
+    directory: Path,
+    report: TrainReport,
+    config: TrainConfig,
+    extra_meta: dict[str, Any] | None,
+) -> ValueHead:
+    training = {
+        "config": {**asdict(config), "lora_targets": list(config.lora_targets)},
+        "epoch_losses": [round(x, 6) for x in report.epoch_losses],
+        "rollouts": report.rollouts,
+        "seconds": round(report.seconds, 1),
+        **(extra_meta or {}),
+    }
+    calibration = Calibration(report.return_mean, report.return_std, report.scale)
+    meta = replace(head.meta, calibration=calibration, training=training)
+    saved = ValueHead(meta, head.output, model.adapter_state())
+    save_head(saved, directory)
+    return saved

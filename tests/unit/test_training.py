@@ -1,0 +1,98 @@
+"""TD(lambda) targets and a short training run on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
+from personalize.heads import load_head
+from personalize.models import BaseModel
+from personalize.training import RolloutConfig, TrainConfig, lambda_returns, sample_rollouts, train_head
+from personalize.training.td import checkpoint_dir
+
+
+def test_lambda_returns_hand_computed() -> None:
+    # One response of 3 tokens, reward 1 at the end, values V = [0.2, 0.5, 0.9], gamma 1, lambda 0.5.
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.2, 0.5, 0.9, 7.0]])  # the 4th entry is padding and must be ignored
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    g = lambda_returns(rewards, values, mask, gamma=1.0, lam=0.5)
+    # deltas: d2 = 1 - 0.9 = 0.1; d1 = 0.9 - 0.5 = 0.4; d0 = 0.5 - 0.2 = 0.3
+    # A2 = 0.1; A1 = 0.4 + 0.5*0.1 = 0.45; A0 = 0.3 + 0.5*0.45 = 0.525
+    # G = A + V = [0.725, 0.95, 1.0, 0]
+    assert torch.allclose(g, torch.tensor([[0.725, 0.95, 1.0, 0.0]]), atol=1e-6)
+    # lambda = 1 is the Monte-Carlo return, lambda = 0 is one-step TD
+    assert torch.allclose(lambda_returns(rewards, values, mask, lam=1.0)[0, :3], torch.ones(3))
+    assert torch.allclose(lambda_returns(rewards, values, mask, lam=0.0)[0, :3], torch.tensor([0.5, 0.9, 1.0]))
+
+
+def test_lambda_returns_discount_and_batch() -> None:
+    rewards = torch.tensor([[0.0, 2.0], [3.0, 0.0]])
+    values = torch.zeros(2, 2)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    g = lambda_returns(rewards, values, mask, gamma=0.5, lam=1.0)
+    assert torch.allclose(g, torch.tensor([[1.0, 2.0], [3.0, 0.0]]))
+
+
+@pytest.mark.parametrize("kind", ["lora", "linear"])
+def test_short_training_run_loss_falls_and_head_steers(fresh_tiny_base: BaseModel, tmp_path: Path, kind: str) -> None:
+    base = fresh_tiny_base
+    engine = Engine(base)
+    prompts = ["How do I clean my keyboard?", "Explain photosynthesis.", "I love sunny days", "Water boils at"]
+    rollouts = sample_rollouts(engine, prompts, RolloutConfig(samples_per_prompt=4, max_new_tokens=12, batch_size=8))
+    assert len(rollouts) == 16 and all(r.response_ids for r in rollouts)
+    # A learnable objective: reward = share of response tokens that are in a fixed "good" set.
+    good = set(range(0, base.vocab_size, 3))
+    scores = [sum(t in good for t in r.response_ids) / len(r.response_ids) for r in rollouts]
+    config = TrainConfig(kind=kind, epochs=6, batch_size=4, lr=3e-3, head_lr=1e-2, seed=0)  # type: ignore[arg-type]
+    out = tmp_path / "good"
+    _, report = train_head(base, rollouts, scores, "good", out, reward_name="test:good", config=config)
+    assert report.epoch_losses[-1] < report.epoch_losses[0] * 0.7, report.epoch_losses
+    assert not checkpoint_dir(out).exists()  # removed after a completed run
+    loaded = load_head(out, base)
+    assert loaded.meta.reward == "test:good" and loaded.meta.calibration.scale > 0
+    assert loaded.meta.training["epoch_losses"] == [round(x, 6) for x in report.epoch_losses]
+    assert abs(loaded.meta.calibration.return_mean - sum(scores) / len(scores)) < 1e-5
+    engine.add_head(loaded)
+    sampling = SamplingParams(max_new_tokens=12, seed=3)
+    reqs = [
+        GenerationRequest(tuple(base.encode_prompt(p)), sampling, Personalization({"good": 1.0}, beta=4.0))
+        for p in prompts
+    ]
+    plain = [GenerationRequest(r.prompt_ids, sampling, Personalization(method="base")) for r in reqs]
+    share = [sum(t in good for t in res.token_ids) / max(len(res.token_ids), 1) for res in engine.generate(reqs)]
+    base_share = [sum(t in good for t in res.token_ids) / max(len(res.token_ids), 1) for res in engine.generate(plain)]
+    assert sum(share) > sum(base_share)
+
+
+def test_training_resumes_from_checkpoint(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
+    base = fresh_tiny_base
+    rollouts = sample_rollouts(Engine(base), ["Explain photosynthesis."], RolloutConfig(4, 8, batch_size=4))
+    scores = [float(len(r.response_ids)) for r in rollouts]
+    out = tmp_path / "h"
+    calls: list[int] = []
+    config = TrainConfig(kind="linear", epochs=2, batch_size=2)
+
+    def interrupt(epoch: int, step: int, loss: float) -> None:
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_head(base, rollouts, scores, "long", out, reward_name="len", config=config, on_step=interrupt)
+    assert (checkpoint_dir(out) / "state.json").is_file()
+    calls.clear()
+    _, report = train_head(
+        base,
+        rollouts,
+        scores,
+        "long",
+        out,
+        reward_name="len",
+        config=config,
+        on_step=lambda e, s, loss: calls.append(e),
+    )
+    assert set(calls) == {1} and len(report.epoch_losses) == 2  # epoch 0 came from the checkpoint
