@@ -62,7 +62,7 @@ class Settings(BaseSettings):
 
     @property
     def artifact_root(self) -> Path:
-        return self.data_dir / "heads"
+        return self.data_dir / "artifacts"
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,0 +1,1 @@
+"""The HTTP service: OpenAI-compatible completions with per-user personalization."""

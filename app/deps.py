@@ -1,0 +1,74 @@
+"""Request dependencies as ``Annotated`` aliases: services, the caller, admin scope, the model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from app.errors import APIError, forbidden, not_ready, unauthorized
+from app.services import ModelRuntime, Services
+from personalize.db.records import UserRecord
+from personalize.db.users import hash_api_key
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_current_user(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> UserRecord:
+    """The user owning the request's ``Authorization: Bearer <key>``, rate-limited per key."""
+    if not authorization:
+        raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+    user = services.users.authenticate(key)
+    if user is None:
+        raise unauthorized("invalid API key")
+    limit = services.settings.rate_limit_per_minute
+    decision = services.cache.allow_request(hash_api_key(key)[:16], limit)
+    if not decision.allowed:
+        services.metrics.rejected.labels("rate_limit").inc()
+        raise APIError(
+            429,
+            f"rate limit of {limit} requests per minute exceeded; retry in {decision.retry_after_s} s",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(decision.retry_after_s)},
+        )
+    return user
+
+
+CurrentUser = Annotated[UserRecord, Depends(get_current_user)]
+
+
+def get_admin_user(user: CurrentUser) -> UserRecord:
+    if not user.is_admin:
+        raise forbidden("this endpoint needs an admin API key")
+    return user
+
+
+AdminUser = Annotated[UserRecord, Depends(get_admin_user)]
+
+
+def get_runtime(services: ServicesDep) -> ModelRuntime:
+    if services.runtime is None:
+        raise not_ready(f"the model is not ready yet ({services.load_error or 'loading'})")
+    return services.runtime
+
+
+RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+
+
+def require_self_or_admin(user: UserRecord, target_id: str, param: str | None = None) -> None:
+    if user.id != target_id and not user.is_admin:
+        raise forbidden("you can only access your own profile (admins can access any)", param)

@@ -1,0 +1,144 @@
+"""From an OpenAI-style request to a validated GenerationRequest.
+
+Resolves whose profile applies (the ``user`` field: the caller's own unless the
+caller is an admin), merges the per-request ``personalization`` override over
+that profile, checks limits, and tokenizes the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from app.errors import APIError, api_error_for, forbidden
+from app.schemas import PersonalizationIn, _GenerationParams
+from app.services import ModelRuntime, Services
+from personalize.db.errors import NotFoundError
+from personalize.db.records import ProfileRecord, UserRecord
+from personalize.decoding.config import GenerationRequest, Personalization, SamplingParams
+from personalize.errors import ConfigError, ContextLengthError, UnknownObjectiveError
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    request: GenerationRequest
+    user_id: str
+    model_id: str
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_ids)
+
+
+def resolve_user(services: Services, caller: UserRecord, requested: str | None) -> UserRecord:
+    """The user whose profile steers this request."""
+    if not requested or requested in (caller.id, caller.name):
+        return caller
+    if not caller.is_admin:
+        raise forbidden(
+            f"'user' must be your own id ({caller.id}) or name; only admins may act for other users",
+            "user",
+        )
+    try:
+        return services.users.get(requested)
+    except NotFoundError as exc:
+        raise APIError(404, str(exc), type="not_found_error", param="user", code="user_not_found") from exc
+
+
+def merge_personalization(
+    profile: ProfileRecord, override: PersonalizationIn | None, loaded: Collection[str]
+) -> Personalization:
+    """The profile with the request's override applied.
+
+    Profile weights on objectives that are not loaded right now are skipped (a head
+    may have been deactivated since the profile was saved); an override naming an
+    unknown objective is an error.
+    """
+    weights = {k: w for k, w in profile.weights.items() if k in loaded}
+    beta, method, top_k, best_of = profile.beta, profile.method, profile.top_k, 4
+    if override is not None:
+        if override.weights is not None:
+            for name in override.weights:
+                if name not in loaded:
+                    raise api_error_for(UnknownObjectiveError(name, loaded), f"personalization.weights.{name}")
+            weights = dict(override.weights)
+        beta = override.beta if override.beta is not None else beta
+        method = override.method if override.method is not None else method
+        top_k = override.top_k if override.top_k is not None else top_k
+        best_of = override.best_of if override.best_of is not None else best_of
+    try:
+        merged = Personalization(weights=weights, beta=beta, method=method, top_k=top_k, best_of=best_of)
+    except ConfigError as exc:
+        raise api_error_for(exc, "personalization") from exc
+    if merged.method == "bon" and not merged.active_weights:
+        raise APIError(
+            400,
+            "method 'bon' ranks samples by the weighted objectives' rewards: give non-zero weights",
+            param="personalization.weights",
+            code="invalid_value",
+        )
+    return merged
+
+
+def check_model(runtime: ModelRuntime, model: str) -> None:
+    if model not in ("default", runtime.model_id):
+        raise APIError(
+            404,
+            f"model {model!r} does not exist; available: 'default', {runtime.model_id!r}",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def sampling_params(services: Services, body: _GenerationParams, max_tokens: int | None) -> SamplingParams:
+    limit = services.settings.max_tokens_limit
+    wanted = max_tokens if max_tokens is not None else min(services.settings.default_max_tokens, limit)
+    if wanted > limit:
+        raise APIError(
+            400,
+            f"max_tokens is {wanted}; this server allows at most {limit}",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    if body.n != 1:
+        raise APIError(400, f"n must be 1 on this server, got {body.n}", param="n", code="invalid_value")
+    stop: tuple[str, ...] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    try:
+        return SamplingParams(
+            max_new_tokens=wanted,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=stop,
+            seed=body.seed,
+        )
+    except ConfigError as exc:
+        raise api_error_for(exc) from exc
+
+
+def prepare(
+    services: Services,
+    runtime: ModelRuntime,
+    caller: UserRecord,
+    body: _GenerationParams,
+    *,
+    prompt_ids: Sequence[int],
+    max_tokens: int | None,
+    prompt_param: str,
+) -> PreparedRequest:
+    """Everything but decoding; runs on a worker thread (database, tokenizer)."""
+    check_model(runtime, body.model)
+    sampling = sampling_params(services, body, max_tokens)
+    target = resolve_user(services, caller, body.user)
+    profile = services.profiles.get(target.id)
+    personalization = merge_personalization(profile, body.personalization, runtime.engine.objectives)
+    if not prompt_ids:
+        raise APIError(400, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
+    request = GenerationRequest(tuple(prompt_ids), sampling, personalization)
+    try:
+        runtime.engine.validate(request)
+    except ContextLengthError as exc:
+        raise api_error_for(exc, prompt_param) from exc
+    except UnknownObjectiveError as exc:
+        raise api_error_for(exc, f"personalization.weights.{exc.name}") from exc
+    return PreparedRequest(request, target.id, runtime.model_id)

@@ -1,0 +1,273 @@
+"""POST /v1/chat/completions and /v1/completions (OpenAI wire format, SSE streaming)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from app.deps import CurrentUser, RuntimeDep, ServicesDep
+from app.errors import APIError, api_error_for, error_body
+from app.generation import PreparedRequest, prepare
+from app.scheduler import QueueFullError, SchedulerStoppedError, Ticket
+from app.schemas import ChatCompletionRequest, CompletionRequest
+from app.services import ModelRuntime, Services
+from personalize.decoding import methods
+from personalize.decoding.config import StreamEvent
+from personalize.errors import PersonalizeError
+
+router = APIRouter(prefix="/v1", tags=["completions"])
+
+Kind = Literal["chat", "text"]
+
+
+@dataclass
+class _Output:
+    """What one request produced so far, and its token count for ``usage``."""
+
+    prepared: PreparedRequest
+    runtime: ModelRuntime
+    parts: list[str] = field(default_factory=list)
+    tokens: int = 0
+    finish_reason: str | None = None
+
+    def add(self, event: StreamEvent) -> None:
+        self.parts.append(event.text)
+        eos = event.finish_reason == "stop" and event.token_id in self.runtime.base.eos_token_ids
+        if not eos:
+            self.tokens += 1
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+            if not methods.streams(self.prepared.request):  # one event carries the whole text
+                ids = self.runtime.base.tokenizer(self.text, add_special_tokens=False)["input_ids"]
+                self.tokens = len(ids)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def usage(self) -> dict[str, int]:
+        prompt = self.prepared.prompt_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": self.tokens, "total_tokens": prompt + self.tokens}
+
+
+def _personalization(prepared: PreparedRequest, ticket: Ticket) -> dict[str, Any]:
+    return {
+        **prepared.request.personalization.to_dict(),
+        "head_versions": dict(ticket.head_versions),
+        "user": prepared.user_id,
+    }
+
+
+def _submit(services: Services, runtime: ModelRuntime, prepared: PreparedRequest) -> Ticket:
+    try:
+        ticket = runtime.scheduler.submit(prepared.request)
+    except QueueFullError as exc:
+        services.metrics.rejected.labels("queue_full").inc()
+        raise APIError(429, str(exc), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from exc
+    except SchedulerStoppedError as exc:
+        raise APIError(503, str(exc), type="server_error", code="shutting_down") from exc
+    return ticket
+
+
+def _record(services: Services, output: _Output) -> None:
+    services.metrics.tokens.labels("prompt").inc(output.prepared.prompt_tokens)
+    services.metrics.tokens.labels("completion").inc(output.tokens)
+    for objective in output.prepared.request.personalization.active_weights:
+        services.metrics.objective_requests.labels(objective).inc()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _error_of(exc: BaseException) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, PersonalizeError):
+        return api_error_for(exc)
+    if isinstance(exc, SchedulerStoppedError):
+        return APIError(503, str(exc), type="server_error", code="shutting_down")
+    return APIError(500, "decoding failed", type="server_error", code="internal_error")
+
+
+def _choice(kind: Kind, text: str, finish: str | None, *, delta: bool, first: bool = False) -> dict[str, Any]:
+    if kind == "text":
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    if delta:
+        content: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+        return {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": text, "refusal": None},
+        "logprobs": None,
+        "finish_reason": finish,
+    }
+
+
+def _envelope(kind: Kind, completion_id: str, created: int, model: str, *, chunk: bool) -> dict[str, Any]:
+    obj = {"chat": "chat.completion", "text": "text_completion"}[kind]
+    if chunk and kind == "chat":
+        obj = "chat.completion.chunk"
+    return {"id": completion_id, "object": obj, "created": created, "model": model, "system_fingerprint": None}
+
+
+async def _respond(
+    request: Request,
+    services: Services,
+    runtime: ModelRuntime,
+    prepared: PreparedRequest,
+    *,
+    kind: Kind,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
+    ticket = _submit(services, runtime, prepared)
+    completion_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+    created = int(time.time())
+    output = _Output(prepared, runtime)
+    if stream:
+        return StreamingResponse(
+            _sse(services, ticket, output, kind, completion_id, created, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def collect() -> None:
+        async for event in ticket.iter_events():
+            output.add(event)
+
+    collector = asyncio.create_task(collect())
+    disconnect = asyncio.create_task(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({collector, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+        if not collector.done():
+            ticket.cancel()
+            collector.cancel()
+    if not collector.done() or collector.cancelled():
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    if (exc := collector.exception()) is not None:
+        raise _error_of(exc)
+    _record(services, output)
+    body = _envelope(kind, completion_id, created, prepared.model_id, chunk=False)
+    body["choices"] = [_choice(kind, output.text, output.finish_reason, delta=False)]
+    body["usage"] = output.usage()
+    body["personalization"] = _personalization(prepared, ticket)
+    return JSONResponse(body)
+
+
+def _sse_data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def _sse(
+    services: Services,
+    ticket: Ticket,
+    output: _Output,
+    kind: Kind,
+    completion_id: str,
+    created: int,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    prepared = output.prepared
+
+    def chunk(text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
+        body = _envelope(kind, completion_id, created, prepared.model_id, chunk=True)
+        body["choices"] = [_choice(kind, text, finish, delta=True, first=first)]
+        if first or finish is not None:
+            body["personalization"] = _personalization(prepared, ticket)
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    first = True
+    try:
+        async for event in ticket.iter_events():
+            output.add(event)
+            if first and kind == "chat":
+                yield _sse_data(chunk("", None, first=True))
+                first = False
+            if event.text:
+                yield _sse_data(chunk(event.text, None))
+            if event.finish_reason is not None:
+                yield _sse_data(chunk("", event.finish_reason))
+        _record(services, output)
+        if include_usage:
+            tail = _envelope(kind, completion_id, created, prepared.model_id, chunk=True)
+            tail["choices"] = []
+            tail["usage"] = output.usage()
+            yield _sse_data(tail)
+    except Exception as exc:
+        error = _error_of(exc)
+        yield _sse_data(error_body(error.message, error.type, error.param, error.code))
+    finally:
+        ticket.cancel()  # no-op when finished; drops the request if the client went away
+    yield "data: [DONE]\n\n"
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    request: Request,
+    body: ChatCompletionRequest,
+    user: CurrentUser,
+    services: ServicesDep,
+    runtime: RuntimeDep,
+) -> Response:
+    def prepare_chat() -> PreparedRequest:
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
+        return prepare(
+            services,
+            runtime,
+            user,
+            body,
+            prompt_ids=runtime.base.encode_chat(messages),
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            prompt_param="messages",
+        )
+
+    prepared = await run_in_threadpool(prepare_chat)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _respond(
+        request, services, runtime, prepared, kind="chat", stream=body.stream, include_usage=include_usage
+    )
+
+
+@router.post("/completions")
+async def completions(
+    request: Request,
+    body: CompletionRequest,
+    user: CurrentUser,
+    services: ServicesDep,
+    runtime: RuntimeDep,
+) -> Response:
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+
+    def prepare_text() -> PreparedRequest:
+        return prepare(
+            services,
+            runtime,
+            user,
+            body,
+            prompt_ids=runtime.base.encode_text(prompt),
+            max_tokens=body.max_tokens,
+            prompt_param="prompt",
+        )
+
+    prepared = await run_in_threadpool(prepare_text)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _respond(
+        request, services, runtime, prepared, kind="text", stream=body.stream, include_usage=include_usage
+    )
