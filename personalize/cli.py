@@ -177,6 +177,117 @@ def heads_list(
     console.print(table if rows else "no heads found")
 
 
+@heads_app.command("train")
+def heads_train(
+    objective: Annotated[str, typer.Option(help="Objective name the head serves (e.g. concise).")],
+    reward: Annotated[str, typer.Option(help="Reward function name (see personalize.rewards).")],
+    out: Annotated[Path, typer.Option(help="Directory to write the head to.")],
+    kind: Annotated[str, typer.Option(help="lora (adapter + extra decode row) or linear (free at decode).")] = "lora",
+    epochs: Annotated[int, typer.Option()] = 3,
+    lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 3e-4,
+    head_lr: Annotated[float, typer.Option("--head-lr", help="Value-output learning rate.")] = 2e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    gamma: Annotated[float, typer.Option()] = 1.0,
+    lam: Annotated[float, typer.Option(help="TD(lambda) lambda.")] = 0.95,
+    lora_rank: Annotated[int, typer.Option("--lora-rank")] = 8,
+    lora_layers: Annotated[int, typer.Option("--lora-layers", help="Adapt only the top N layers (0: all).")] = 0,
+    samples_per_prompt: Annotated[int, typer.Option("--samples-per-prompt")] = 2,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 256,
+    rollout_batch: Annotated[int, typer.Option("--rollout-batch")] = 32,
+    limit: Annotated[int, typer.Option(help="Use only the first N training prompts (0: all).")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    version: Annotated[str, typer.Option()] = "1",
+    description: Annotated[str, typer.Option()] = "",
+    base_model: BaseModelOpt = None,
+) -> None:
+    """Train a value head: rollouts (cached, shared by objectives) → reward → TD(lambda) regression."""
+    import hashlib
+    import sys
+
+    from rich.progress import Progress
+
+    from personalize.data import load_prompts
+    from personalize.decoding import Engine
+    from personalize.models import load_base_model
+    from personalize.rewards import get_reward
+    from personalize.training import (
+        RolloutConfig,
+        TrainConfig,
+        load_rollouts,
+        sample_rollouts,
+        save_rollouts,
+        train_head,
+    )
+
+    settings = _settings()
+    try:
+        config = TrainConfig(
+            kind=kind,  # type: ignore[arg-type]  # validated in __post_init__
+            epochs=epochs,
+            lr=lr,
+            head_lr=head_lr,
+            batch_size=batch_size,
+            gamma=gamma,
+            lam=lam,
+            lora_rank=lora_rank,
+            lora_layers=lora_layers,
+            seed=seed,
+        )
+        rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
+        scorer = get_reward(reward)
+        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
+        prompts = [p.prompt for p in load_prompts("train")]
+        prompts = prompts[:limit] if limit else prompts
+        key = hashlib.sha256(
+            json.dumps([base.backbone_id, prompts, rollout_config.__dict__], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        cache = settings.data_dir / "rollouts" / f"{key}.jsonl"
+        if cache.is_file():
+            rollouts = load_rollouts(cache)
+            console.print(f"reusing {len(rollouts)} rollouts from {cache}")
+        else:
+            with Progress(console=err) as bar:
+                task = bar.add_task("rollouts", total=len(prompts) * samples_per_prompt)
+                rollouts = sample_rollouts(
+                    Engine(base), prompts, rollout_config, on_batch=lambda n: bar.advance(task, n)
+                )
+            save_rollouts(rollouts, cache)
+        with console.status(f"scoring {len(rollouts)} responses with reward {reward!r}"):
+            scores = scorer([r.prompt for r in rollouts], [r.response for r in rollouts]).float().tolist()
+        steps = epochs * -(-len(rollouts) // batch_size)
+        with Progress(console=err) as bar:
+            task = bar.add_task(f"training {objective}", total=steps)
+
+            def step(epoch: int, _: int, loss: float) -> None:
+                bar.update(task, advance=1, description=f"training {objective} epoch {epoch + 1} loss {loss:.4f}")
+
+            meta = {
+                "command": "personalize " + " ".join(sys.argv[1:]),
+                "rollouts_file": cache.name,
+                "rollout_config": rollout_config.__dict__,
+                "prompts": len(prompts),
+            }
+            _, report = train_head(
+                base,
+                rollouts,
+                scores,
+                objective,
+                out,
+                reward_name=reward,
+                config=config,
+                description=description,
+                version=version,
+                extra_meta=meta,
+                on_step=step,
+            )
+    except PersonalizeError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"head {objective!r} v{version} → {out}  losses {[round(x, 4) for x in report.epoch_losses]}  "
+        f"return {report.return_mean:.3f}±{report.return_std:.3f}  scale {report.scale:.4f}  {report.seconds:.0f}s"
+    )
+
+
 @app.command()
 def demo(base_model: BaseModelOpt = None) -> None:
     """Prepare the embedded default and show the same prompt decoded plainly and steered."""

@@ -268,9 +268,14 @@ def train_head(
             _save(head, model, checkpoint / "head", report, config, extra_meta)
             state = {"epoch": epoch + 1, "losses": report.epoch_losses}
             (checkpoint / "state.json").write_text(json.dumps(state))
-    calib_rollouts = [rollouts[i] for i in order[: min(32, len(order))]]
-    calib = _collate(calib_rollouts, [scores[i] for i in order[: len(calib_rollouts)]], pad)
-    report.scale = _calibration_scale(base, model, _Batch(*(t.to(accelerator.device) for t in asdict_shallow(calib))))
+    spreads = []
+    for i in range(0, min(16, len(order)), 4):  # 16 responses in chunks: logits over V are large
+        idx = order[i : i + 4]
+        calib = _collate([rollouts[j] for j in idx], [scores[j] for j in idx], pad)
+        spreads.append(
+            _calibration_scale(base, model, _Batch(*(t.to(accelerator.device) for t in asdict_shallow(calib))))
+        )
+    report.scale = sum(spreads) / len(spreads)
     report.seconds = time.perf_counter() - start
     final = _save(head, model, Path(out_dir), report, config, extra_meta)
     if accelerator.is_main_process:
