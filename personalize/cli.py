@@ -288,6 +288,88 @@ def heads_train(
     )
 
 
+@app.command("eval")
+def evaluate(
+    objectives: Annotated[str, typer.Option(help="Objectives to evaluate (heads and rewards of the same names).")] = (
+        "concise,helpful,harmless,positive"
+    ),
+    betas: Annotated[str, typer.Option(help="VAS betas.")] = "1,2,4",
+    bon: Annotated[str, typer.Option(help="Best-of-N sizes.")] = "2,4,8,16",
+    sweep: Annotated[str, typer.Option(help="Two objectives for the weight sweep, or '' to skip.")] = "concise,helpful",
+    sweep_steps: Annotated[int, typer.Option("--sweep-steps")] = 5,
+    sweep_beta: Annotated[float, typer.Option("--sweep-beta")] = 2.0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
+    limit: Annotated[int, typer.Option(help="Evaluate the first N eval prompts (0: all).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    latency_prompts: Annotated[int, typer.Option("--latency-prompts")] = 6,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the figure (PNG).")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the Markdown table.")] = None,
+    base_model: BaseModelOpt = None,
+    heads: HeadsOpt = None,
+) -> None:
+    """Compare base, VAS and Best-of-N on the eval prompts; write JSON, a Markdown table and plots."""
+    from rich.progress import Progress
+
+    from personalize.data import load_prompts
+    from personalize.decoding import Engine
+    from personalize.evaluation import EvalConfig, Evaluator, markdown_table
+    from personalize.heads import load_head
+    from personalize.models import load_base_model
+    from personalize.rewards import get_reward
+
+    settings = _settings()
+
+    def floats(text: str) -> tuple[float, ...]:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+
+    try:
+        names = tuple(x.strip() for x in objectives.split(",") if x.strip())
+        pair = tuple(x.strip() for x in sweep.split(",") if x.strip())
+        config = EvalConfig(
+            objectives=names,
+            betas=floats(betas),
+            bon_sizes=tuple(int(x) for x in floats(bon)),
+            sweep=(pair[0], pair[1]) if len(pair) == 2 else None,
+            sweep_steps=sweep_steps,
+            sweep_beta=sweep_beta,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            latency_prompts=latency_prompts,
+            seed=seed,
+        )
+        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
+        loaded = [h for h in (load_head(f, base) for f in _head_dirs(heads, settings.data_dir)) if h.objective in names]
+        missing = set(names) - {h.objective for h in loaded}
+        if missing:
+            raise typer.BadParameter(f"no head found for {sorted(missing)}; pass --heads")
+        rewards = {name: get_reward(name) for name in names}
+        prompts = [p.prompt for p in load_prompts("eval")]
+        prompts = prompts[:limit] if limit else prompts
+        with Progress(console=err) as bar:
+            task = bar.add_task("evaluating", total=None)
+            report = Evaluator(
+                Engine(base, loaded),
+                rewards,
+                prompts,
+                config,
+                progress=lambda label: bar.update(task, description=f"evaluating: {label}"),
+            ).run()
+    except PersonalizeError as exc:
+        raise _fail(exc) from exc
+    table = markdown_table(report)
+    console.print(table, markup=False, highlight=False)
+    if json_out:
+        json_out.write_text(json.dumps(report.to_json(), indent=2))
+    if markdown:
+        markdown.write_text(table)
+    if plot:
+        from personalize.plots import plot_report
+
+        plot_report(report, plot)
+
+
 @app.command()
 def demo(base_model: BaseModelOpt = None) -> None:
     """Prepare the embedded default and show the same prompt decoded plainly and steered."""

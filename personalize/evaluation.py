@@ -1,0 +1,259 @@
+"""Evaluation: every method on the eval prompts, scored by every objective's reward.
+
+Quality is measured in batched runs over all eval prompts (the same sampling
+for every method). Best-of-N for every N is read from ONE set of N_max base
+samples per prompt (the first N of them), which is distributed exactly like
+independent Best-of-N runs. Latency is measured separately, one request at a
+time, on a few prompts, with real ``bon`` runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
+from personalize.errors import ConfigError
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    objectives: tuple[str, ...]
+    betas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    bon_sizes: tuple[int, ...] = (2, 4, 8, 16)
+    sweep: tuple[str, str] | None = ("concise", "helpful")
+    sweep_steps: int = 5
+    sweep_beta: float = 2.0
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    sample_top_k: int = 20
+    batch_size: int = 16
+    latency_prompts: int = 6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            raise ConfigError("evaluation needs at least one objective")
+        if self.sweep is not None and any(o not in self.objectives for o in self.sweep):
+            raise ConfigError(f"sweep objectives {self.sweep} must be among {self.objectives}")
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    ci95: float  # half-width of the normal 95% interval
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        n = len(values)
+        mean = statistics.fmean(values) if n else float("nan")
+        sd = statistics.stdev(values) if n > 1 else 0.0
+        return cls(mean, 1.96 * sd / math.sqrt(n) if n else float("nan"))
+
+
+@dataclass
+class MethodRow:
+    label: str
+    method: str
+    weights: dict[str, float]
+    beta: float
+    best_of: int = 1
+    rewards: dict[str, Stat] = field(default_factory=dict)
+    length: Stat = Stat(0.0, 0.0)
+    seconds_per_response: float = 0.0
+    """Batched throughput: wall time of the run / responses (for bon: N_max sampling shared, see notes)."""
+    flops_per_response: float = 0.0
+    latency_s: float | None = None
+    """One request at a time, median over the latency prompts."""
+    samples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    config: EvalConfig
+    base_model: str
+    prompts: int
+    rows: list[MethodRow]
+    sweep: list[MethodRow]
+    head_versions: dict[str, str]
+
+    def to_json(self) -> dict[str, object]:
+        def row(r: MethodRow) -> dict[str, object]:
+            d = asdict(r)
+            d["samples"] = r.samples[:3]
+            return d
+
+        return {
+            "config": asdict(self.config),
+            "base_model": self.base_model,
+            "prompts": self.prompts,
+            "head_versions": self.head_versions,
+            "rows": [row(r) for r in self.rows],
+            "sweep": [row(r) for r in self.sweep],
+        }
+
+
+def _score(rewards: Mapping[str, RewardFn], prompts: Sequence[str], texts: Sequence[str]) -> dict[str, list[float]]:
+    return {name: fn(list(prompts), list(texts)).float().tolist() for name, fn in rewards.items()}
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+class Evaluator:
+    """Runs the evaluation; ``progress(label)`` is called as each configuration starts."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        rewards: Mapping[str, RewardFn],
+        prompts: Sequence[str],
+        config: EvalConfig,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.engine, self.rewards, self.prompts, self.config = engine, rewards, list(prompts), config
+        self.progress = progress
+        self.prompt_ids = [tuple(engine.base.encode_prompt(p)) for p in self.prompts]
+        self.params = engine.base.num_parameters
+
+    def _sampling(self, seed: int) -> SamplingParams:
+        c = self.config
+        return SamplingParams(
+            max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.sample_top_k, seed=seed
+        )
+
+    def _run(self, personalization: Personalization, seed_offset: int = 0) -> tuple[list[GenerationResult], float]:
+        requests = [
+            GenerationRequest(ids, self._sampling(self.config.seed * 100_003 + i + seed_offset), personalization)
+            for i, ids in enumerate(self.prompt_ids)
+        ]
+        results: list[GenerationResult] = []
+        start = time.perf_counter()
+        for i in range(0, len(requests), self.config.batch_size):
+            results.extend(self.engine.generate(requests[i : i + self.config.batch_size]))
+        return results, time.perf_counter() - start
+
+    def _row(self, label: str, personalization: Personalization) -> MethodRow:
+        self.progress(label)
+        results, seconds = self._run(personalization)
+        texts = [r.text for r in results]
+        scores = _score(self.rewards, self.prompts, texts)
+        return MethodRow(
+            label=label,
+            method=personalization.method,
+            weights=dict(personalization.weights),
+            beta=personalization.beta,
+            rewards={k: Stat.of(v) for k, v in scores.items()},
+            length=Stat.of([float(r.completion_tokens) for r in results]),
+            seconds_per_response=seconds / len(results),
+            flops_per_response=2.0 * self.params * statistics.fmean(r.processed_tokens for r in results),
+            samples=texts[:3],
+        )
+
+    def _bon_rows(self) -> list[MethodRow]:
+        """Best-of-N for each N and objective from one set of N_max samples per prompt."""
+        n_max = max(self.config.bon_sizes)
+        self.progress(f"best-of-{n_max} samples")
+        samples: list[list[GenerationResult]] = []
+        start = time.perf_counter()
+        for k in range(n_max):
+            results, _ = self._run(Personalization(method="base"), seed_offset=7919 * (k + 1))
+            samples.append(results)
+        per_sample_s = (time.perf_counter() - start) / (n_max * len(self.prompts))
+        scored = [_score(self.rewards, self.prompts, [r.text for r in results]) for results in samples]
+        rows = []
+        for objective in self.config.objectives:
+            for n in self.config.bon_sizes:
+                picks = [_argmax([scored[k][objective][i] for k in range(n)]) for i in range(len(self.prompts))]
+                chosen = [samples[k][i] for i, k in enumerate(picks)]
+                rows.append(
+                    MethodRow(
+                        label=f"bon N={n} ({objective})",
+                        method="bon",
+                        weights={objective: 1.0},
+                        beta=0.0,
+                        best_of=n,
+                        rewards={
+                            name: Stat.of([scored[k][name][i] for i, k in enumerate(picks)]) for name in self.rewards
+                        },
+                        length=Stat.of([float(r.completion_tokens) for r in chosen]),
+                        seconds_per_response=n * per_sample_s,
+                        flops_per_response=2.0
+                        * self.params
+                        * statistics.fmean(
+                            sum(samples[k][i].processed_tokens for k in range(n)) for i in range(len(self.prompts))
+                        ),
+                        samples=[r.text for r in chosen[:3]],
+                    )
+                )
+        return rows
+
+    def _latency(self, personalization: Personalization) -> float:
+        """Median wall time of one request alone (real runs, bon included)."""
+        times = []
+        for i, ids in enumerate(self.prompt_ids[: self.config.latency_prompts]):
+            request = GenerationRequest(ids, self._sampling(10_000 + i), personalization)
+            reward = self.rewards[next(iter(personalization.weights))] if personalization.method == "bon" else None
+            start = time.perf_counter()
+            self.engine.generate([request], reward=reward)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def run(self) -> EvalReport:
+        c = self.config
+        rows = [self._row("base", Personalization(method="base"))]
+        for objective in c.objectives:
+            for beta in c.betas:
+                rows.append(self._row(f"vas {objective}=1 beta={beta:g}", Personalization({objective: 1.0}, beta=beta)))
+        rows.extend(self._bon_rows())
+        sweep = []
+        if c.sweep is not None:
+            a, b = c.sweep
+            for step in range(c.sweep_steps):
+                alpha = step / max(c.sweep_steps - 1, 1)
+                weights = {a: round(1.0 - alpha, 4), b: round(alpha, 4)}
+                sweep.append(
+                    self._row(
+                        f"sweep {a}={weights[a]:g},{b}={weights[b]:g}", Personalization(weights, beta=c.sweep_beta)
+                    )
+                )
+        if c.latency_prompts:
+            first = c.objectives[0]
+            for row in rows:
+                if row.method == "bon" and first not in row.weights:
+                    continue
+                self.progress(f"latency: {row.label}")
+                p = Personalization(
+                    row.weights if row.method != "base" else {},
+                    beta=max(row.beta, 0.0),
+                    method=row.method,
+                    best_of=max(row.best_of, 1),
+                )
+                row.latency_s = self._latency(p)
+        versions = self.engine.head_versions([o for o in c.objectives if o in self.engine.objectives])
+        return EvalReport(c, self.engine.base.backbone_id, len(self.prompts), rows, sweep, versions)
+
+
+def markdown_table(report: EvalReport) -> str:
+    objectives = list(report.config.objectives)
+    head = ["method", *objectives, "length (tokens)", "s/response (batched)", "latency s (alone)", "GFLOPs/response"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report.rows + report.sweep:
+        cells = [r.label]
+        cells += [f"{r.rewards[o].mean:.3f} ± {r.rewards[o].ci95:.3f}" for o in objectives]
+        cells += [
+            f"{r.length.mean:.1f}",
+            f"{r.seconds_per_response:.2f}",
+            "" if r.latency_s is None else f"{r.latency_s:.2f}",
+            f"{r.flops_per_response / 1e9:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,76 @@
+"""The evaluation harness on the tiny model with simple, transparent rewards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from personalize.decoding import Engine
+from personalize.evaluation import EvalConfig, Evaluator, Stat, markdown_table
+from personalize.heads import load_head
+from personalize.models import BaseModel
+from personalize.plots import plot_report
+
+
+def length_reward(prompts, responses):
+    return torch.tensor([-len(r) / 100.0 for r in responses])
+
+
+def vowel_reward(prompts, responses):
+    return torch.tensor([sum(c in "aeiou" for c in r) / max(len(r), 1) for r in responses])
+
+
+def test_stat_interval() -> None:
+    s = Stat.of([1.0, 2.0, 3.0, 4.0])
+    assert s.mean == 2.5 and abs(s.ci95 - 1.96 * (5 / 3) ** 0.5 / 2) < 1e-9
+    assert Stat.of([2.0]).ci95 == 0.0
+
+
+def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tiny_head_dir, tmp_path: Path) -> None:
+    base = fresh_tiny_base
+    heads = [
+        load_head(tiny_head_dir("short", kind="linear", seed=1), base),
+        load_head(tiny_head_dir("vowels", kind="lora", seed=2), base),
+    ]
+    config = EvalConfig(
+        objectives=("short", "vowels"),
+        betas=(1.0, 4.0),
+        bon_sizes=(1, 2, 4),
+        sweep=("short", "vowels"),
+        sweep_steps=3,
+        max_new_tokens=8,
+        batch_size=4,
+        latency_prompts=2,
+    )
+    prompts = [
+        "How do I clean my keyboard?",
+        "Explain photosynthesis.",
+        "I love sunny days",
+        "Water boils at",
+        "Be concise",
+        "Thank you so much",
+    ]
+    seen: list[str] = []
+    report = Evaluator(
+        Engine(base, heads), {"short": length_reward, "vowels": vowel_reward}, prompts, config, progress=seen.append
+    ).run()
+    labels = [r.label for r in report.rows]
+    assert labels[0] == "base" and "vas short=1 beta=4" in labels and "bon N=4 (vowels)" in labels
+    assert len(report.sweep) == 3 and report.sweep[0].weights == {"short": 1.0, "vowels": 0.0}
+    for objective in ("short", "vowels"):  # Best-of-N over nested sample sets can only improve its own reward
+        means = [
+            next(r for r in report.rows if r.label == f"bon N={n} ({objective})").rewards[objective].mean
+            for n in (1, 2, 4)
+        ]
+        assert means[0] <= means[1] <= means[2]
+    bon4 = next(r for r in report.rows if r.label == "bon N=4 (short)")
+    assert bon4.flops_per_response > 3 * report.rows[0].flops_per_response
+    assert report.rows[0].latency_s is not None and bon4.latency_s is not None
+    assert any("latency" in s for s in seen)
+    table = markdown_table(report)
+    assert table.count("\n") == 2 + len(report.rows) + len(report.sweep)
+    out = plot_report(report, tmp_path / "eval.png")
+    assert out.stat().st_size > 10_000
+    assert json.loads(json.dumps(report.to_json()))["prompts"] == len(prompts)
