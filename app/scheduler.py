@@ -36,6 +36,10 @@ class QueueFullError(Exception):
     """The scheduler's queue is at capacity; the caller should retry later."""
 
 
+class RequestCancelledError(Exception):
+    """The request was cancelled (its client went away); ends its event stream."""
+
+
 class SchedulerStoppedError(Exception):
     """The scheduler was stopped before the request ran."""
 
@@ -63,8 +67,12 @@ class Ticket:
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
-        """Drop the request (its client disconnected); safe to call from any thread."""
-        self._cancelled.set()
+        """Drop the request (its client disconnected); safe to call from any thread.
+
+        Whoever is still iterating its events gets :class:`RequestCancelledError`."""
+        if not self._cancelled.is_set():
+            self._cancelled.set()
+            self._deliver(RequestCancelledError())
 
     @property
     def cancelled(self) -> bool:
@@ -74,7 +82,7 @@ class Ticket:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
-            self.cancel()
+            self._cancelled.set()
 
     async def iter_events(self) -> AsyncIterator[StreamEvent]:
         """Events until the one with ``finish_reason`` (re-raises a decoding error)."""
@@ -104,7 +112,9 @@ class Scheduler:
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="decoder", daemon=True)
         self.batches_run = 0
-        self.last_batch_size = 0
+        self.dropped = 0
+        """Requests dropped because their client left (before or during decoding)."""
+        self.largest_batch = 0
         self.on_batch: Callable[[int], None] | None = None
         """Called (on the worker thread) with the size of every batch it starts."""
 
@@ -165,7 +175,9 @@ class Scheduler:
                 batch: list[Ticket] = []
                 while self._pending and len(batch) < self.max_batch_size:
                     ticket = self._pending.popleft()
-                    if not ticket.cancelled:
+                    if ticket.cancelled:
+                        self.dropped += 1
+                    else:
                         batch.append(ticket)
             for control in controls:
                 self._run_control(control)
@@ -202,7 +214,7 @@ class Scheduler:
         for ticket in batch:
             ticket.batch_size = len(batch)
         self.batches_run += 1
-        self.last_batch_size = len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
         if self.on_batch is not None:
             self.on_batch(len(batch))
         done = [False] * len(batch)
@@ -222,6 +234,7 @@ class Scheduler:
                 if not finished:
                     ticket._deliver(exc)
         finally:
+            self.dropped += sum(1 for d, t in zip(done, batch, strict=True) if t.cancelled and not d)
             close = getattr(events, "close", None)
             if close is not None:
                 close()

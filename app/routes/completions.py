@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from app.deps import CurrentUser, RuntimeDep, ServicesDep
 from app.errors import APIError, api_error_for, error_body
 from app.generation import PreparedRequest, prepare
-from app.scheduler import QueueFullError, SchedulerStoppedError, Ticket
+from app.scheduler import QueueFullError, RequestCancelledError, SchedulerStoppedError, Ticket
 from app.schemas import ChatCompletionRequest, CompletionRequest
 from app.services import ModelRuntime, Services
 from personalize.decoding import methods
@@ -139,7 +139,7 @@ async def _respond(
     output = _Output(prepared, runtime)
     if stream:
         return StreamingResponse(
-            _sse(services, ticket, output, kind, completion_id, created, include_usage),
+            _sse(request, services, ticket, output, kind, completion_id, created, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -174,6 +174,7 @@ def _sse_data(payload: dict[str, Any]) -> str:
 
 
 async def _sse(
+    request: Request,
     services: Services,
     ticket: Ticket,
     output: _Output,
@@ -193,6 +194,11 @@ async def _sse(
             body["usage"] = None
         return body
 
+    async def watch_disconnect() -> None:
+        await _wait_for_disconnect(request)
+        ticket.cancel()
+
+    watcher = asyncio.create_task(watch_disconnect())
     first = True
     try:
         async for event in ticket.iter_events():
@@ -210,11 +216,14 @@ async def _sse(
             tail["choices"] = []
             tail["usage"] = output.usage()
             yield _sse_data(tail)
+    except RequestCancelledError:
+        return  # the client is gone
     except Exception as exc:
         error = _error_of(exc)
         yield _sse_data(error_body(error.message, error.type, error.param, error.code))
     finally:
-        ticket.cancel()  # no-op when finished; drops the request if the client went away
+        watcher.cancel()
+        ticket.cancel()  # drops the request if the stream ended early (the client went away)
     yield "data: [DONE]\n\n"
 
 

@@ -207,11 +207,15 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn serving an app on a free local port, in a thread of this process."""
+    """uvicorn serving an app on a free local port, in a thread of this process.
+
+    The app is already started (by its TestClient), so uvicorn skips the lifespan
+    and both serve the same services: one scheduler, one engine."""
 
     def __init__(self, app: FastAPI) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

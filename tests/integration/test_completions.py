@@ -1,0 +1,260 @@
+"""OpenAI-format completions over HTTP: shapes, streaming, profiles, validation, batching, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import LiveServer, Service, wait_until
+from tests.integration.helpers import chat, register_head, sse_events
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def steered(service: Service, tiny_head_dir: Callable[..., Path]) -> Service:
+    register_head(service, tiny_head_dir("concise", seed=1))
+    register_head(service, tiny_head_dir("helpful", kind="linear", seed=2))
+    return service
+
+
+def test_chat_completion_shape_and_profile_applied(steered: Service) -> None:
+    user_id, key = steered.create_user()
+    put = steered.client.put(
+        f"/v1/users/{user_id}/profile",
+        json={"weights": {"concise": 1.5, "helpful": -0.5}, "beta": 3.0, "version": 1},
+        headers=steered.auth(key),
+    )
+    assert put.status_code == 200, put.text
+    response = chat(steered, key, max_tokens=6, seed=1)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 1 <= usage["completion_tokens"] <= 6
+    applied = body["personalization"]
+    assert applied["weights"] == {"concise": 1.5, "helpful": -0.5} and applied["beta"] == 3.0
+    assert applied["head_versions"] == {"concise": "1", "helpful": "1"} and applied["user"] == user_id
+
+
+def test_request_override_replaces_profile_fields(steered: Service) -> None:
+    user_id, key = steered.create_user()
+    steered.client.put(
+        f"/v1/users/{user_id}/profile", json={"weights": {"concise": 1.0}, "beta": 3.0}, headers=steered.auth(key)
+    )
+    response = chat(steered, key, max_tokens=3, personalization={"weights": {"helpful": 2.0}, "method": "base"})
+    applied = response.json()["personalization"]
+    assert applied["weights"] == {"helpful": 2.0} and applied["beta"] == 3.0 and applied["method"] == "base"
+    assert applied["head_versions"] == {}  # method "base" steers with nothing
+
+
+def test_same_seed_same_text(steered: Service) -> None:
+    texts = {
+        chat(steered, max_tokens=8, seed=11, personalization={"weights": {"concise": 1.0}}).json()["choices"][0][
+            "message"
+        ]["content"]
+        for _ in range(2)
+    }
+    assert len(texts) == 1
+
+
+def test_user_field_selects_profile_only_for_admins(steered: Service) -> None:
+    alice_id, alice_key = steered.create_user()
+    bob_id, _ = steered.create_user()
+    steered.client.put(f"/v1/users/{bob_id}/profile", json={"beta": 4.0}, headers=steered.auth())
+    denied = chat(steered, alice_key, user=bob_id, max_tokens=2)
+    assert denied.status_code == 403 and denied.json()["error"]["param"] == "user"
+    own = chat(steered, alice_key, user=alice_id, max_tokens=2)
+    assert own.status_code == 200 and own.json()["personalization"]["user"] == alice_id
+    as_admin = chat(steered, user=bob_id, max_tokens=2)
+    assert as_admin.json()["personalization"]["user"] == bob_id
+    assert as_admin.json()["personalization"]["beta"] == 4.0
+    unknown = chat(steered, user="nobody-here", max_tokens=2)
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "user"
+
+
+def test_text_completion(steered: Service) -> None:
+    response = steered.client.post(
+        "/v1/completions",
+        json={"model": "default", "prompt": "The quick brown fox", "max_tokens": 5, "personalization": {"weights": {}}},
+        headers=steered.auth(),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "text_completion" and "text" in body["choices"][0]
+    assert body["personalization"]["weights"] == {}
+
+
+def test_streamed_chat_has_role_deltas_finish_usage_and_done(steered: Service) -> None:
+    with steered.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "default",
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 6,
+            "seed": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "personalization": {"weights": {"concise": 1.0}},
+        },
+        headers=steered.auth(),
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.read().decode())
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[0]["personalization"]["head_versions"] == {"concise": "1"}
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    whole = chat(
+        steered,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=6,
+        seed=2,
+        personalization={"weights": {"concise": 1.0}},
+    ).json()
+    assert streamed == whole["choices"][0]["message"]["content"]
+
+
+def test_best_of_n_returns_one_answer(steered: Service) -> None:
+    needs_weights = chat(steered, max_tokens=4, personalization={"method": "bon", "weights": {}})
+    assert needs_weights.status_code == 400 and needs_weights.json()["error"]["param"] == "personalization.weights"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"max_tokens": 100_000}, 400, "max_tokens"),
+        ({"max_tokens": 0}, 400, "max_tokens"),
+        ({"personalization": {"weights": {"nope": 1.0}}}, 400, "personalization.weights.nope"),
+        ({"personalization": {"beta": 1000}}, 400, "personalization.beta"),
+        ({"personalization": {"top_k": 0}}, 400, "personalization.top_k"),
+        ({"personalization": {"top_k": 5000}}, 400, "personalization.top_k"),
+        ({"personalization": {"weights": {"concise": 99}}}, 400, "personalization.weights.concise"),
+        ({"personalization": {"method": "telepathy"}}, 400, "personalization.method"),
+        ({"personalization": {"colour": "red"}}, 400, "personalization.colour"),
+        ({"temperature": -1}, 400, "temperature"),
+        ({"n": 3}, 400, "n"),
+        ({"model": "gpt-17"}, 404, "model"),
+        ({"messages": []}, 400, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+    ],
+)
+def test_invalid_requests_are_4xx_naming_the_field(
+    steered: Service, body: dict[str, Any], status: int, param: str
+) -> None:
+    response = chat(steered, **body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+
+
+def test_unknown_objective_message_lists_valid_ones(steered: Service) -> None:
+    error = chat(steered, personalization={"weights": {"nope": 1.0}}).json()["error"]
+    assert "concise" in error["message"] and "helpful" in error["message"]
+
+
+def test_nan_weight_in_request_is_refused(steered: Service) -> None:
+    raw = (
+        '{"model": "default", "messages": [{"role": "user", "content": "hi"}],'
+        ' "personalization": {"weights": {"concise": NaN}}}'
+    )
+    response = steered.client.post(
+        "/v1/chat/completions", content=raw, headers={**steered.auth(), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "personalization.weights.concise"
+
+
+def test_prompt_over_context_is_400(steered: Service) -> None:
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 200
+    response = chat(steered, messages=[{"role": "user", "content": long_prompt}], max_tokens=16)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert response.json()["error"]["param"] == "messages"
+
+
+def test_malformed_json_is_400(steered: Service) -> None:
+    response = steered.client.post(
+        "/v1/chat/completions", content=b"{not json", headers={**steered.auth(), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "json_invalid"
+
+
+def test_models_lists_backbone_and_default(steered: Service) -> None:
+    ids = [m["id"] for m in steered.client.get("/v1/models", headers=steered.auth()).json()["data"]]
+    assert ids == ["tiny-llama", "default"]
+    assert chat(steered, model="tiny-llama", max_tokens=2).status_code == 200
+
+
+async def _concurrent_chats(url: str, key: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        return await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies))
+
+
+def _body(max_tokens: int, weights: dict[str, float]) -> dict[str, Any]:
+    return {
+        "model": "default",
+        "messages": [{"role": "user", "content": "Tell me a story"}],
+        "max_tokens": max_tokens,
+        "personalization": {"weights": weights},
+    }
+
+
+def test_concurrent_requests_share_batches(steered: Service) -> None:
+    weights = [{"concise": 1.0}, {"helpful": 1.0}, {"concise": -1.0, "helpful": 0.5}, {}]
+    runtime = steered.app.state.services.runtime
+    with LiveServer(steered.app) as server:
+        responses = asyncio.run(_concurrent_chats(server.url, steered.admin_key, [_body(48, w) for w in weights * 2]))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert [r.json()["personalization"]["weights"] for r in responses] == weights * 2
+    # 8 requests arriving together must not take 8 batches.
+    assert runtime.scheduler.batches_run < 8 and runtime.scheduler.largest_batch >= 2
+
+
+def test_full_queue_answers_429(start_service: Callable[..., Service]) -> None:
+    service = start_service(queue_size=1, max_batch_size=1, rate_limit_per_minute=0)
+    with LiveServer(service.app) as server:
+        responses = asyncio.run(_concurrent_chats(server.url, service.admin_key, [_body(300, {})] * 6))
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 429 in codes, codes
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "queue_full"
+
+
+def test_client_disconnect_drops_the_request(start_service: Callable[..., Service]) -> None:
+    service = start_service()
+    scheduler = service.app.state.services.runtime.scheduler
+    with LiveServer(service.app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        body = {**_body(400, {}), "stream": True}
+        with client.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {service.admin_key}"}
+        ) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # decoding has started; now hang up
+        wait_until(lambda: scheduler.dropped >= 1, what="the scheduler to drop the abandoned request")
+
+
+def test_rate_limit_per_key(start_service: Callable[..., Service]) -> None:
+    service = start_service(rate_limit_per_minute=3)
+    _, key = service.create_user()  # uses the admin key once
+    codes = [service.client.get("/v1/users/me", headers=service.auth(key)).status_code for _ in range(5)]
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+    limited = service.client.get("/v1/users/me", headers=service.auth(key))
+    assert limited.json()["error"]["type"] == "rate_limit_error" and "Retry-After" in limited.headers
