@@ -70,6 +70,7 @@ class Services:
             settings.redis_url,
             prefix=settings.redis_prefix,
             profile_ttl_s=settings.profile_cache_ttl_s,
+            retry_after_s=settings.redis_retry_s,
         )
         self.profiles = CachedProfiles(ProfileStore(self.db), self.cache)
         self.metrics = metrics or Metrics()

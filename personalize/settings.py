@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
     redis_prefix: str = Field(default="personalize", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_retry_s: float = Field(default=2.0, ge=0)
+    """After a Redis error, skip Redis for this long (requests do not each wait on a timeout)."""
     base_model: str | None = None
 
     host: str = "127.0.0.1"
