@@ -18,7 +18,7 @@ from app.metrics import Metrics
 from app.scheduler import Scheduler
 from personalize.cache import Cache, CachedProfiles, HeadEvent, HeadEventListener
 from personalize.db import AuditStore, Database, HeadStore, ProfileStore, UserStore
-from personalize.db.migrate import upgrade
+from personalize.db.migrate import current_revision, head_revision, is_up_to_date, upgrade
 from personalize.decoding.engine import Engine
 from personalize.models import BaseModel
 from personalize.settings import Settings
@@ -62,6 +62,11 @@ class Services:
         self.replica_id = uuid.uuid4().hex[:12]
         if settings.should_auto_migrate:
             upgrade(settings.database_url)
+        elif not is_up_to_date(settings.database_url):
+            raise RuntimeError(
+                f"the database schema is at {current_revision(settings.database_url) or 'base'}, "
+                f"not {head_revision()}: run `personalize db upgrade` first"
+            )
         self.db = Database(settings.database_url)
         self.users = UserStore(self.db)
         self.heads = HeadStore(self.db)
