@@ -31,9 +31,15 @@ PROMPT = "How do I clean my keyboard without damaging it?"
 OBJECTIVES = ("concise", "helpful", "harmless", "positive")
 
 
-def random_head(base: BaseModel, name: str, kind: HeadKind, seed: int) -> ValueHead:
-    """A head with non-zero random weights: decode cost does not depend on what it learned."""
+def random_head(base: BaseModel, name: str, kind: HeadKind, seed: int, top_layers: int = 0) -> ValueHead:
+    """A head with non-zero random weights: decode cost does not depend on what it learned.
+
+    ``top_layers``: keep the LoRA only on the top N layers (0: all layers).
+    """
     head = new_head(base, name, kind=kind, seed=seed)
+    if head.adapter is not None and top_layers:
+        first = int(base.model.config.num_hidden_layers) - top_layers
+        head.adapter = {k: v for k, v in head.adapter.items() if int(k.split(".layers.")[1].split(".")[0]) >= first}
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         head.output.up.weight.copy_(torch.randn(head.output.up.weight.shape, generator=gen) * 0.02)
@@ -56,6 +62,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48, help="new tokens per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per configuration")
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--top-layers", type=int, default=8, help="LoRA depth of the top-layer head variant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave default)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -65,14 +72,20 @@ def main() -> None:
 
     base = load_base_model(args.base_model, data_dir=args.data_dir, device=args.device)
     lora_heads = [random_head(base, name, "lora", seed=i + 1) for i, name in enumerate(OBJECTIVES)]
+    top_heads = [
+        random_head(base, f"{name}-top", "lora", seed=i + 21, top_layers=args.top_layers)
+        for i, name in enumerate(OBJECTIVES)
+    ]
     linear_heads = [random_head(base, f"{name}-linear", "linear", seed=i + 11) for i, name in enumerate(OBJECTIVES)]
     engine = Engine(base, lora_heads + linear_heads)
+    # Heads adapting only the top layers share the lower layers' work per sequence.
+    top_engine = Engine(base, top_heads)
     prompt_ids = tuple(base.encode_prompt(PROMPT))
     sampling = SamplingParams(max_new_tokens=args.tokens, temperature=1.0, seed=0, ignore_eos=True)
 
-    def vas(weights: dict[str, float]) -> Callable[[], list[float]]:
+    def vas(weights: dict[str, float], on: Engine = engine) -> Callable[[], list[float]]:
         request = GenerationRequest(prompt_ids, sampling, Personalization(weights, top_k=args.top_k))
-        return lambda: engine_step_times(engine, request)
+        return lambda: engine_step_times(on, request)
 
     def reference(k: int) -> Callable[[], list[float]]:
         models = [merged_value_model(base, head) for head in lora_heads[:k]]
@@ -102,6 +115,9 @@ def main() -> None:
         "transformers generate (plain)": hf_generate,
         **{f"VAS, {k} LoRA head{'s' if k > 1 else ''}": vas({n: 1.0 for n in OBJECTIVES[:k]}) for k in (1, 2, 3, 4)},
         "VAS, 3 linear heads": vas({f"{n}-linear": 1.0 for n in OBJECTIVES[:3]}),
+        f"VAS, 3 LoRA heads, top {args.top_layers} layers": vas(
+            {f"{n}-top": 1.0 for n in OBJECTIVES[:3]}, on=top_engine
+        ),
         f"reference VAS, 1 head, top-k={args.top_k}": reference(1),
         f"reference VAS, 3 heads, top-k={args.top_k}": reference(3),
     }

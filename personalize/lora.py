@@ -56,8 +56,19 @@ class MultiLoRALinear(nn.Module):
         return int(self.lora_a.shape[0])
 
     def set_adapters(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
-        """Replace the stack: ``pairs[i]`` is (A (r,in), B·scaling (out,r)) for slot i+1, or None."""
-        rank = max([a.shape[0] for p in pairs if p is not None for a in (p[0],)] or [1])
+        """Install a stack built by :meth:`build_stack` from ``pairs``."""
+        self.install(*self.build_stack(pairs))
+
+    def build_stack(
+        self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor] | None]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack ``pairs[i]`` = (A (r,in), B·scaling (out,r)) or None into slots i+1; slot 0 stays zero.
+
+        A layer no adapter touches keeps only the zero slot and runs as the plain linear layer.
+        """
+        if all(pair is None for pair in pairs):
+            pairs = []
+        rank = max([pair[0].shape[0] for pair in pairs if pair is not None] or [1])
         dev, dt = self.base.weight.device, self.base.weight.dtype
         a_stack = torch.zeros(len(pairs) + 1, rank, self.base.in_features, device=dev, dtype=dt)
         b_stack = torch.zeros(len(pairs) + 1, self.base.out_features, rank, device=dev, dtype=dt)
@@ -67,6 +78,10 @@ class MultiLoRALinear(nn.Module):
             a, b = pair
             a_stack[slot, : a.shape[0]] = a.to(dev, dt)  # zero-padded ranks stay exact
             b_stack[slot, :, : b.shape[1]] = b.to(dev, dt)
+        return a_stack, b_stack
+
+    def install(self, a_stack: torch.Tensor, b_stack: torch.Tensor) -> None:
+        """Make this stack current (an engine installs its own before each batch: engines may share a model)."""
         self.lora_a, self.lora_b = a_stack, b_stack
         self.rows_a = self.rows_b = None
 

@@ -13,6 +13,7 @@ Dimension letters are listed in ``sampling.py``.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
 
 from personalize.decoding import methods
 from personalize.decoding.config import FinishReason, GenerationRequest, GenerationResult, StreamEvent
@@ -102,13 +104,18 @@ class Engine:
     from a single worker), and change heads only between batches.
     """
 
-    def __init__(self, base: BaseModel, heads: Sequence[ValueHead] = ()) -> None:
+    def __init__(self, base: BaseModel, heads: Sequence[ValueHead] = (), *, share_layers: bool = True) -> None:
+        """``share_layers``: run layers that no loaded adapter touches once per sequence (on by default;
+        off runs every row through every layer, the plain mixed-adapter batch)."""
         self.base = base
+        self._share_layers = share_layers
         self._decoder: nn.Module = base.model.get_decoder()
         self._lm_head: nn.Module = base.model.get_output_embeddings()
         self._embedding: torch.Tensor = self._lm_head.weight  # (V, H), frozen
         self._wrappers: dict[str, MultiLoRALinear] = {}
+        self._stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._heads = _Heads()
+        self._split: int | None = None
         for head in heads:
             self.add_head(head, _rebuild=False)
         self._rebuild()
@@ -133,6 +140,28 @@ class Engine:
         del self._heads.heads[objective]
         self._rebuild()
 
+    def _shared_layers(self, adapted_modules: list[str]) -> int | None:
+        """How many bottom layers no loaded adapter touches (None: this backbone cannot be split)."""
+        decoder = self._decoder
+        config = getattr(decoder, "config", None)
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+        if (
+            not self._share_layers
+            or not all(hasattr(decoder, name) for name in needed)
+            or layer_types != {"full_attention"}
+        ):
+            return None
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            return None
+        first = len(decoder.layers)
+        for module in adapted_modules:
+            match = re.search(r"\.layers\.(\d+)\.", module)
+            if match is None:  # an adapter outside the layer stack: nothing can be shared
+                return 0
+            first = min(first, int(match.group(1)))
+        return first
+
     def _rebuild(self) -> None:
         """Restack value outputs and LoRA adapters after the head set changed."""
         heads = self._heads.heads
@@ -142,8 +171,11 @@ class Engine:
         self._heads.lora_slot = {name: i + 1 for i, name in enumerate(lora_heads)}
         module_names = list(self._wrappers)
         per_head = {name: heads[name].adapter_pairs(module_names) for name in lora_heads}
-        for module, wrapper in self._wrappers.items():
-            wrapper.set_adapters([per_head[name].get(module) for name in lora_heads])
+        self._split = self._shared_layers([module for pairs in per_head.values() for module in pairs])
+        self._stacks = {
+            module: wrapper.build_stack([per_head[name].get(module) for name in lora_heads])
+            for module, wrapper in self._wrappers.items()
+        }
         if not heads:
             self._heads.stack = None
             return
@@ -239,17 +271,78 @@ class Engine:
         )
 
     def _select_rows(self, layout: _Layout | None) -> None:
-        for wrapper in self._wrappers.values():
+        """Install this engine's adapter stacks and each row's adapter (None: plain base model)."""
+        for module, wrapper in self._wrappers.items():
+            wrapper.install(*self._stacks[module])
             wrapper.select_rows(None if layout is None else layout.row_slots)
 
     def _forward(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, layout: _Layout
     ) -> torch.Tensor:
-        """Backbone forward for all rows; returns each row's last hidden state (R, H)."""
-        out = self._decoder(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        """Backbone forward; returns every row's last hidden state (R, H).
+
+        Inputs are per sequence: ids/positions (S, T), mask (S, L). Layers below
+        ``self._split`` carry no adapter, so they run once per sequence and their
+        output is fanned out to the sequence's rows for the adapted layers above.
+        """
+        rows = layout.row_sequence  # (R,)
+        if self._split is None:  # a backbone we cannot split: every row runs every layer
+            out = self._decoder(
+                input_ids=input_ids[rows],
+                attention_mask=mask[rows],
+                position_ids=positions[rows],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            return out.last_hidden_state[:, -1]  # (R, H)
+        decoder = self._decoder
+        hidden = decoder.embed_tokens(input_ids)  # (S, T, H)
+        hidden = self._run_layers(hidden, 0, self._split, mask, positions, cache)  # (S, T, H)
+        hidden = hidden[rows]  # (R, T, H): fan out to each sequence's adapted rows
+        hidden = self._run_layers(hidden, self._split, len(decoder.layers), mask[rows], positions[rows], cache)
+        return decoder.norm(hidden[:, -1])  # (R, H)
+
+    def _run_layers(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        stop: int,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+    ) -> torch.Tensor:
+        """Decoder layers ``start:stop`` on hidden (B, T, H) with its mask (B, L) and positions (B, T)."""
+        if start == stop:
+            return hidden
+        decoder = self._decoder
+        causal = create_causal_mask(
+            config=decoder.config,
+            inputs_embeds=hidden,
+            attention_mask=mask,
+            past_key_values=cache,
+            position_ids=positions,
+            layer_idx=start,
         )
-        return out.last_hidden_state[:, -1]  # (R, H)
+        rotary = decoder.rotary_emb(hidden, position_ids=positions)
+        for layer in decoder.layers[start:stop]:
+            hidden = layer(
+                hidden,
+                attention_mask=causal,
+                position_embeddings=rotary,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        return hidden
+
+    def _prune(self, cache: DynamicCache, keep: torch.Tensor, layout: _Layout) -> None:
+        """Drop finished sequences from the cache: lower layers hold sequences, upper layers rows."""
+        rows = torch.isin(layout.row_sequence, keep).nonzero().squeeze(-1)  # (R',)
+        if self._split is None:
+            cache.batch_select_indices(rows)
+            return
+        for index, layer in enumerate(cache.layers):
+            layer.batch_select_indices(keep if index < self._split else rows)
 
     def _scores(self, hidden: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """Forward output → base logits → value-guided scores (S, V) float32."""
@@ -314,7 +407,7 @@ class _Run:
         ids, mask, positions = self._prefill_inputs(layout)
         cache = DynamicCache()
         engine._select_rows(layout)
-        hidden = engine._forward(ids, mask, positions, cache)  # (R, H)
+        hidden = engine._forward(ids, mask, positions, cache, layout)  # (R, H)
         return layout, cache, mask, positions, hidden
 
     def events(self) -> Iterator[StreamEvent]:
@@ -341,35 +434,33 @@ class _Run:
                         yield from self._maybe_reduce(self.outputs[number].spec.request_index)
                 step += 1
                 with torch.inference_mode():
-                    row_tokens = next_ids[layout.row_sequence]  # (R,)
                     if finished:
                         keep = [p for p in range(len(layout.live)) if p not in finished]
                         if not keep:
                             return
-                        kept = torch.tensor(keep, device=mask.device)
-                        rows = torch.isin(layout.row_sequence, kept).nonzero().squeeze(-1)  # (R',)
-                        cache.batch_select_indices(rows)
-                        mask, positions, row_tokens = mask[rows], positions[rows], row_tokens[rows]
+                        kept = torch.tensor(keep, device=mask.device)  # (S',)
+                        engine._prune(cache, kept, layout)
+                        mask, positions, next_ids = mask[kept], positions[kept], next_ids[kept]
                         layout = engine._layout(self.outputs, [layout.live[p] for p in keep])
                         engine._select_rows(layout)
-                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (R, L+1)
-                    positions = positions[:, -1:] + 1  # (R, 1)
-                    hidden = engine._forward(row_tokens.unsqueeze(-1), mask, positions, cache)  # (R, H)
+                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (S, L+1)
+                    positions = positions[:, -1:] + 1  # (S, 1)
+                    hidden = engine._forward(next_ids.unsqueeze(-1), mask, positions, cache, layout)  # (R, H)
                     next_ids, logprobs = engine._next_tokens(hidden, layout, step=step)  # (S,), (S,)
         finally:
             engine._select_rows(None)
 
     def _prefill_inputs(self, layout: _Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids, attention mask and positions for every row: (R, L) each."""
-        row_prompts = [self.outputs[layout.live[s]].spec.prompt_ids for s in layout.row_sequence.tolist()]
-        length = max(len(p) for p in row_prompts)
+        """Left-padded prompt ids, attention mask and positions for every sequence: (S, L) each."""
+        prompts = [self.outputs[number].spec.prompt_ids for number in layout.live]
+        length = max(len(p) for p in prompts)
         pad = self.engine.base.pad_token_id
-        ids = torch.full((len(row_prompts), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(row_prompts), length), dtype=torch.long)
-        for row, prompt in enumerate(row_prompts):
+        ids = torch.full((len(prompts), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
             ids[row, length - len(prompt) :] = torch.tensor(prompt)
             mask[row, length - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (R, L)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (S, L)
         dev = self.engine.base.device
         return ids.to(dev), mask.to(dev), positions.to(dev)
 

@@ -247,3 +247,39 @@ def test_neutral_new_head_does_not_steer(fresh_tiny_base: BaseModel) -> None:
     b = engine.generate([req(fresh_tiny_base, PROMPTS[0], {}, seed=11)])[0]
     assert a.token_ids == b.token_ids
     _ = randomize_head
+
+
+def test_shared_lower_layers_equal_every_row_every_layer(tiny_base: BaseModel) -> None:
+    """Heads adapting only the top layer: sharing the bottom layer per sequence changes no number."""
+    from tests.tiny import build_tiny_base
+
+    def top_only(name: str, seed: int):
+        head = randomize_head(new_head(tiny_base, name), seed)
+        assert head.adapter is not None
+        head.adapter = {k: v for k, v in head.adapter.items() if ".layers.0." not in k}
+        return head
+
+    heads = [top_only("concise", 1), top_only("helpful", 2)]
+    shared = Engine(build_tiny_base(), heads)
+    full = Engine(build_tiny_base(), heads, share_layers=False)
+    assert shared._split == 1 and full._split is None
+    requests = [
+        req(tiny_base, PROMPTS[0], {"concise": 1.0, "helpful": 1.0}, seed=1, n=9),
+        req(tiny_base, PROMPTS[1], {}, seed=2, n=3),  # finishes early: pruned mid-batch
+        req(tiny_base, PROMPTS[2], {"helpful": 2.0}, seed=3, n=6),
+    ]
+    for a, b in zip(shared.generate(requests), full.generate(requests), strict=True):
+        assert a.token_ids == b.token_ids and a.forward_rows == b.forward_rows
+    assert torch.allclose(shared.next_token_scores(requests), full.next_token_scores(requests), atol=1e-5)
+    # and a head that adapts layer 0 turns sharing off
+    shared.add_head(randomize_head(new_head(shared.base, "positive"), 3))
+    assert shared._split == 0
+
+
+def test_two_engines_on_one_model_keep_their_own_heads(fresh_tiny_base: BaseModel, tiny_head_dir) -> None:
+    first = Engine(fresh_tiny_base, [load_head(tiny_head_dir("concise", seed=1), fresh_tiny_base)])
+    request = req(fresh_tiny_base, PROMPTS[0], {"concise": 1.0}, beta=6.0, seed=2)
+    before = first.generate([request])[0].token_ids
+    second = Engine(fresh_tiny_base, [load_head(tiny_head_dir("concise", seed=5, version="2"), fresh_tiny_base)])
+    assert first.generate([request])[0].token_ids == before
+    assert second.generate([request])[0].token_ids != before
