@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -102,10 +103,14 @@ class _Control:
 
 
 class Scheduler:
-    def __init__(self, engine: StreamingEngine, *, max_queue: int, max_batch_size: int) -> None:
+    def __init__(
+        self, engine: StreamingEngine, *, max_queue: int, max_batch_size: int, batch_window_s: float = 0.0
+    ) -> None:
         self.engine = engine
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
+        self.batch_window_s = batch_window_s
+        """How long an idle decoder waits after the first request for others to join its batch."""
         self._pending: deque[Ticket] = deque()
         self._controls: deque[_Control] = deque()
         self._wakeup = threading.Condition()
@@ -171,6 +176,7 @@ class Scheduler:
                     self._wakeup.wait()
                 if self._stopping:
                     return
+                self._gather_window()
                 controls, self._controls = list(self._controls), deque()
                 batch: list[Ticket] = []
                 while self._pending and len(batch) < self.max_batch_size:
@@ -183,6 +189,18 @@ class Scheduler:
                 self._run_control(control)
             if batch:
                 self._run_batch(batch)
+
+    def _gather_window(self) -> None:
+        """Requests sent "at the same time" arrive milliseconds apart: give them a moment to
+        join the first one, since a running batch cannot take new rows. Holds the lock."""
+        if self.batch_window_s <= 0 or not self._pending:
+            return
+        deadline = time.monotonic() + self.batch_window_s
+        while not self._stopping and len(self._pending) < self.max_batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wakeup.wait(left)
 
     @staticmethod
     def _run_control(control: _Control) -> None:

@@ -115,6 +115,7 @@ class Services:
                 bundle.engine,
                 max_queue=self.settings.queue_size,
                 max_batch_size=self.settings.max_batch_size,
+                batch_window_s=self.settings.batch_window_ms / 1000,
             )
             scheduler.on_batch = self.metrics.batch_size.observe
             scheduler.start()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from platformdirs import user_data_path
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,9 +29,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERSONALIZE_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    database_url_override: str | None = Field(
-        default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
-    )
+    database_url: str = Field(default="", validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    """SQLAlchemy URL; empty means the SQLite file in the data dir."""
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
     redis_prefix: str = Field(default="personalize", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_retry_s: float = Field(default=2.0, ge=0)
@@ -47,6 +46,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1)
     """Requests waiting for the decoder beyond this get 429."""
     max_batch_size: int = Field(default=8, ge=1)
+    batch_window_ms: float = Field(default=10.0, ge=0, le=1000)
+    """An idle decoder waits this long after a request for others to batch with it."""
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     rate_limit_per_minute: int = Field(default=600, ge=0)
     """Requests per API key per minute; 0 disables rate limiting."""
@@ -56,11 +57,12 @@ class Settings(BaseSettings):
     auto_migrate: bool | None = None
     """Upgrade the database schema on start; default: only for SQLite."""
 
-    @property
-    def database_url(self) -> str:
-        if self.database_url_override:
-            return self.database_url_override
-        return f"sqlite:///{self.data_dir / 'personalize.db'}"
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            # The model is frozen; this runs once, during validation.
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'personalize.db'}")
+        return self
 
     @property
     def artifact_root(self) -> Path:
