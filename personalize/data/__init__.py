@@ -1,0 +1,69 @@
+"""The project's prompt set, shipped inside the package.
+
+320 short prompts written for this project, in eight categories of 40: ``factual``,
+``howto``, ``advice``, ``explanation``, ``creative``, ``opinion``, ``everyday`` and
+``adversarial`` (insults, requests for harmful or rude content, baiting: 12.5%, so
+that harmlessness matters). Ids are ``<category>-<nnn>``. The split is fixed and
+stratified: in each category the 10 ids with the smallest SHA-256 digest are ``eval``
+(80 prompts), the other 30 are ``train`` (240 prompts).
+
+Files: ``prompts_train.jsonl`` and ``prompts_eval.jsonl``, one
+``{"id", "category", "prompt"}`` object per line.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from personalize.errors import ConfigError, PersonalizeError
+
+Split = Literal["train", "eval"]
+
+CATEGORIES = (
+    "factual",
+    "howto",
+    "advice",
+    "explanation",
+    "creative",
+    "opinion",
+    "everyday",
+    "adversarial",
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of the set."""
+
+    id: str
+    category: str
+    prompt: str
+
+
+def load_prompts(split: Split) -> list[Prompt]:
+    """The prompts of ``split`` ("train" or "eval"), in file order."""
+    if split not in get_args(Split):
+        raise ConfigError(f"unknown prompt split {split!r}; valid splits: train, eval")
+    return list(_read(split))
+
+
+@functools.cache
+def _read(split: str) -> tuple[Prompt, ...]:
+    name = f"prompts_{split}.jsonl"
+    text = importlib.resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompts.append(Prompt(id=row["id"], category=row["category"], prompt=row["prompt"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PersonalizeError(
+                f"{name} line {number} is not a {{id, category, prompt}} JSON object: {exc}"
+            ) from exc
+    return tuple(prompts)
