@@ -13,21 +13,19 @@ uploaded twice lands in the same place.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from app.errors import APIError
+from personalize.db.artifacts import CHUNK, content_sha256, place, staging_dir
 from personalize.heads import ALLOWED_FILES, HEAD_JSON, UNSAFE_SUFFIXES, ValueHead, load_head
 from personalize.models import BaseModel
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -75,8 +73,7 @@ def check_names(uploads: Sequence[Upload]) -> None:
 def store_upload(uploads: Sequence[Upload], *, root: Path, base: BaseModel, max_bytes: int) -> StoredHead:
     """Validate and store an uploaded head; raises APIError or a HeadError subclass."""
     check_names(uploads)
-    staging = root / ".staging" / uuid.uuid4().hex
-    staging.mkdir(parents=True)
+    staging = staging_dir(root)
     try:
         total = 0
         digests: dict[str, str] = {}
@@ -91,22 +88,8 @@ def store_upload(uploads: Sequence[Upload], *, root: Path, base: BaseModel, max_
                     out.write(chunk)
             digests[upload.name] = digest.hexdigest()
         head = load_head(staging, base)
-        sha = hashlib.sha256("\n".join(f"{name}\0{digests[name]}" for name in sorted(digests)).encode()).hexdigest()
-        relative = f"{sha[:2]}/{sha}"
-        target = root / relative
-        if target.is_dir():
-            shutil.rmtree(staging)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, target)
-        return StoredHead(head, sha, relative, total)
+        sha = content_sha256(digests)
+        return StoredHead(head, sha, place(staging, root, sha), total)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def remove_artifact(root: Path, relative_path: str) -> None:
-    """Delete a stored head folder (only ever inside ``root``)."""
-    target = (root / relative_path).resolve()
-    if target.is_relative_to(root.resolve()) and target != root.resolve() and target.is_dir():
-        shutil.rmtree(target, ignore_errors=True)

@@ -14,12 +14,13 @@ from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.artifacts import Upload, remove_artifact, store_upload
+from app.artifacts import Upload, store_upload
 from app.deps import AdminUser, CurrentUser, RuntimeDep, ServicesDep
 from app.errors import APIError
 from app.schemas import ObjectivePatch
 from app.services import Services
 from personalize.cache import HeadEvent
+from personalize.db.artifacts import remove_artifact
 from personalize.db.records import HeadVersionRecord, ObjectiveRecord, UserRecord
 
 router = APIRouter(prefix="/v1/objectives", tags=["objectives"])

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from personalize.db import Database, HeadStore
+from personalize.db.artifacts import register_head_directory
+from personalize.db.migrate import upgrade
 from personalize.heads import new_head, save_head
-from tests.integration.conftest import Service
+from tests.integration.conftest import Backend, Service, make_settings
 from tests.integration.helpers import chat, head_files, register_head
 from tests.tiny import build_tiny_base
 
@@ -139,3 +142,25 @@ def test_oversize_upload_is_413(start_service: Callable[..., Service], tiny_head
     response = service.client.post("/v1/objectives", files=head_files(tiny_head_dir("concise")), headers=service.auth())
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_large"
+
+
+def test_head_registered_from_a_folder_is_loaded_on_start(
+    backend: Backend, start_service: Callable[..., Service], tiny_head_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    """What the CLI and the demo do: register a local head folder straight into the registry."""
+    settings = make_settings(backend, tmp_path / "data")
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        registered = register_head_directory(
+            HeadStore(db), tiny_head_dir("concise", seed=1), artifact_root=settings.artifact_root
+        )
+        again = register_head_directory(
+            HeadStore(db), tiny_head_dir("concise", seed=1), artifact_root=settings.artifact_root
+        )
+    finally:
+        db.dispose()
+    assert registered.record.active and registered.path.is_dir()
+    assert again.record.id == registered.record.id and again.path == registered.path
+    service = start_service()
+    assert service.client.get("/readyz").json()["heads"] == {"concise": "1"}
