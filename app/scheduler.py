@@ -126,8 +126,9 @@ class Scheduler:
     # ---- public API (event loop / any thread) -------------------------------------------
     @property
     def depth(self) -> int:
-        """Requests waiting for the decoder (not counting the batch being decoded)."""
-        return len(self._pending)
+        """Requests waiting for the decoder (not counting the batch being decoded, nor
+        requests whose client already left)."""
+        return sum(1 for ticket in list(self._pending) if not ticket.cancelled)
 
     def start(self) -> None:
         self._thread.start()

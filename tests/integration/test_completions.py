@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.scheduler import Scheduler
 from tests.integration.conftest import LiveServer, Service, wait_until
 from tests.integration.helpers import chat, register_head, sse_events
 
@@ -217,38 +220,99 @@ def _body(max_tokens: int, weights: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def test_concurrent_requests_share_batches(steered: Service) -> None:
+@contextmanager
+def decoder_held(scheduler: Scheduler) -> Iterator[None]:
+    """Keep the decoder thread busy (as if decoding a long batch) until the block exits."""
+    release = threading.Event()
+    busy = threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(60)
+
+    done = scheduler.call_between_batches(hold)
+    busy.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        done.result(10)
+
+
+def _in_background(fn: Callable[[], list[httpx.Response]]) -> tuple[threading.Thread, list[list[httpx.Response]]]:
+    results: list[list[httpx.Response]] = []
+    thread = threading.Thread(target=lambda: results.append(fn()))
+    thread.start()
+    return thread, results
+
+
+def test_concurrent_requests_share_one_batch(steered: Service) -> None:
     weights = [{"concise": 1.0}, {"helpful": 1.0}, {"concise": -1.0, "helpful": 0.5}, {}]
-    runtime = steered.app.state.services.runtime
+    scheduler = steered.app.state.services.runtime.scheduler
+    before = scheduler.batches_run
     with LiveServer(steered.app) as server:
-        responses = asyncio.run(_concurrent_chats(server.url, steered.admin_key, [_body(48, w) for w in weights * 2]))
+        bodies = [_body(24, w) for w in weights * 2]
+        with decoder_held(scheduler):
+            thread, results = _in_background(
+                lambda: asyncio.run(_concurrent_chats(server.url, steered.admin_key, bodies))
+            )
+            wait_until(lambda: scheduler.depth == 8, what="all 8 requests to be queued")
+        thread.join(120)
+    responses = results[0]
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     assert [r.json()["personalization"]["weights"] for r in responses] == weights * 2
-    # 8 requests arriving together must not take 8 batches.
-    assert runtime.scheduler.batches_run < 8 and runtime.scheduler.largest_batch >= 2
+    # Eight rows with different weight vectors, decoded in one batch.
+    assert scheduler.batches_run - before == 1 and scheduler.largest_batch == 8
 
 
 def test_full_queue_answers_429(start_service: Callable[..., Service]) -> None:
-    service = start_service(queue_size=1, max_batch_size=1, rate_limit_per_minute=0)
-    with LiveServer(service.app) as server:
-        responses = asyncio.run(_concurrent_chats(server.url, service.admin_key, [_body(300, {})] * 6))
-    codes = sorted(r.status_code for r in responses)
-    assert 200 in codes and 429 in codes, codes
-    refused = next(r for r in responses if r.status_code == 429)
-    assert refused.json()["error"]["code"] == "queue_full"
-
-
-def test_client_disconnect_drops_the_request(start_service: Callable[..., Service]) -> None:
-    service = start_service()
+    service = start_service(queue_size=2, rate_limit_per_minute=0)
     scheduler = service.app.state.services.runtime.scheduler
-    with LiveServer(service.app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        body = {**_body(400, {}), "stream": True}
-        with client.stream(
-            "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {service.admin_key}"}
-        ) as response:
-            assert response.status_code == 200
-            next(response.iter_lines())  # decoding has started; now hang up
+    with LiveServer(service.app) as server, decoder_held(scheduler):
+        thread, results = _in_background(
+            lambda: asyncio.run(_concurrent_chats(server.url, service.admin_key, [_body(4, {})] * 2))
+        )
+        wait_until(lambda: scheduler.depth == 2, what="the queue to fill")
+        refused = asyncio.run(_concurrent_chats(server.url, service.admin_key, [_body(4, {})]))[0]
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "queue_full" and "Retry-After" in refused.headers
+    thread.join(60)
+    assert [r.status_code for r in results[0]] == [200, 200]
+
+
+def _hang_up_after_headers(server: LiveServer, key: str, body: dict[str, Any], read_lines: int) -> None:
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        for _ in range(read_lines):
+            next(lines)
+
+
+def test_client_disconnect_mid_stream_frees_the_decoder(service: Service) -> None:
+    scheduler = service.app.state.services.runtime.scheduler
+    # seed 0 makes the tiny model ramble for ~300 tokens: the hang-up comes long before the end
+    body = {**_body(400, {}), "stream": True, "seed": 0}
+    with LiveServer(service.app) as server:
+        _hang_up_after_headers(server, service.admin_key, body, read_lines=3)
         wait_until(lambda: scheduler.dropped >= 1, what="the scheduler to drop the abandoned request")
+    full = chat(service, **{**body, "stream": False})
+    assert full.json()["usage"]["completion_tokens"] > 100  # far more than the 3 lines read
+
+
+def test_client_disconnect_while_queued_never_decodes(service: Service) -> None:
+    scheduler = service.app.state.services.runtime.scheduler
+    before = scheduler.batches_run
+    with LiveServer(service.app) as server:
+        with decoder_held(scheduler):
+            _hang_up_after_headers(server, service.admin_key, {**_body(50, {}), "stream": True}, read_lines=0)
+            wait_until(lambda: scheduler.depth == 0, what="the server to notice the hang-up")
+        wait_until(lambda: scheduler.dropped >= 1, what="the queued request to be dropped")
+    assert scheduler.batches_run == before
 
 
 def test_rate_limit_per_key(start_service: Callable[..., Service]) -> None:
