@@ -203,11 +203,12 @@ async def _sse(
     try:
         async for event in ticket.iter_events():
             output.add(event)
-            if first and kind == "chat":
+            if first and kind == "chat":  # the role comes first, on its own
                 yield _sse_data(chunk("", None, first=True))
                 first = False
             if event.text:
-                yield _sse_data(chunk(event.text, None))
+                yield _sse_data(chunk(event.text, None, first=first))
+                first = False
             if event.finish_reason is not None:
                 yield _sse_data(chunk("", event.finish_reason))
         _record(services, output)

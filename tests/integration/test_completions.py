@@ -322,3 +322,18 @@ def test_rate_limit_per_key(start_service: Callable[..., Service]) -> None:
     assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
     limited = service.client.get("/v1/users/me", headers=service.auth(key))
     assert limited.json()["error"]["type"] == "rate_limit_error" and "Retry-After" in limited.headers
+
+
+def test_streamed_text_completion(steered: Service) -> None:
+    response = steered.client.post(
+        "/v1/completions",
+        json={"prompt": "The quick brown fox", "max_tokens": 5, "seed": 4, "stream": True},
+        headers=steered.auth(),
+    )
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "personalization" in chunks[0] and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert "usage" not in chunks[0]  # only with stream_options.include_usage
