@@ -164,3 +164,15 @@ def test_head_registered_from_a_folder_is_loaded_on_start(
     assert again.record.id == registered.record.id and again.path == registered.path
     service = start_service()
     assert service.client.get("/readyz").json()["heads"] == {"concise": "1"}
+
+
+def test_admin_actions_are_audited(service: Service, tiny_head_dir: Callable[..., Path]) -> None:
+    user_id, key = service.create_user()
+    register_head(service, tiny_head_dir("concise", seed=1))
+    service.client.patch("/v1/objectives/concise", json={"active": False}, headers=service.auth())
+    entries = service.client.get("/v1/audit", headers=service.auth()).json()["data"]
+    actions = [(e["action"], e["target"], e["actor_id"]) for e in entries]
+    assert ("user.create", user_id, service.admin_id) in actions
+    assert ("head.register", "concise@1", service.admin_id) in actions
+    assert ("head.deactivate", "concise", service.admin_id) in actions
+    assert service.client.get("/v1/audit", headers=service.auth(key)).status_code == 403
