@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
@@ -12,11 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from personalize.db.cli import db_app, users_app
 from personalize.errors import PersonalizeError
 
 app = typer.Typer(help="Personalize a frozen language model at decoding time.", no_args_is_help=True)
-heads_app = typer.Typer(help="Value heads: list and inspect.", no_args_is_help=True)
+heads_app = typer.Typer(help="Value heads: train, list.", no_args_is_help=True)
 app.add_typer(heads_app, name="heads")
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
 console = Console()
 err = Console(stderr=True)
 
@@ -368,6 +372,17 @@ def evaluate(
         from personalize.plots import plot_report
 
         plot_report(report, plot)
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: PERSONALIZE_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PERSONALIZE_PORT or 8000).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible API (one process: one model, one batching decoder)."""
+    # Imported by name: the library must not import the web layer (import-linter checks it).
+    importlib.import_module("app.cli_commands").serve(host=host, port=port, log_level=log_level)
 
 
 @app.command()
