@@ -14,58 +14,23 @@ Dimension letters are listed in ``sampling.py``.
 from __future__ import annotations
 
 import re
-import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from personalize.decoding import methods
-from personalize.decoding.config import FinishReason, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.batch import DecodeBatch, RewardFn, SequenceOutput
+from personalize.decoding.config import GenerationRequest, GenerationResult, StreamEvent
 from personalize.decoding.rng import uniforms
 from personalize.decoding.sampling import ValueEntries, ValueStack, filter_top_k, guide_scores, sample_tokens
-from personalize.decoding.text import TextStream
 from personalize.errors import ContextLengthError, UnknownObjectiveError
 from personalize.heads import HeadMeta, ValueHead, check_compatible
 from personalize.lora import MultiLoRALinear, wrap_targets
 from personalize.models import BaseModel
-
-RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SequenceSpec:
-    """One token stream to decode: a prompt, a seed and which heads steer it how strongly."""
-
-    request_index: int
-    prompt_ids: tuple[int, ...]
-    seed: int
-    temperature: float
-    top_p: float
-    top_k: int
-    sample_top_k: int
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    ignore_eos: bool
-    steer: tuple[tuple[str, float], ...]  # (objective, beta * weight), non-zero only
-
-
-@dataclass
-class SequenceOutput:
-    """What one sequence produced, filled in as it decodes."""
-
-    spec: SequenceSpec
-    text: TextStream
-    finish_reason: FinishReason | None = None
-    rows: int = 1
-    steps: int = 0
-
-    @property
-    def token_ids(self) -> list[int]:
-        return self.text.token_ids
 
 
 @dataclass
@@ -109,7 +74,7 @@ class Engine:
         off runs every row through every layer, the plain mixed-adapter batch)."""
         self.base = base
         self._share_layers = share_layers
-        self._decoder: nn.Module = base.model.get_decoder()
+        self._decoder: Any = base.model.get_decoder()  # transformers modules are dynamically typed
         self._lm_head: nn.Module = base.model.get_output_embeddings()
         self._embedding: torch.Tensor = self._lm_head.weight  # (V, H), frozen
         self._wrappers: dict[str, MultiLoRALinear] = {}
@@ -192,16 +157,20 @@ class Engine:
         self._heads.stack = ValueStack(down.to(dev), up.to(dev), inv_scale.to(dev))
 
     # ---- public decoding API -------------------------------------------------------------
+    def open_batch(self, reward: RewardFn | None = None) -> DecodeBatch:
+        """A running batch that requests can join (``add``) and leave (``cancel``) between steps."""
+        return DecodeBatch(self, reward)
+
     def generate(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> list[GenerationResult]:
         """Decode all requests in one batch and return their results in order."""
-        run = _Run(self, requests, reward)
-        for _ in run.events():
+        batch = self.open_batch(reward)
+        for _ in batch.run(requests):
             pass
-        return run.results()
+        return batch.results()
 
     def stream(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> Iterator[StreamEvent]:
         """Decode all requests in one batch, yielding text as each token is produced."""
-        return _Run(self, requests, reward).events()
+        return self.open_batch(reward).run(requests)
 
     def validate(self, request: GenerationRequest) -> None:
         """Raise the error a request would hit, before it joins a batch."""
@@ -219,8 +188,9 @@ class Engine:
     def head_versions(self, objectives: Sequence[str]) -> dict[str, str]:
         return {name: self._heads.heads[name].meta.version for name in objectives}
 
-    # ---- internals used by _Run ------------------------------------------------------------
+    # ---- internals used by DecodeBatch --------------------------------------------------------
     def _layout(self, outputs: Sequence[SequenceOutput], live: list[int]) -> _Layout:
+        """Index tensors for the sequences ``live`` (numbers into ``outputs``), rows grouped per sequence."""
         dev = self.base.device
         row_slots: list[int] = []
         row_sequence: list[int] = []
@@ -341,7 +311,8 @@ class Engine:
         if self._split is None:
             cache.batch_select_indices(rows)
             return
-        for index, layer in enumerate(cache.layers):
+        layers: list[Any] = list(cache.layers)
+        for index, layer in enumerate(layers):
             layer.batch_select_indices(keep if index < self._split else rows)
 
     def _scores(self, hidden: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -351,12 +322,14 @@ class Engine:
             logits, hidden, self._embedding, self._heads.stack, layout.entries, layout.top_k, layout.max_top_k
         )
 
-    def _next_tokens(self, hidden: torch.Tensor, layout: _Layout, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_tokens(
+        self, hidden: torch.Tensor, layout: _Layout, steps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample each sequence's next token; return it (S,) and its log-prob under the guided scores (S,)."""
         scores = self._scores(hidden, layout)  # (S, V)
         if layout.max_sample_top_k > 0:
             scores = filter_top_k(scores, layout.sample_top_k, layout.max_sample_top_k)  # (S, V)
-        u = uniforms(layout.seeds, step)  # (S,)
+        u = uniforms(layout.seeds, steps)  # (S,): counter = tokens this sequence sampled before
         tokens = sample_tokens(scores, layout.temperature, layout.top_p, u, use_top_p=layout.use_top_p)  # (S,)
         logprobs = torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)
         return tokens, logprobs
@@ -367,156 +340,4 @@ class Engine:
         Rows are ordered like the sequences (one per request, N for ``bon``). Used to
         inspect steering and to check the cached decode loop against recomputation.
         """
-        run = _Run(self, requests, None)
-        with torch.inference_mode():
-            layout, _, _, _, hidden = run.prefill()
-            scores = self._scores(hidden, layout)
-        self._select_rows(None)
-        return scores
-
-
-class _Run:
-    """One batch of requests decoded together."""
-
-    def __init__(self, engine: Engine, requests: Sequence[GenerationRequest], reward: RewardFn | None) -> None:
-        self.engine = engine
-        self.requests = list(requests)
-        for request in self.requests:
-            engine.validate(request)
-        self.reward = reward
-        self.outputs: list[SequenceOutput] = []
-        self._winners: dict[int, tuple[int, float | None]] = {}
-        tokenizer = engine.base.tokenizer
-        for index, request in enumerate(self.requests):
-            seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
-            for spec in methods.expand(index, request, seed):
-                self.outputs.append(
-                    SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=1 + self._lora_rows(spec))
-                )
-        self._by_request: dict[int, list[int]] = {}
-        for number, out in enumerate(self.outputs):
-            self._by_request.setdefault(out.spec.request_index, []).append(number)
-
-    def _lora_rows(self, spec: SequenceSpec) -> int:
-        return sum(1 for name, _ in spec.steer if name in self.engine._heads.lora_slot)
-
-    def prefill(self) -> tuple[_Layout, DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run every row's prompt once: layout, filled cache, mask (R, L), positions (R, L), hidden (R, H)."""
-        engine = self.engine
-        layout = engine._layout(self.outputs, list(range(len(self.outputs))))
-        ids, mask, positions = self._prefill_inputs(layout)
-        cache = DynamicCache()
-        engine._select_rows(layout)
-        hidden = engine._forward(ids, mask, positions, cache, layout)  # (R, H)
-        return layout, cache, mask, positions, hidden
-
-    def events(self) -> Iterator[StreamEvent]:
-        engine = self.engine
-        eos = set(engine.base.eos_token_ids)
-        if not self.outputs:
-            return
-        try:
-            with torch.inference_mode():
-                layout, cache, mask, positions, hidden = self.prefill()
-                next_ids, logprobs = engine._next_tokens(hidden, layout, step=0)  # (S,), (S,)
-            step = 0
-            while True:
-                tokens = next_ids.tolist()  # the one device sync per step
-                token_logprobs = logprobs.tolist()
-                finished: set[int] = set()
-                for pos, token in enumerate(tokens):
-                    number = layout.live[pos]
-                    event = self._advance(number, token, token_logprobs[pos], eos)
-                    if event is not None:
-                        yield event
-                    if self.outputs[number].finish_reason is not None:
-                        finished.add(pos)
-                        yield from self._maybe_reduce(self.outputs[number].spec.request_index)
-                step += 1
-                with torch.inference_mode():
-                    if finished:
-                        keep = [p for p in range(len(layout.live)) if p not in finished]
-                        if not keep:
-                            return
-                        kept = torch.tensor(keep, device=mask.device)  # (S',)
-                        engine._prune(cache, kept, layout)
-                        mask, positions, next_ids = mask[kept], positions[kept], next_ids[kept]
-                        layout = engine._layout(self.outputs, [layout.live[p] for p in keep])
-                        engine._select_rows(layout)
-                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (S, L+1)
-                    positions = positions[:, -1:] + 1  # (S, 1)
-                    hidden = engine._forward(next_ids.unsqueeze(-1), mask, positions, cache, layout)  # (R, H)
-                    next_ids, logprobs = engine._next_tokens(hidden, layout, step=step)  # (S,), (S,)
-        finally:
-            engine._select_rows(None)
-
-    def _prefill_inputs(self, layout: _Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids, attention mask and positions for every sequence: (S, L) each."""
-        prompts = [self.outputs[number].spec.prompt_ids for number in layout.live]
-        length = max(len(p) for p in prompts)
-        pad = self.engine.base.pad_token_id
-        ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, length - len(prompt) :] = torch.tensor(prompt)
-            mask[row, length - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (S, L)
-        dev = self.engine.base.device
-        return ids.to(dev), mask.to(dev), positions.to(dev)
-
-    def _advance(self, number: int, token: int, logprob: float, eos: set[int]) -> StreamEvent | None:
-        out = self.outputs[number]
-        out.steps += 1
-        spec = out.spec
-        index = spec.request_index
-        streams = methods.streams(self.requests[index])
-        if token in eos and not spec.ignore_eos:
-            out.finish_reason = "stop"
-            tail = out.text.finish()
-            return StreamEvent(index, token, tail, "stop", logprob) if streams else None
-        delta = out.text.push(token)
-        if out.text.stopped:
-            out.finish_reason = "stop"
-        elif len(out.token_ids) >= spec.max_new_tokens:
-            out.finish_reason = "length"
-            delta += out.text.finish()
-        return StreamEvent(index, token, delta, out.finish_reason, logprob) if streams else None
-
-    def _maybe_reduce(self, index: int) -> Iterator[StreamEvent]:
-        """When all sequences of a non-streaming request are done, pick its winner and emit it."""
-        numbers = self._by_request[index]
-        if any(self.outputs[n].finish_reason is None for n in numbers) or index in self._winners:
-            return
-        request = self.requests[index]
-        if methods.streams(request):
-            self._winners[index] = (numbers[0], None)
-            return
-        texts = [self.outputs[n].text.text for n in numbers]
-        winner, score = methods.reduce(request, texts, self.engine.base, self.reward)
-        self._winners[index] = (numbers[winner], score)
-        out = self.outputs[numbers[winner]]
-        last = out.token_ids[-1] if out.token_ids else -1
-        yield StreamEvent(index, last, out.text.text, out.finish_reason)
-
-    def results(self) -> list[GenerationResult]:
-        results = []
-        for index, request in enumerate(self.requests):
-            number, score = self._winners[index]
-            out = self.outputs[number]
-            spent = [self.outputs[n] for n in self._by_request[index]]
-            steered = [name for name, _ in out.spec.steer]
-            assert out.finish_reason is not None
-            results.append(
-                GenerationResult(
-                    token_ids=tuple(out.token_ids),
-                    text=out.text.text,
-                    finish_reason=out.finish_reason,
-                    prompt_tokens=len(request.prompt_ids),
-                    personalization=request.personalization,
-                    head_versions=self.engine.head_versions(steered),
-                    forward_rows=sum(o.rows * o.steps for o in spent),
-                    processed_tokens=sum(o.rows * (len(o.spec.prompt_ids) + o.steps) for o in spent),
-                    reward=score,
-                )
-            )
-        return results
+        return self.open_batch().prefill_scores(requests)

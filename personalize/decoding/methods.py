@@ -21,7 +21,7 @@ from personalize.decoding.rng import derive_seed
 from personalize.errors import RewardError
 
 if TYPE_CHECKING:
-    from personalize.decoding.engine import SequenceSpec
+    from personalize.decoding.batch import SequenceSpec
     from personalize.models import BaseModel
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
@@ -29,7 +29,7 @@ RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 def expand(index: int, request: GenerationRequest, seed: int) -> list[SequenceSpec]:
     """The sequences that decode ``request`` (seed already resolved)."""
-    from personalize.decoding.engine import SequenceSpec
+    from personalize.decoding.batch import SequenceSpec
 
     p, s = request.personalization, request.sampling
     steer = tuple((name, p.beta * w) for name, w in p.active_weights.items()) if p.method == "vas" else ()

@@ -38,8 +38,11 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def uniforms(seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """One uniform float32 in [0, 1) per row: a pure function of (seed, step). seeds (S,) int64 -> (S,)."""
+def uniforms(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """One uniform float32 in [0, 1) per row: a pure function of (seed, step).
+
+    seeds (S,) int64, step an int or (S,) int64 (each row's own counter) -> (S,).
+    """
     z = splitmix64(splitmix64(seeds) + step)  # (S,)
     return _shr(z, 40).to(torch.float32) * (1.0 / (1 << 24))  # 24 random bits: exact in float32
 

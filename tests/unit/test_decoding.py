@@ -283,3 +283,48 @@ def test_two_engines_on_one_model_keep_their_own_heads(fresh_tiny_base: BaseMode
     second = Engine(fresh_tiny_base, [load_head(tiny_head_dir("concise", seed=5, version="2"), fresh_tiny_base)])
     assert first.generate([request])[0].token_ids == before
     assert second.generate([request])[0].token_ids != before
+
+
+def _drain(batch, collected: dict[int, list[int]]) -> None:
+    for event in batch.emit():
+        collected.setdefault(event.index, []).append(event.token_id)
+    batch.advance()
+
+
+def test_requests_joining_a_running_batch_decode_as_if_alone(engine: Engine) -> None:
+    base = engine.base
+    first = req(base, PROMPTS[1], {"concise": 1.0}, seed=1, n=10)
+    late_long = req(base, PROMPTS[0] + " Please answer in detail, thanks.", {"helpful": 1.0}, seed=2, n=6)
+    late_short = req(base, "Hi", {"positive": 1.0, "concise": 0.5}, seed=3, n=7, top_p=0.8)
+    batch = engine.open_batch()
+    got: dict[int, list[int]] = {}
+    batch.add([first])
+    for _ in range(3):
+        _drain(batch, got)
+    batch.add([late_long])  # longer history than the running sequence: the old cache is left-padded
+    _drain(batch, got)
+    batch.add([late_short])
+    while not batch.done:
+        _drain(batch, got)
+    results = batch.results()
+    for index, request in enumerate([first, late_long, late_short]):
+        alone = engine.generate([request])[0]
+        assert results[index].token_ids == alone.token_ids, index
+        assert got[index][: len(alone.token_ids)] == list(alone.token_ids)
+
+
+def test_cancelled_request_leaves_and_others_continue(engine: Engine) -> None:
+    base = engine.base
+    keep = req(base, PROMPTS[0], {"concise": 1.0}, seed=4, n=8, ignore_eos=True)
+    leave = req(base, PROMPTS[1], {"helpful": 1.0}, seed=5, n=8, ignore_eos=True)
+    batch = engine.open_batch()
+    got: dict[int, list[int]] = {}
+    batch.add([keep, leave])
+    _drain(batch, got)
+    batch.cancel(1)
+    while not batch.done:
+        _drain(batch, got)
+    assert len(got[1]) == 1 and len(got[0]) == 8
+    assert tuple(got[0]) == engine.generate([keep])[0].token_ids
+    with pytest.raises(UnknownObjectiveError):
+        batch.add([req(base, PROMPTS[0], {"nope": 1.0})])
