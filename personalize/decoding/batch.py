@@ -77,6 +77,7 @@ class _State:
     positions: torch.Tensor  # (S, 1) position of the last fed token
     pending: torch.Tensor  # (S,) sampled, not yet fed
     logprobs: torch.Tensor  # (S,)
+    contributions: torch.Tensor  # (M,) each value entry's push on the pending token
     counters: torch.Tensor  # (S,) tokens sampled before the pending one
 
 
@@ -105,6 +106,7 @@ def _merge(old: _State, new: _State, layout: _Layout) -> _State:
         positions=torch.cat([old.positions, new.positions]),
         pending=torch.cat([old.pending, new.pending]),
         logprobs=torch.cat([old.logprobs, new.logprobs]),
+        contributions=torch.cat([old.contributions, new.contributions]),
         counters=torch.cat([old.counters, new.counters]),
     )
 
@@ -218,8 +220,9 @@ class DecodeBatch:
         engine._select_rows(layout)
         hidden = engine._forward(ids, mask, positions, cache, layout)  # (R, H)
         counters = torch.zeros(len(numbers), dtype=torch.long, device=dev)  # (S,)
-        pending, logprobs = engine._next_tokens(hidden, layout, counters)  # (S,), (S,)
-        return _State(layout, cache, mask, positions[:, -1:], pending, logprobs, counters), hidden
+        out = engine._next_tokens(hidden, layout, counters)
+        state = _State(layout, cache, mask, positions[:, -1:], out.tokens, out.logprobs, out.contributions, counters)
+        return state, hidden
 
     def prefill_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
         """Guided scores of every sequence's first token (S, V), computed from the prompts alone."""
@@ -236,8 +239,11 @@ class DecodeBatch:
         state = self._state
         if state is None:
             return []
-        tokens = state.pending.tolist()  # the one device sync per step
+        tokens = state.pending.tolist()  # the one device sync per step (three small transfers)
         logprobs = state.logprobs.tolist()
+        pushes: dict[int, dict[str, float]] = {}
+        for (pos, objective), value in zip(state.layout.entry_owner, state.contributions.tolist(), strict=True):
+            pushes.setdefault(pos, {})[objective] = value
         events: list[StreamEvent] = []
         leaving: list[int] = []
         for pos, (number, token) in enumerate(zip(state.layout.live, tokens, strict=True)):
@@ -245,7 +251,7 @@ class DecodeBatch:
             if out.spec.request_index in self._cancelled:
                 leaving.append(pos)
                 continue
-            event = self._advance(number, token, logprobs[pos])
+            event = self._advance(number, token, logprobs[pos], pushes.get(pos, {}))
             if event is not None:
                 events.append(event)
             if out.finish_reason is not None:
@@ -268,8 +274,10 @@ class DecodeBatch:
                 positions = state.positions + 1  # (S, 1)
                 hidden = self.engine._forward(state.pending.unsqueeze(-1), mask, positions, state.cache, state.layout)
                 counters = state.counters + 1  # (S,)
-                pending, logprobs = self.engine._next_tokens(hidden, state.layout, counters)  # (S,), (S,)
-                self._state = _State(state.layout, state.cache, mask, positions, pending, logprobs, counters)
+                out = self.engine._next_tokens(hidden, state.layout, counters)
+                self._state = _State(
+                    state.layout, state.cache, mask, positions, out.tokens, out.logprobs, out.contributions, counters
+                )
             self._emitted = False
         if self._joining:
             self._join()
@@ -283,6 +291,7 @@ class DecodeBatch:
         self.engine._prune(state.cache, kept, state.layout)
         layout = self.engine._layout(self.outputs, [state.layout.live[p] for p in keep])
         self.engine._select_rows(layout)
+        entry_kept = torch.isin(state.layout.entries.sequence, kept)  # (M,) entries of the kept sequences
         return _State(
             layout,
             state.cache,
@@ -290,11 +299,12 @@ class DecodeBatch:
             state.positions[kept],
             state.pending[kept],
             state.logprobs[kept],
+            state.contributions[entry_kept],
             state.counters[kept],
         )
 
     # ---- bookkeeping ------------------------------------------------------------------------
-    def _advance(self, number: int, token: int, logprob: float) -> StreamEvent | None:
+    def _advance(self, number: int, token: int, logprob: float, pushes: dict[str, float]) -> StreamEvent | None:
         out = self.outputs[number]
         out.steps += 1
         spec = out.spec
@@ -303,14 +313,14 @@ class DecodeBatch:
         if token in self._eos and not spec.ignore_eos:
             out.finish_reason = "stop"
             tail = out.text.finish()
-            return StreamEvent(index, token, tail, "stop", logprob) if streams else None
+            return StreamEvent(index, token, tail, "stop", logprob, pushes) if streams else None
         delta = out.text.push(token)
         if out.text.stopped:
             out.finish_reason = "stop"
         elif len(out.token_ids) >= spec.max_new_tokens:
             out.finish_reason = "length"
             delta += out.text.finish()
-        return StreamEvent(index, token, delta, out.finish_reason, logprob) if streams else None
+        return StreamEvent(index, token, delta, out.finish_reason, logprob, pushes) if streams else None
 
     def _maybe_reduce(self, index: int) -> Iterator[StreamEvent]:
         """When all sequences of a request are done, record its answer (and emit it if not streamed)."""

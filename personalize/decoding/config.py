@@ -175,3 +175,5 @@ class StreamEvent:
     logprob: float | None = None
     """Log-probability of ``token_id`` under the value-guided scores (after any sampling top-k filter,
     before temperature and top-p)."""
+    contributions: Mapping[str, float] = field(default_factory=dict)
+    """How much each steering objective raised (or lowered) this token's score: beta · w · z."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -26,11 +26,27 @@ from transformers.masking_utils import create_causal_mask
 from personalize.decoding.batch import DecodeBatch, RewardFn, SequenceOutput
 from personalize.decoding.config import GenerationRequest, GenerationResult, StreamEvent
 from personalize.decoding.rng import uniforms
-from personalize.decoding.sampling import ValueEntries, ValueStack, filter_top_k, guide_scores, sample_tokens
+from personalize.decoding.sampling import (
+    ValueEntries,
+    ValueStack,
+    apply_guidance,
+    filter_top_k,
+    guide_scores,
+    sample_tokens,
+    value_guidance,
+)
 from personalize.errors import ContextLengthError, UnknownObjectiveError
 from personalize.heads import HeadMeta, ValueHead, check_compatible
 from personalize.lora import MultiLoRALinear, wrap_targets
 from personalize.models import BaseModel
+
+
+class StepOutput(NamedTuple):
+    """One decode step's result for every live sequence."""
+
+    tokens: torch.Tensor  # (S,) sampled token ids
+    logprobs: torch.Tensor  # (S,) their log-probabilities under the final scores
+    contributions: torch.Tensor  # (M,) each value entry's push on its sequence's sampled token
 
 
 @dataclass
@@ -42,6 +58,7 @@ class _Layout:
     row_sequence: torch.Tensor  # (R,) live position of each row's sequence
     base_rows: torch.Tensor  # (S,)
     entries: ValueEntries
+    entry_owner: list[tuple[int, str]]  # (live position, objective) of each value entry
     temperature: torch.Tensor  # (S,)
     top_p: torch.Tensor  # (S,)
     top_k: torch.Tensor  # (S,)
@@ -199,6 +216,7 @@ class Engine:
         slots: list[int] = []
         seqs: list[int] = []
         coefs: list[float] = []
+        owners: list[tuple[int, str]] = []
         for pos, number in enumerate(live):
             spec = outputs[number].spec
             base_row = len(row_slots)
@@ -214,6 +232,7 @@ class Engine:
                     row_slots.append(lora)
                     row_sequence.append(pos)
                 slots.append(self._heads.value_slot[name])
+                owners.append((pos, name))
                 seqs.append(pos)
                 coefs.append(coef)
         specs = [outputs[n].spec for n in live]
@@ -230,6 +249,7 @@ class Engine:
             row_sequence=ints(row_sequence),
             base_rows=ints(base_rows),
             entries=ValueEntries(ints(src), ints(slots), ints(seqs), floats(coefs)),
+            entry_owner=owners,
             temperature=floats([s.temperature for s in specs]),
             top_p=floats([s.top_p for s in specs]),
             top_k=ints([s.top_k for s in specs]),
@@ -322,17 +342,26 @@ class Engine:
             logits, hidden, self._embedding, self._heads.stack, layout.entries, layout.top_k, layout.max_top_k
         )
 
-    def _next_tokens(
-        self, hidden: torch.Tensor, layout: _Layout, steps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample each sequence's next token; return it (S,) and its log-prob under the guided scores (S,)."""
-        scores = self._scores(hidden, layout)  # (S, V)
+    def _next_tokens(self, hidden: torch.Tensor, layout: _Layout, steps: torch.Tensor) -> StepOutput:
+        """forward output → base logits → top-k → values → combine → sample, for every sequence."""
+        logits = self._lm_head(hidden[layout.base_rows]).float()  # (S, V)
+        guidance = None
+        if self._heads.stack is not None and not layout.entries.empty:
+            guidance = value_guidance(
+                logits, hidden, self._embedding, self._heads.stack, layout.entries, layout.top_k, layout.max_top_k
+            )
+            logits = apply_guidance(logits, guidance, layout.entries)  # (S, V)
         if layout.max_sample_top_k > 0:
-            scores = filter_top_k(scores, layout.sample_top_k, layout.max_sample_top_k)  # (S, V)
+            logits = filter_top_k(logits, layout.sample_top_k, layout.max_sample_top_k)  # (S, V)
         u = uniforms(layout.seeds, steps)  # (S,): counter = tokens this sequence sampled before
-        tokens = sample_tokens(scores, layout.temperature, layout.top_p, u, use_top_p=layout.use_top_p)  # (S,)
-        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)
-        return tokens, logprobs
+        tokens = sample_tokens(logits, layout.temperature, layout.top_p, u, use_top_p=layout.use_top_p)  # (S,)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)
+        pushes = (
+            guidance.contributions(tokens, layout.entries)  # (M,)
+            if guidance is not None
+            else logits.new_zeros(0)
+        )
+        return StepOutput(tokens, logprobs, pushes)
 
     def next_token_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
         """Guided scores of the first token of each request's sequences, computed from scratch (S, V).

@@ -59,6 +59,49 @@ def head_values(
     return torch.bmm(cand_emb, direction).squeeze(-1)  # (M, C)
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """What the heads add to each sequence's base top-k."""
+
+    candidates: torch.Tensor  # (S, C) base top-k token ids
+    bonus: torch.Tensor  # (M, C) beta * w * z for each value entry and candidate
+
+    def contributions(self, tokens: torch.Tensor, entries: ValueEntries) -> torch.Tensor:
+        """Each entry's push on the token its sequence sampled (0 outside the top-k). tokens (S,) -> (M,)."""
+        hit = self.candidates[entries.sequence] == tokens[entries.sequence].unsqueeze(-1)  # (M, C)
+        return (self.bonus * hit).sum(-1)  # (M,)
+
+
+def value_guidance(
+    logits: torch.Tensor,
+    hidden: torch.Tensor,
+    embedding: torch.Tensor,
+    stack: ValueStack,
+    entries: ValueEntries,
+    top_k: torch.Tensor,
+    max_top_k: int,
+) -> Guidance:
+    """``beta · w_k · z_k`` for every entry over its sequence's base top-k.
+
+    ``z_k`` is head k's value centred over the (per-sequence) top-k and divided by its
+    calibration scale. logits (S, V) float32, hidden (R, H).
+    """
+    _, candidates = logits.topk(max_top_k, dim=-1)  # (S, C)
+    valid = torch.arange(max_top_k, device=logits.device) < top_k.unsqueeze(-1)  # (S, C)
+    values = head_values(hidden, candidates, embedding, stack, entries)  # (M, C)
+    entry_valid = valid[entries.sequence].float()  # (M, C)
+    mean = (values * entry_valid).sum(-1, keepdim=True) / entry_valid.sum(-1, keepdim=True)  # (M, 1)
+    scale = (entries.coef * stack.inv_scale[entries.slot]).unsqueeze(-1)  # (M, 1)
+    return Guidance(candidates, (values - mean) * entry_valid * scale)  # bonus (M, C)
+
+
+def apply_guidance(logits: torch.Tensor, guidance: Guidance, entries: ValueEntries) -> torch.Tensor:
+    """Add every entry's bonus to its sequence's candidates; other tokens keep their logits. (S, V)."""
+    S, C = guidance.candidates.shape
+    bonus = torch.zeros(S, C, device=logits.device).index_add_(0, entries.sequence, guidance.bonus)  # (S, C)
+    return logits.scatter_add(1, guidance.candidates, bonus)  # (S, V)
+
+
 def guide_scores(
     logits: torch.Tensor,
     hidden: torch.Tensor,
@@ -68,22 +111,11 @@ def guide_scores(
     top_k: torch.Tensor,
     max_top_k: int,
 ) -> torch.Tensor:
-    """``logits + beta · Σ_k w_k · z_k`` over each sequence's base top-k (unchanged elsewhere).
-
-    ``z_k`` is head k's value centred over the top-k and divided by its calibration
-    scale. logits (S, V) float32 -> (S, V) float32.
-    """
+    """``logits + beta · Σ_k w_k · z_k`` over each sequence's base top-k (unchanged elsewhere). (S, V)."""
     if stack is None or entries.empty:
         return logits
-    _, candidates = logits.topk(max_top_k, dim=-1)  # (S, C)
-    valid = torch.arange(max_top_k, device=logits.device) < top_k.unsqueeze(-1)  # (S, C)
-    values = head_values(hidden, candidates, embedding, stack, entries)  # (M, C)
-    entry_valid = valid[entries.sequence].float()  # (M, C)
-    mean = (values * entry_valid).sum(-1, keepdim=True) / entry_valid.sum(-1, keepdim=True)  # (M, 1)
-    scale = (entries.coef * stack.inv_scale[entries.slot]).unsqueeze(-1)  # (M, 1)
-    z = (values - mean) * entry_valid * scale  # (M, C)
-    bonus = torch.zeros(logits.shape[0], max_top_k, device=logits.device).index_add_(0, entries.sequence, z)  # (S, C)
-    return logits.scatter_add(1, candidates, bonus)  # (S, V)
+    guidance = value_guidance(logits, hidden, embedding, stack, entries, top_k, max_top_k)
+    return apply_guidance(logits, guidance, entries)
 
 
 def filter_top_k(scores: torch.Tensor, keep: torch.Tensor, max_keep: int) -> torch.Tensor:

@@ -328,3 +328,17 @@ def test_cancelled_request_leaves_and_others_continue(engine: Engine) -> None:
     assert tuple(got[0]) == engine.generate([keep])[0].token_ids
     with pytest.raises(UnknownObjectiveError):
         batch.add([req(base, PROMPTS[0], {"nope": 1.0})])
+
+
+def test_events_carry_each_objectives_push_on_the_token(engine: Engine) -> None:
+    base = engine.base
+    request = req(base, PROMPTS[0], {"concise": 1.0, "positive": -2.0}, n=5, top_k=0)
+    events = list(engine.stream([request]))
+    assert all(set(e.contributions) == {"concise", "positive"} for e in events)
+    first = events[0]
+    guided = engine.next_token_scores([request])[0]
+    plain = engine.next_token_scores([req(base, PROMPTS[0], method="base")])[0]
+    delta = float(guided[first.token_id] - plain[first.token_id])
+    assert abs(sum(first.contributions.values()) - delta) < 1e-4
+    assert any(abs(v) > 1e-6 for e in events for v in e.contributions.values())
+    assert all(e.contributions == {} for e in engine.stream([req(base, PROMPTS[0], {"concise": 0.0}, n=3)]))
