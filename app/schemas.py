@@ -36,6 +36,14 @@ class PersonalizationIn(BaseModel):
     method: Method | None = None
     top_k: TopK | None = None
     best_of: Annotated[int, Field(ge=BEST_OF_RANGE[0], le=BEST_OF_RANGE[1], strict=True)] | None = None
+    explain: bool = Field(
+        default=False,
+        description=(
+            "Return per-token contributions: each choice (each streamed chunk, or the whole message) "
+            "carries `token_contributions`, one entry per generated token saying how much each steering "
+            "objective raised or lowered that token's score. Not a profile field: applies to this request only."
+        ),
+    )
 
 
 class StreamOptions(BaseModel):
@@ -133,6 +141,84 @@ class ObjectivePatch(BaseModel):
     active: bool
     version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     """With ``active: true``: the version to activate (default: the newest)."""
+
+
+class TokenContribution(BaseModel):
+    """One generated token and each steering objective's push on it (``personalization.explain``)."""
+
+    text: str = Field(
+        description="The text this token added to the answer; empty while a multi-byte character or a "
+        "possible stop string is held back, and for the end-of-sequence token. Concatenated, the entries' "
+        "texts are the answer."
+    )
+    token_id: int
+    contributions: dict[str, float] = Field(
+        description="Objective name -> beta * weight * z: how much that objective added to (or, negative, "
+        "took from) this token's score, in logit units. Empty when nothing steered the token (method "
+        "'base', zero weights); 'bon' answers come as one entry for the whole text with no contributions."
+    )
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+    token_contributions: list[TokenContribution] | None = Field(
+        default=None, description="Only with `personalization.explain: true`."
+    )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(BaseModel):
+    """A chat completion. With ``"stream": true`` the body is ``text/event-stream`` instead: ``data:`` lines
+    holding ``chat.completion.chunk`` objects whose choice has a ``delta`` (and, with
+    ``personalization.explain``, the ``token_contributions`` of that chunk's tokens), then ``data: [DONE]``."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+    personalization: dict[str, Any] = Field(
+        description="What was applied: weights, beta, method, top_k, best_of, head_versions, user."
+    )
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+    token_contributions: list[TokenContribution] | None = Field(
+        default=None, description="Only with `personalization.explain: true`."
+    )
+
+
+class CompletionResponse(BaseModel):
+    """A text completion (``"stream": true``: ``text_completion`` chunks as server-sent events)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[TextChoice]
+    usage: Usage
+    personalization: dict[str, Any]
 
 
 class ErrorDetail(BaseModel):

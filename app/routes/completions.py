@@ -18,7 +18,14 @@ from app.deps import CurrentUser, RuntimeDep, ServicesDep
 from app.errors import APIError, api_error_for, error_body
 from app.generation import PreparedRequest, prepare
 from app.scheduler import QueueFullError, RequestCancelledError, SchedulerStoppedError, Ticket
-from app.schemas import ChatCompletionRequest, CompletionRequest
+from app.schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    _GenerationParams,
+)
 from app.services import ModelRuntime, Services
 from personalize.decoding import methods
 from personalize.decoding.config import StreamEvent
@@ -27,6 +34,21 @@ from personalize.errors import PersonalizeError
 router = APIRouter(prefix="/v1", tags=["completions"])
 
 Kind = Literal["chat", "text"]
+CONTRIBUTION_DIGITS = 4
+STREAM_DOC = "The completion, or with `stream: true` a `text/event-stream` of chunks ending in `data: [DONE]`."
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)
+}
+
+
+def _explained(event: StreamEvent) -> dict[str, Any]:
+    """One ``token_contributions`` entry (see :class:`app.schemas.TokenContribution`)."""
+    pushes = {name: round(value, CONTRIBUTION_DIGITS) for name, value in event.contributions.items()}
+    return {"text": event.text, "token_id": event.token_id, "contributions": pushes}
+
+
+def _wants_explain(body: _GenerationParams) -> bool:
+    return bool(body.personalization is not None and body.personalization.explain)
 
 
 @dataclass
@@ -35,12 +57,16 @@ class _Output:
 
     prepared: PreparedRequest
     runtime: ModelRuntime
+    explain: bool = False
     parts: list[str] = field(default_factory=list)
+    explained: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
     finish_reason: str | None = None
 
     def add(self, event: StreamEvent) -> None:
         self.parts.append(event.text)
+        if self.explain:
+            self.explained.append(_explained(event))
         eos = event.finish_reason == "stop" and event.token_id in self.runtime.base.eos_token_ids
         if not eos:
             self.tokens += 1
@@ -132,11 +158,12 @@ async def _respond(
     kind: Kind,
     stream: bool,
     include_usage: bool,
+    explain: bool,
 ) -> Response:
     ticket = _submit(services, runtime, prepared)
     completion_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
-    output = _Output(prepared, runtime)
+    output = _Output(prepared, runtime, explain=explain)
     if stream:
         return StreamingResponse(
             _sse(request, services, ticket, output, kind, completion_id, created, include_usage),
@@ -164,6 +191,8 @@ async def _respond(
     _record(services, output)
     body = _envelope(kind, completion_id, created, prepared.model_id, chunk=False)
     body["choices"] = [_choice(kind, output.text, output.finish_reason, delta=False)]
+    if explain:
+        body["choices"][0]["token_contributions"] = output.explained
     body["usage"] = output.usage()
     body["personalization"] = _personalization(prepared, ticket)
     return JSONResponse(body)
@@ -185,9 +214,13 @@ async def _sse(
 ) -> AsyncIterator[str]:
     prepared = output.prepared
 
-    def chunk(text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
+    def chunk(
+        text: str, finish: str | None, *, first: bool = False, tokens: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         body = _envelope(kind, completion_id, created, prepared.model_id, chunk=True)
         body["choices"] = [_choice(kind, text, finish, delta=True, first=first)]
+        if tokens is not None:
+            body["choices"][0]["token_contributions"] = tokens
         if first or finish is not None:
             body["personalization"] = _personalization(prepared, ticket)
         if include_usage:
@@ -206,11 +239,15 @@ async def _sse(
             if first and kind == "chat":  # the role comes first, on its own
                 yield _sse_data(chunk("", None, first=True))
                 first = False
-            if event.text:
-                yield _sse_data(chunk(event.text, None, first=first))
+            # With explain, every token's entry rides on a chunk: its text's, else the finishing one,
+            # else an empty-text chunk of its own (a held-back character or stop-string prefix).
+            tokens = [output.explained[-1]] if output.explain else None
+            if event.text or (tokens is not None and event.finish_reason is None):
+                yield _sse_data(chunk(event.text, None, first=first, tokens=tokens))
                 first = False
+                tokens = None
             if event.finish_reason is not None:
-                yield _sse_data(chunk("", event.finish_reason))
+                yield _sse_data(chunk("", event.finish_reason, tokens=tokens))
         _record(services, output)
         if include_usage:
             tail = _envelope(kind, completion_id, created, prepared.model_id, chunk=True)
@@ -228,7 +265,11 @@ async def _sse(
     yield "data: [DONE]\n\n"
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletionResponse, "description": STREAM_DOC}, **ERROR_RESPONSES},
+)
 async def chat_completions(
     request: Request,
     body: ChatCompletionRequest,
@@ -251,11 +292,22 @@ async def chat_completions(
     prepared = await run_in_threadpool(prepare_chat)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _respond(
-        request, services, runtime, prepared, kind="chat", stream=body.stream, include_usage=include_usage
+        request,
+        services,
+        runtime,
+        prepared,
+        kind="chat",
+        stream=body.stream,
+        include_usage=include_usage,
+        explain=_wants_explain(body),
     )
 
 
-@router.post("/completions")
+@router.post(
+    "/completions",
+    response_model=None,
+    responses={200: {"model": CompletionResponse, "description": STREAM_DOC}, **ERROR_RESPONSES},
+)
 async def completions(
     request: Request,
     body: CompletionRequest,
@@ -279,5 +331,12 @@ async def completions(
     prepared = await run_in_threadpool(prepare_text)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _respond(
-        request, services, runtime, prepared, kind="text", stream=body.stream, include_usage=include_usage
+        request,
+        services,
+        runtime,
+        prepared,
+        kind="text",
+        stream=body.stream,
+        include_usage=include_usage,
+        explain=_wants_explain(body),
     )
