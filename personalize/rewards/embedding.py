@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,26 +49,57 @@ def embedding_model_dir() -> Path:
 class Embedder:
     """Cosine similarity between texts with a local sentence-transformers model."""
 
-    def __init__(self, model: Any, batch_size: int = 32) -> None:
+    def __init__(self, model: Any, batch_size: int = 32, memo_size: int = 50_000) -> None:
         self._model = model
         self._batch_size = batch_size
+        # Rewards that share this embedder (concise, helpful) and repeated prompts reuse vectors.
+        self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._memo_size = memo_size
+        self._memo_lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-norm embeddings, float32 on CPU, shape (N, D); each distinct text encoded once."""
-        unique = list(dict.fromkeys(texts))
-        if not unique:
+        if not texts:
             return torch.zeros(0, 0)
-        with torch.inference_mode():
-            vectors = self._model.encode(
-                unique,
-                batch_size=self._batch_size,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        vectors = vectors.float().cpu()  # (U, D)
-        row = {text: i for i, text in enumerate(unique)}
-        return vectors[[row[t] for t in texts]]  # (N, D)
+        with self._memo_lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if missing:
+            with torch.inference_mode():
+                vectors = self._model.encode(
+                    missing,
+                    batch_size=self._batch_size,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            vectors = vectors.float().cpu()  # (U, D)
+            with self._memo_lock:
+                for text, vector in zip(missing, vectors, strict=True):
+                    self._memo[text] = vector
+        with self._memo_lock:
+            out = []
+            for text in texts:
+                vector = self._memo.get(text)
+                if vector is None:  # evicted by a concurrent caller: recompute below
+                    break
+                self._memo.move_to_end(text)
+                out.append(vector)
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        if len(out) != len(texts):
+            with torch.inference_mode():
+                return (
+                    self._model.encode(
+                        list(texts),
+                        batch_size=self._batch_size,
+                        convert_to_tensor=True,
+                        normalize_embeddings=True,
+                        show_progress_bar=False,
+                    )
+                    .float()
+                    .cpu()
+                )
+        return torch.stack(out)  # (N, D)
 
     def similarity(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """Cosine similarity of each (prompt, response) pair, shape (N,), in [-1, 1]."""
