@@ -9,6 +9,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELI
 V=.venv/bin
 $V/ruff check .
 $V/ruff format --check .
-$V/mypy personalize $( [ -d app ] && echo app )
+$V/mypy personalize app ui
 $V/lint-imports
 $V/python -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,146 @@
+"""UI fixtures: the real API (tiny random model, SQLite, two heads) served over HTTP on a free port,
+with every request body recorded, and AppTest drivers for the Streamlit app."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from streamlit.testing.v1 import AppTest
+
+from app.main import create_app
+from personalize.settings import Settings
+from tests.integration.conftest import create_admin, free_port, tiny_engine_factory, wait_until
+from tests.integration.helpers import head_files
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "ui" / "app.py"
+APP_TIMEOUT_S = 60.0
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[Message], Any]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    body: Any
+
+
+@dataclass
+class Recorder:
+    """ASGI middleware keeping the JSON body of every request (what the UI really sent)."""
+
+    app: Any
+    requests: list[Recorded] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        buffered: list[Message] = []
+        while True:
+            message = await receive()
+            buffered.append(message)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        raw = b"".join(m.get("body", b"") for m in buffered)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        self.requests.append(Recorded(scope["method"], scope["path"], body))
+
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)
+
+    def posted(self, path: str) -> list[Any]:
+        return [r.body for r in self.requests if r.method in ("POST", "PUT", "PATCH") and r.path == path]
+
+
+@dataclass
+class LiveApi:
+    url: str
+    client: TestClient
+    recorder: Recorder
+    admin_key: str
+    user_id: str
+    user_key: str
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+
+@pytest.fixture
+def api(tmp_path: Path, tiny_head_dir: Callable[..., Path]) -> Iterator[LiveApi]:
+    """The service with heads 'concise' (LoRA) and 'helpful' (linear), an admin and a user."""
+    data = tmp_path / "data"
+    settings = Settings(
+        data_dir=data,
+        database_url=f"sqlite:///{data / 'personalize.db'}",
+        redis_url=None,
+        auto_migrate=True,
+        head_sync_interval_s=3600.0,
+    )
+    app = create_app(settings, engine_factory=tiny_engine_factory)
+    recorder = Recorder(app)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _, admin_key = create_admin(settings.database_url)
+        wait_until(lambda: client.get("/readyz").status_code == 200, what="/readyz")
+        auth = {"Authorization": f"Bearer {admin_key}"}
+        for folder in (tiny_head_dir("concise", seed=1), tiny_head_dir("helpful", kind="linear", seed=2)):
+            response = client.post("/v1/objectives", files=head_files(folder), headers=auth)
+            assert response.status_code == 201, response.text
+        created = client.post("/v1/users", json={"name": f"u-{uuid.uuid4().hex[:6]}"}, headers=auth).json()
+        port = free_port()
+        config = uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_until(lambda: server.started, what="uvicorn to start")
+        try:
+            yield LiveApi(f"http://127.0.0.1:{port}", client, recorder, admin_key, created["id"], created["api_key"])
+        finally:
+            server.should_exit = True
+            thread.join(15)
+
+
+@pytest.fixture
+def ui_env(monkeypatch: pytest.MonkeyPatch, api: LiveApi, tmp_path: Path) -> LiveApi:
+    """The UI's settings pointing at the live API (no key pre-filled, no evaluation plot)."""
+    monkeypatch.setenv("PERSONALIZE_API_URL", api.url)
+    monkeypatch.delenv("PERSONALIZE_UI_API_KEY", raising=False)
+    monkeypatch.setenv("PERSONALIZE_EVAL_PLOT", str(tmp_path / "no-eval.png"))
+    return api
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=APP_TIMEOUT_S)
+
+
+def sign_in(at: AppTest, key: str) -> AppTest:
+    at.run()
+    at.sidebar.text_input(key="api_key_input").input(key)
+    at.sidebar.button(key="sign_in").click()
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    """Everything a person reads on the page (markdown, captions, alerts, headers), as one string."""
+    parts: list[str] = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "title", "subheader"):
+        parts.extend(str(e.value) for e in getattr(at, kind))
+    return "\n".join(parts)

@@ -1,0 +1,19 @@
+"""The Streamlit app's entry point: ``streamlit run ui/app.py`` (``personalize demo`` starts it).
+
+Every page talks to the service over HTTP only (``ui.client``); the sidebar signs in.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import session
+
+st.set_page_config(page_title="personalize", page_icon="🎚️", layout="wide")
+session.sidebar()
+pages = [
+    st.Page("views/generate.py", title="Generate", icon="🎚️", default=True),
+    st.Page("views/admin.py", title="Admin", icon="🛠️"),
+    st.Page("views/tradeoff.py", title="Trade-off", icon="📈"),
+]
+st.navigation(pages).run()

@@ -1,0 +1,301 @@
+"""A typed client for the personalize HTTP API: the UI's only way to the service.
+
+Errors (every non-2xx answer, and an error sent inside a stream)::
+
+    ApiError              status, message, code and param from the OpenAI-style error body
+    ├── ConflictError     409 on a profile write: someone saved a newer version since it was read
+    └── ConnectionFailed  the service did not answer at all (not running, wrong URL)
+
+``transport`` is the seam for tests: any ``httpx.BaseTransport`` (e.g. ``httpx.MockTransport``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+KNOWN_METHODS: tuple[str, ...] = ("base", "vas", "bon")
+"""What a server that does not publish its methods in /openapi.json is assumed to accept."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+    def __str__(self) -> str:
+        where = f" ({self.param})" if self.param else ""
+        return f"{self.message}{where} [HTTP {self.status}]" if self.status else self.message
+
+
+class ConflictError(ApiError):
+    pass
+
+
+class ConnectionFailed(ApiError):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class HeadVersion:
+    version: str
+    active: bool
+    kind: str
+    size_bytes: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    description: str
+    version: str | None
+    """The active version (None: the objective is deactivated)."""
+    active: bool
+    loaded: bool
+    kind: str | None
+    versions: tuple[HeadVersion, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    user_id: str
+    weights: Mapping[str, float]
+    beta: float
+    method: str
+    top_k: int
+    version: int
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What one request asks for; ``explain`` asks for per-token contributions."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    beta: float = 1.0
+    method: str = "vas"
+    max_tokens: int = 128
+    seed: int | None = 0
+    temperature: float = 0.7
+    best_of: int = 4
+    explain: bool = False
+
+    def personalization(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"weights": dict(self.weights), "beta": self.beta, "method": self.method}
+        if self.method == "bon":
+            body["best_of"] = self.best_of
+        if self.explain:
+            body["explain"] = True
+        return body
+
+
+@dataclass(frozen=True)
+class TokenPush:
+    """One generated token and each objective's push on its score (``personalization.explain``)."""
+
+    text: str
+    token_id: int
+    contributions: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One streamed chunk of an answer."""
+
+    text: str = ""
+    tokens: tuple[TokenPush, ...] = ()
+    finish_reason: str | None = None
+    completion_tokens: int | None = None
+    personalization: Mapping[str, Any] | None = None
+
+
+def _error_from(response: httpx.Response) -> ApiError:
+    try:
+        detail = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        detail = {}
+    message = str(detail.get("message") or response.text or response.reason_phrase)
+    kind = ConflictError if response.status_code == 409 else ApiError
+    return kind(response.status_code, message, code=detail.get("code"), param=detail.get("param"))
+
+
+def _objective(data: Mapping[str, Any]) -> Objective:
+    return Objective(
+        name=str(data["name"]),
+        description=str(data.get("description") or ""),
+        version=data.get("version"),
+        active=bool(data.get("active")),
+        loaded=bool(data.get("loaded")),
+        kind=data.get("kind"),
+        versions=tuple(
+            HeadVersion(
+                version=str(v["version"]),
+                active=bool(v["active"]),
+                kind=str(v.get("kind") or ""),
+                size_bytes=int(v.get("size_bytes") or 0),
+                created_at=str(v.get("created_at") or ""),
+            )
+            for v in data.get("versions", ())
+        ),
+    )
+
+
+def _profile(data: Mapping[str, Any]) -> Profile:
+    return Profile(
+        user_id=str(data["user_id"]),
+        weights={str(k): float(v) for k, v in data["weights"].items()},
+        beta=float(data["beta"]),
+        method=str(data["method"]),
+        top_k=int(data["top_k"]),
+        version=int(data["version"]),
+    )
+
+
+def _delta(chunk: Mapping[str, Any]) -> Delta:
+    usage = chunk.get("usage") or {}
+    choices = chunk.get("choices") or [{}]
+    choice = choices[0]
+    tokens = tuple(
+        TokenPush(str(t["text"]), int(t["token_id"]), {str(k): float(v) for k, v in t["contributions"].items()})
+        for t in choice.get("token_contributions") or ()
+    )
+    return Delta(
+        text=str((choice.get("delta") or {}).get("content") or ""),
+        tokens=tokens,
+        finish_reason=choice.get("finish_reason"),
+        completion_tokens=usage.get("completion_tokens"),
+        personalization=chunk.get("personalization"),
+    )
+
+
+def methods_from_openapi(schema: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``personalization.method`` values an API's OpenAPI document accepts."""
+    try:
+        prop = schema["components"]["schemas"]["PersonalizationIn"]["properties"]["method"]
+    except (KeyError, TypeError):
+        return KNOWN_METHODS
+    found: list[str] = []
+    for option in [prop, *prop.get("anyOf", ())]:
+        found.extend(str(v) for v in option.get("enum", ()) if str(v) not in found)
+        if "const" in option and str(option["const"]) not in found:
+            found.append(str(option["const"]))
+    return tuple(found) or KNOWN_METHODS
+
+
+class ApiClient:
+    """One signed-in caller (``api_key``) of the service at ``base_url``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- plumbing ----------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(0, f"cannot reach the service at {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.json()
+
+    # ---- users and profiles ------------------------------------------------------------
+    def me(self) -> User:
+        data = self._request("GET", "/v1/users/me")
+        return User(str(data["id"]), str(data["name"]), str(data["role"]))
+
+    def profile(self, user_id: str) -> Profile:
+        return _profile(self._request("GET", f"/v1/users/{user_id}/profile"))
+
+    def save_profile(self, user_id: str, settings: GenerationSettings, *, version: int | None) -> Profile:
+        """Write the weights, beta and method; ``version`` is the one last read (409 if it is stale)."""
+        body: dict[str, Any] = {"weights": dict(settings.weights), "beta": settings.beta, "method": settings.method}
+        if version is not None:
+            body["version"] = version
+        return _profile(self._request("PUT", f"/v1/users/{user_id}/profile", json=body))
+
+    # ---- objectives --------------------------------------------------------------------
+    def objectives(self) -> list[Objective]:
+        return [_objective(o) for o in self._request("GET", "/v1/objectives")["data"]]
+
+    def methods(self) -> tuple[str, ...]:
+        try:
+            return methods_from_openapi(self._request("GET", "/openapi.json"))
+        except ApiError:
+            return KNOWN_METHODS
+
+    def upload_head(self, files: Sequence[tuple[str, bytes]], *, activate: bool = True) -> Objective:
+        parts = [("files", (name, content)) for name, content in files]
+        data = {"activate": "true" if activate else "false"}
+        return _objective(self._request("POST", "/v1/objectives", files=parts, data=data))
+
+    def set_active(self, name: str, active: bool, version: str | None = None) -> Objective:
+        body: dict[str, Any] = {"active": active}
+        if active and version is not None:
+            body["version"] = version
+        return _objective(self._request("PATCH", f"/v1/objectives/{name}", json=body))
+
+    # ---- generation --------------------------------------------------------------------
+    def stream_chat(self, prompt: str, settings: GenerationSettings) -> Iterator[Delta]:
+        """Stream one chat answer to ``prompt`` (server-sent events), chunk by chunk."""
+        body = {
+            "model": "default",
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": settings.max_tokens,
+            "temperature": settings.temperature,
+            "seed": settings.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "personalization": settings.personalization(),
+        }
+        try:
+            with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[len("data: ") :]
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        error = chunk["error"]
+                        raise ApiError(200, str(error.get("message")), code=error.get("code"))
+                    yield _delta(chunk)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(0, f"cannot reach the service at {self.base_url}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The app's pages, one script each (run by ``st.navigation`` in ``ui/app.py``)."""
