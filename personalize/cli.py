@@ -386,31 +386,50 @@ def serve(
 
 
 @app.command()
-def demo(base_model: BaseModelOpt = None) -> None:
-    """Prepare the embedded default and show the same prompt decoded plainly and steered."""
-    from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
-    from personalize.heads import load_head
-    from personalize.models import load_base_model
+def demo(
+    base_model: BaseModelOpt = None,
+    heads: HeadsOpt = None,
+    host: Annotated[str, typer.Option(help="Bind address of the API and the UI.")] = "127.0.0.1",
+    api_port: Annotated[int, typer.Option("--api-port", help="Port of the API.")] = 8000,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the UI.")] = 8501,
+    prepare_only: Annotated[
+        bool, typer.Option("--prepare-only", help="Set everything up and print the keys; start no server.")
+    ] = False,
+) -> None:
+    """Prepare the embedded default (model cache, database, heads, demo users), then serve the API and the UI
+    until Ctrl-C."""
+    from personalize.demo import DemoConfig, DemoSetup, prepare_demo, run_demo
+    from personalize.heads import SHIPPED_HEADS_DIR
 
     settings = _settings()
+    if base_model:
+        settings = settings.model_copy(update={"base_model": base_model})
+    folders = list(heads) if heads else [SHIPPED_HEADS_DIR, settings.data_dir / "heads"]
     console.print(f"data directory: {settings.data_dir}")
+
+    def report(setup: DemoSetup) -> None:
+        keys = setup.keys
+        console.print(f"database ready: {settings.database_url}")
+        for label, names in (("registered", setup.registered), ("already registered", setup.present)):
+            if names:
+                console.print(f"heads {label}: {', '.join(names)}")
+        if not setup.registered and not setup.present:
+            console.print("[yellow]no heads found: the UI works without sliders until an admin uploads one[/yellow]")
+        for folder, reason in setup.skipped.items():
+            err.print(f"[yellow]skipped head {folder}: {reason}[/yellow]")
+        origin = "stored keys reused" if setup.keys_reused else "created (keys stored for the next run)"
+        console.print(f"demo users {origin} in {settings.data_dir / 'demo-keys.json'}:")
+        console.print(f"  user  [bold]{keys.user_name}[/bold]  API key: [bold]{keys.user_key}[/bold]", soft_wrap=True)
+        console.print(f"  admin [bold]{keys.admin_name}[/bold]  API key: [bold]{keys.admin_key}[/bold]", soft_wrap=True)
+
     try:
-        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
-        loaded = [load_head(folder, base) for folder in _head_dirs(None, settings.data_dir)]
+        if prepare_only:
+            report(prepare_demo(settings, folders, console.print))
+            return
+        config = DemoConfig(host=host, api_port=api_port, ui_port=ui_port)
+        run_demo(settings, config, folders, console.print, on_setup=report)
     except PersonalizeError as exc:
         raise _fail(exc) from exc
-    console.print(f"base model {base.backbone_id} ready; heads: {', '.join(h.objective for h in loaded) or 'none'}")
-    engine = Engine(base, loaded)
-    prompt = "How do I clean my keyboard?"
-    ids = tuple(base.encode_prompt(prompt))
-    sampling = SamplingParams(max_new_tokens=96, temperature=0.7, seed=0)
-    plans = [("base", Personalization(method="base"))]
-    plans += [(f"{h.objective}=1", Personalization({h.objective: 1.0}, beta=2.0)) for h in loaded]
-    results = engine.generate([GenerationRequest(ids, sampling, p) for _, p in plans])
-    console.print(f"[bold]prompt:[/bold] {prompt}")
-    for (label, _), result in zip(plans, results, strict=True):
-        console.rule(f"{label} ({result.completion_tokens} tokens)")
-        console.print(result.text, markup=False, highlight=False)
 
 
 def main() -> None:
