@@ -407,6 +407,9 @@ def demo(
     folders = list(heads) if heads else [SHIPPED_HEADS_DIR, settings.data_dir / "heads"]
     console.print(f"data directory: {settings.data_dir}")
 
+    def say(message: str) -> None:
+        console.print(message, soft_wrap=True)
+
     def report(setup: DemoSetup) -> None:
         keys = setup.keys
         console.print(f"database ready: {settings.database_url}")
@@ -424,10 +427,10 @@ def demo(
 
     try:
         if prepare_only:
-            report(prepare_demo(settings, folders, console.print))
+            report(prepare_demo(settings, folders, say))
             return
         config = DemoConfig(host=host, api_port=api_port, ui_port=ui_port)
-        run_demo(settings, config, folders, console.print, on_setup=report)
+        run_demo(settings, config, folders, say, on_setup=report)
     except PersonalizeError as exc:
         raise _fail(exc) from exc
 

@@ -313,6 +313,8 @@ class DemoServers:
             "false",
             "--server.fileWatcherType",
             "none",
+            "--client.toolbarMode",
+            "minimal",
         ]
         self._spawn("ui", ui_argv, ui_env)
 

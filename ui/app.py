@@ -9,11 +9,11 @@ import streamlit as st
 
 from ui import session
 
-st.set_page_config(page_title="personalize", page_icon="🎚️", layout="wide")
+st.set_page_config(page_title="personalize", page_icon=":material/tune:", layout="wide")
 session.sidebar()
 pages = [
-    st.Page("views/generate.py", title="Generate", icon="🎚️", default=True),
-    st.Page("views/admin.py", title="Admin", icon="🛠️"),
-    st.Page("views/tradeoff.py", title="Trade-off", icon="📈"),
+    st.Page("views/generate.py", title="Generate", icon=":material/tune:", default=True),
+    st.Page("views/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
+    st.Page("views/tradeoff.py", title="Trade-off", icon=":material/insights:"),
 ]
 st.navigation(pages).run()

@@ -4,7 +4,12 @@ with every request body recorded, and AppTest drivers for the Streamlit app."""
 from __future__ import annotations
 
 import json
+import queue
+import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -144,3 +149,44 @@ def texts(at: AppTest) -> str:
     for kind in ("markdown", "caption", "error", "warning", "info", "success", "title", "subheader"):
         parts.extend(str(e.value) for e in getattr(at, kind))
     return "\n".join(parts)
+
+
+class DemoProcess:
+    """``python -m personalize.cli demo`` with its output read line by line on a thread."""
+
+    def __init__(self, env: dict[str, str], heads: Path | list[Path], api_port: int, ui_port: int) -> None:
+        argv = [sys.executable, "-m", "personalize.cli", "demo"]
+        for folder in heads if isinstance(heads, list) else [heads]:
+            argv += ["--heads", str(folder)]
+        argv += ["--api-port", str(api_port), "--ui-port", str(ui_port)]
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if text in line:
+                return line
+        self.process.kill()
+        raise AssertionError(f"no {text!r} within {timeout_s} s; output:\n" + "\n".join(self.seen))
+
+    def stop(self, sig: signal.Signals) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(60)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return code

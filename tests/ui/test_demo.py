@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import stat
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +18,7 @@ from personalize.demo import KEYS_FILE, DemoConfig, DemoError, check_port_free, 
 from personalize.models import BaseModel
 from personalize.settings import Settings
 from tests.integration.conftest import free_port
+from tests.ui.conftest import DemoProcess
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,45 +93,6 @@ def test_config_and_ports_are_checked() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(DemoError, match=f"127.0.0.1:{port}: the port is in use.*--api-port"):
             check_port_free("127.0.0.1", port, "API")
-
-
-class DemoProcess:
-    """``python -m personalize.cli demo`` with its output read line by line on a thread."""
-
-    def __init__(self, env: dict[str, str], heads: Path, api_port: int, ui_port: int) -> None:
-        argv = [sys.executable, "-m", "personalize.cli", "demo", "--heads", str(heads)]
-        argv += ["--api-port", str(api_port), "--ui-port", str(ui_port)]
-        self.process = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, text: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if text in line:
-                return line
-        self.process.kill()
-        raise AssertionError(f"no {text!r} within {timeout_s} s; output:\n" + "\n".join(self.seen))
-
-    def stop(self, sig: signal.Signals) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(60)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return code
 
 
 def _refused(url: str) -> bool:

@@ -92,7 +92,7 @@ def _form(objectives: Sequence[Objective], methods: Sequence[str]) -> tuple[bool
         st.text_area("Prompt", key="prompt", height=80)
         if objectives:
             st.markdown("**Objective weights** (0 = ignore, negative = steer away)")
-            columns = st.columns(min(len(objectives), 4))
+            columns = st.columns(4)  # fixed width: one slider looks like four
             for i, objective in enumerate(objectives):
                 with columns[i % len(columns)]:
                     st.slider(
@@ -115,7 +115,7 @@ def _form(objectives: Sequence[Objective], methods: Sequence[str]) -> tuple[bool
                 "Method",
                 list(methods),
                 key="method",
-                format_func=lambda m: f"{m}: {METHOD_HELP[m]}" if m in METHOD_HELP else m,
+                help="\n".join(f"- **{m}**: {METHOD_HELP.get(m, 'offered by this server')}" for m in methods),
             )
         with middle:
             st.slider("Max tokens", 16, 512, step=16, key="max_tokens")
@@ -169,6 +169,9 @@ def _answers_area(settings: GenerationSettings | None, prompt: str, api: ApiClie
         answers: Mapping[str, Answer] = st.session_state.get(ANSWERS, {})
         for label, answer in answers.items():
             _show(label, answer, *slots[label])
+        if not answers:
+            for text_slot, _ in slots.values():
+                text_slot.caption("Press Generate: the answer streams here.")
         return answers
     requests = {
         "base": replace(settings, method="base", weights={}, explain=False),
