@@ -11,15 +11,22 @@ state-value vector and ``b`` a bias. ``v·h + b`` is the same for every candidat
 token, so it cancels when the decoder centres values over the top-k; it is kept
 because training regresses absolute returns.
 
-Two kinds:
+Three kinds:
 - ``lora``: the row runs the backbone with the head's LoRA adapter (one extra
   batch row per request at decode time; steers well at high beta).
 - ``linear``: reads the base row's hidden state (no adapter, no extra row: free
   at decode time, but weaker).
+- ``implicit``: a LoRA adapter only, trained to BE the tuned policy (e.g. fine-tuned
+  on the best rollouts for an objective). Its value is implicit:
+  ``log pi_tuned(a|s) − log pi_base(a|s)``, read from its row's and the base row's
+  LM-head scores in the same forward (IVG's token-level guidance). No value output;
+  its calibration scale is 1 (log-probability units: beta · w = 1 over the top-k
+  samples the tuned policy itself).
 
 On disk a head is a directory: ``head.json`` (metadata), ``value_head.safetensors``
-and, for ``lora``, ``adapter_model.safetensors`` + ``adapter_config.json`` in
-peft's format. Only safetensors are read; any pickle-capable file is refused.
+(not for ``implicit``) and, for ``lora``/``implicit``, ``adapter_model.safetensors`` +
+``adapter_config.json`` in peft's format. Only safetensors are read; any
+pickle-capable file is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +54,10 @@ from personalize.errors import (
 from personalize.lora import PEFT_PREFIX, LoraSpec, MultiLoRALinear, adapter_pairs
 from personalize.models import BaseModel
 
-HeadKind = Literal["lora", "linear"]
+HeadKind = Literal["lora", "linear", "implicit"]
+HEAD_KINDS: tuple[str, ...] = ("lora", "linear", "implicit")
+ADAPTER_KINDS: tuple[str, ...] = ("lora", "implicit")
+"""Kinds that carry a LoRA adapter (and take one batch row at decode time)."""
 HEAD_JSON = "head.json"
 VALUE_FILE = "value_head.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -105,10 +116,13 @@ class HeadMeta:
 
     def __post_init__(self) -> None:
         check_objective_name(self.objective)
-        if self.kind not in ("lora", "linear"):
-            raise HeadFormatError(f"kind must be 'lora' or 'linear', got {self.kind!r}")
-        if (self.kind == "lora") != (self.lora is not None):
-            raise HeadFormatError(f"a {self.kind!r} head {'needs' if self.kind == 'lora' else 'has no'} a lora spec")
+        if self.kind not in HEAD_KINDS:
+            raise HeadFormatError(f"kind must be one of {', '.join(HEAD_KINDS)}, got {self.kind!r}")
+        adapted = self.kind in ADAPTER_KINDS
+        if adapted != (self.lora is not None):
+            raise HeadFormatError(f"a {self.kind!r} head {'needs' if adapted else 'has no'} a lora spec")
+        if self.kind == "implicit" and self.value_rank != 0:
+            raise HeadFormatError(f"an 'implicit' head has no value output (value_rank 0), got {self.value_rank}")
         if not self.version or "/" in self.version or ".." in self.version:
             raise HeadFormatError(f"version must be a plain non-empty string, got {self.version!r}")
 
@@ -139,8 +153,10 @@ class TokenValueOutput(nn.Module):
 
     def __init__(self, hidden_size: int, rank: int = 16, init_bias: float = 0.0) -> None:
         super().__init__()
-        self.down = nn.Linear(hidden_size, rank, bias=False)  # D: H -> r
-        self.up = nn.Linear(rank, hidden_size, bias=False)  # U: r -> H, zero-init: Q starts flat
+        with warnings.catch_warnings():  # rank 0 (implicit heads): torch warns that empty weights need no init
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+            self.down = nn.Linear(hidden_size, rank, bias=False)  # D: H -> r
+            self.up = nn.Linear(rank, hidden_size, bias=False)  # U: r -> H, zero-init: Q starts flat
         self.state = nn.Linear(hidden_size, 1, bias=False)  # v, zero-init
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
         nn.init.zeros_(self.up.weight)
@@ -199,10 +215,12 @@ def new_head(
     seed: int = 0,
 ) -> ValueHead:
     """A fresh head for ``base``: zero-initialised outputs (and LoRA B), so it starts neutral."""
-    if kind == "lora" and lora is None:
+    if kind in ADAPTER_KINDS and lora is None:
         lora = LoraSpec(rank=8, alpha=16.0, target_modules=("q_proj", "v_proj"))
     if kind == "linear":
         lora = None
+    if kind == "implicit":
+        value_rank = 0
     meta = HeadMeta(
         objective=objective,
         version=version,
@@ -236,8 +254,9 @@ def save_head(head: ValueHead, directory: Path) -> Path:
     """Write a head directory (safetensors + JSON only)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.output.state_dict().items()}
-    save_file(tensors, str(directory / VALUE_FILE), metadata={"format": "pt"})
+    if head.meta.kind != "implicit":
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.output.state_dict().items()}
+        save_file(tensors, str(directory / VALUE_FILE), metadata={"format": "pt"})
     if head.adapter is not None and head.meta.lora is not None:
         adapter = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.adapter.items()}
         save_file(adapter, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
@@ -303,16 +322,17 @@ def load_head(directory: Path, base: BaseModel | None = None) -> ValueHead:
     if meta.format_version != FORMAT_VERSION:
         raise HeadFormatError(f"head format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
     output = TokenValueOutput(meta.hidden_size, meta.value_rank)
-    state = _load_tensors(directory / VALUE_FILE)
-    expected = {k: tuple(v.shape) for k, v in output.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if got != expected:
-        raise HeadFormatError(
-            f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}"
-        )
-    output.load_state_dict(state)
+    if meta.kind != "implicit":  # an implicit head's value comes from its adapter: its output stays zero
+        state = _load_tensors(directory / VALUE_FILE)
+        expected = {k: tuple(v.shape) for k, v in output.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != expected:
+            raise HeadFormatError(
+                f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}"
+            )
+        output.load_state_dict(state)
     output.requires_grad_(False)
-    adapter = _load_tensors(directory / ADAPTER_FILE) if meta.kind == "lora" else None
+    adapter = _load_tensors(directory / ADAPTER_FILE) if meta.kind in ADAPTER_KINDS else None
     head = ValueHead(meta, output, adapter)
     if base is not None:
         check_compatible(head, base)

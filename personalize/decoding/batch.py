@@ -6,6 +6,11 @@ position of its last token (S, 1), the token sampled for it but not yet fed
 stream, so a request draws the same numbers whenever it joins. The KV cache
 holds sequences in the shared lower layers and rows in the adapted ones.
 
+Each request has a run (``methods.plan``) that decides, after every step, which of
+its sequences go on, which branch into children (ivg: the cache is reordered by
+index, repeats allowed) and which fresh ones to prefill (aisp iterations).
+Sequences of one request with the same prompt share one prefill forward.
+
     batch = engine.open_batch()
     batch.add(requests)              # validated now; prefilled now or after the next forward
     while not batch.done:
@@ -19,52 +24,23 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache
 
 from personalize.decoding import methods
-from personalize.decoding.config import FinishReason, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.config import Compute, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.runs import Answer, RequestRun, RunContext
+from personalize.decoding.sequences import SequenceOutput, SequenceSpec
 from personalize.decoding.text import TextStream
 
 if TYPE_CHECKING:
     from personalize.decoding.engine import Engine, _Layout
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SequenceSpec:
-    """One token stream to decode: a prompt, a seed and which heads steer it how strongly."""
-
-    request_index: int
-    prompt_ids: tuple[int, ...]
-    seed: int
-    temperature: float
-    top_p: float
-    top_k: int
-    sample_top_k: int
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    ignore_eos: bool
-    steer: tuple[tuple[str, float], ...]  # (objective, beta * weight), non-zero only
-
-
-@dataclass
-class SequenceOutput:
-    """What one sequence produced, filled in as it decodes."""
-
-    spec: SequenceSpec
-    text: TextStream
-    finish_reason: FinishReason | None = None
-    rows: int = 1
-    steps: int = 0
-
-    @property
-    def token_ids(self) -> list[int]:
-        return self.text.token_ids
+__all__ = ["DecodeBatch", "RewardFn", "SequenceOutput", "SequenceSpec"]
 
 
 @dataclass
@@ -79,6 +55,7 @@ class _State:
     logprobs: torch.Tensor  # (S,)
     contributions: torch.Tensor  # (M,) each value entry's push on the pending token
     counters: torch.Tensor  # (S,) tokens sampled before the pending one
+    values: torch.Tensor  # (S,) chunk-level score of the pending token (ivg)
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -108,7 +85,17 @@ def _merge(old: _State, new: _State, layout: _Layout) -> _State:
         logprobs=torch.cat([old.logprobs, new.logprobs]),
         contributions=torch.cat([old.contributions, new.contributions]),
         counters=torch.cat([old.counters, new.counters]),
+        values=torch.cat([old.values, new.values]),
     )
+
+
+@dataclass
+class _RequestStep:
+    """What one emit saw of one request: its sequences that go on, those that just ended, its final event."""
+
+    live: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+    final_event: int | None = None  # position in the emitted events of its streamed last token
 
 
 class DecodeBatch:
@@ -118,9 +105,11 @@ class DecodeBatch:
         self.engine = engine
         self.reward = reward
         self.requests: list[GenerationRequest] = []
+        self.runs: list[RequestRun] = []
         self.outputs: list[SequenceOutput] = []
-        self._by_request: dict[int, list[int]] = {}
-        self._winners: dict[int, tuple[int, float | None]] = {}
+        self._by_request: dict[int, list[int]] = {}  # every sequence a request ever decoded (compute)
+        self._forwards: dict[int, int] = {}
+        self._answers: dict[int, Answer] = {}
         self._cancelled: set[int] = set()
         self._eos = set(engine.base.eos_token_ids)
         self._state: _State | None = None
@@ -152,21 +141,41 @@ class DecodeBatch:
 
     def _enqueue(self, requests: Sequence[GenerationRequest]) -> list[int]:
         for request in requests:
-            self.engine.validate(request)
+            self.engine.validate(request, reward_given=self.reward is not None)
+        context = RunContext(
+            kinds=self.engine.head_kinds(),
+            rank=self._rank,
+            hidden_size=self.engine.base.hidden_size,
+            device=self.engine.base.device,
+        )
         indices = []
-        tokenizer = self.engine.base.tokenizer
-        lora = self.engine._heads.lora_slot
         for request in requests:
             index = len(self.requests)
             self.requests.append(request)
             indices.append(index)
             seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
-            for spec in methods.expand(index, request, seed):
-                rows = 1 + sum(1 for name, _ in spec.steer if name in lora)
-                self._joining.append(len(self.outputs))
-                self._by_request.setdefault(index, []).append(len(self.outputs))
-                self.outputs.append(SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=rows))
+            run = methods.plan(index, request, seed, context)
+            self.runs.append(run)
+            self._by_request[index] = []
+            self._forwards[index] = 0
+            self._queue(run.start())
         return indices
+
+    def _queue(self, specs: Sequence[SequenceSpec]) -> None:
+        """New sequences to prefill from their prompts."""
+        tokenizer = self.engine.base.tokenizer
+        for spec in specs:
+            output = SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=self.engine.rows_for(spec))
+            self._joining.append(self._register(output))
+
+    def _register(self, output: SequenceOutput) -> int:
+        number = len(self.outputs)
+        self.outputs.append(output)
+        self._by_request[output.spec.request_index].append(number)
+        return number
+
+    def _rank(self, request: GenerationRequest, texts: Sequence[str]) -> list[float]:
+        return methods.rank_texts(request, texts, self.engine.base, self.reward)
 
     def _join(self) -> None:
         """Prefill the waiting sequences and merge them after the live ones."""
@@ -202,11 +211,30 @@ class DecodeBatch:
         self.engine._select_rows(None)
 
     # ---- decoding --------------------------------------------------------------------------
+    def _shared_prompts(self, numbers: list[int]) -> tuple[list[int], list[int]]:
+        """Sequences that run their prompt (one per request, prompt and rows), and each sequence's runner."""
+        runner_of: dict[tuple[int, tuple[int, ...], tuple[str, ...]], int] = {}
+        runners: list[int] = []
+        sources: list[int] = []
+        for number in numbers:
+            spec = self.outputs[number].spec
+            key = (spec.request_index, spec.prompt_ids, spec.heads)
+            if key not in runner_of:
+                runner_of[key] = len(runners)
+                runners.append(number)
+            sources.append(runner_of[key])
+        return runners, sources
+
     def _prefill(self, numbers: list[int]) -> tuple[_State, torch.Tensor]:
-        """Run the prompts of sequences ``numbers``; sample their first tokens. Also returns hidden (R, H)."""
+        """Run the prompts of sequences ``numbers``; sample their first tokens. Also returns hidden (R, H).
+
+        Sequences of a request with the same prompt share one forward: its cache and hidden
+        states are copied to the others by index.
+        """
         engine = self.engine
-        layout = engine._layout(self.outputs, numbers)
-        prompts = [self.outputs[n].spec.prompt_ids for n in numbers]
+        runners, sources = self._shared_prompts(numbers)
+        layout = engine._layout(self.outputs, runners)
+        prompts = [self.outputs[n].spec.prompt_ids for n in runners]
         length = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), length), engine.base.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), length), dtype=torch.long)
@@ -219,9 +247,21 @@ class DecodeBatch:
         cache = DynamicCache()
         engine._select_rows(layout)
         hidden = engine._forward(ids, mask, positions, cache, layout)  # (R, H)
+        for number, prompt in zip(runners, prompts, strict=True):
+            self.outputs[number].prompt_fed = len(prompt)
+        if len(runners) < len(numbers):
+            rows = engine._reorder(cache, sources, layout)  # (R',): fan the prompt out to its sequences
+            picked = torch.tensor(sources, dtype=torch.long, device=dev)  # (S',)
+            hidden, mask, positions = hidden[rows], mask[picked], positions[picked]  # (R', H), (S', L), (S', L)
+            layout = engine._layout(self.outputs, numbers)
+            engine._select_rows(layout)
+            for number in set(numbers) - set(runners):
+                self.outputs[number].free_steps = 1
         counters = torch.zeros(len(numbers), dtype=torch.long, device=dev)  # (S,)
         out = engine._next_tokens(hidden, layout, counters)
-        state = _State(layout, cache, mask, positions[:, -1:], out.tokens, out.logprobs, out.contributions, counters)
+        state = _State(
+            layout, cache, mask, positions[:, -1:], out.tokens, out.logprobs, out.contributions, counters, out.values
+        )
         return state, hidden
 
     def prefill_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
@@ -235,35 +275,71 @@ class DecodeBatch:
             self.close()
 
     def emit(self) -> list[StreamEvent]:
-        """Text for every pending token; finished and cancelled sequences leave the batch."""
+        """Text for every pending token; runs decide what goes on; finished and cancelled sequences leave."""
         state = self._state
         if state is None:
             return []
-        tokens = state.pending.tolist()  # the one device sync per step (three small transfers)
+        tokens = state.pending.tolist()  # the one device sync per step (four small transfers)
         logprobs = state.logprobs.tolist()
+        values = state.values.tolist()
         pushes: dict[int, dict[str, float]] = {}
         for (pos, objective), value in zip(state.layout.entry_owner, state.contributions.tolist(), strict=True):
             pushes.setdefault(pos, {})[objective] = value
         events: list[StreamEvent] = []
-        leaving: list[int] = []
+        steps: dict[int, _RequestStep] = {}
+        leaving: set[int] = set()
         for pos, (number, token) in enumerate(zip(state.layout.live, tokens, strict=True)):
             out = self.outputs[number]
-            if out.spec.request_index in self._cancelled:
-                leaving.append(pos)
+            index = out.spec.request_index
+            if index in self._cancelled:
+                leaving.add(pos)
                 continue
+            out.value = values[pos]
+            step = steps.setdefault(index, _RequestStep())
             event = self._advance(number, token, logprobs[pos], pushes.get(pos, {}))
             if event is not None:
                 events.append(event)
+                if event.finish_reason is not None:
+                    step.final_event = len(events) - 1
             if out.finish_reason is not None:
-                leaving.append(pos)
-                events.extend(self._maybe_reduce(out.spec.request_index))
-        if leaving:
+                leaving.add(pos)
+                step.finished.append(number)
+            else:
+                step.live.append(number)
+        branches = self._decide(steps, events, leaving)
+        if leaving or branches:
             with torch.inference_mode():
-                self._state = self._drop(state, leaving)
+                self._state = self._reorder(state, leaving, branches)
             if self._state is None:
                 self.engine._select_rows(None)
         self._emitted = True
         return events
+
+    def _decide(
+        self, steps: dict[int, _RequestStep], events: list[StreamEvent], leaving: set[int]
+    ) -> list[tuple[int, int]]:
+        """Apply each stepped request's decision; returns (parent position, child number) of new branches."""
+        assert self._state is not None
+        position = {number: pos for pos, number in enumerate(self._state.layout.live)}
+        branches: list[tuple[int, int]] = []
+        for index, step in steps.items():
+            self._forwards[index] += 1
+            decision = self.runs[index].update(self.outputs, step.live, step.finished)
+            leaving.update(position[n] for n in decision.retire)
+            for parent, spec in decision.branch:
+                branches.append((position[parent], self._register(self.outputs[parent].fork(spec))))
+            self._queue(decision.spawn)
+            if decision.answer is None:
+                continue
+            self._answers[index] = decision.answer
+            compute = self._compute(index)
+            if step.final_event is not None:  # streamed: the last token's event carries the cost
+                events[step.final_event] = replace(events[step.final_event], compute=compute)
+            elif not self.runs[index].streams:  # one event carries the whole answer
+                out = self.outputs[decision.answer.number]
+                last = out.token_ids[-1] if out.token_ids else -1
+                events.append(StreamEvent(index, last, out.text.text, out.finish_reason, compute=compute))
+        return branches
 
     def advance(self) -> None:
         """One forward for every live sequence (feeding its emitted token), then let newcomers join."""
@@ -276,40 +352,51 @@ class DecodeBatch:
                 counters = state.counters + 1  # (S,)
                 out = self.engine._next_tokens(hidden, state.layout, counters)
                 self._state = _State(
-                    state.layout, state.cache, mask, positions, out.tokens, out.logprobs, out.contributions, counters
+                    state.layout,
+                    state.cache,
+                    mask,
+                    positions,
+                    out.tokens,
+                    out.logprobs,
+                    out.contributions,
+                    counters,
+                    out.values,
                 )
             self._emitted = False
         if self._joining:
             self._join()
 
-    def _drop(self, state: _State, leaving: list[int]) -> _State | None:
-        gone = set(leaving)
-        keep = [p for p in range(len(state.layout.live)) if p not in gone]
-        if not keep:
+    def _reorder(self, state: _State, leaving: set[int], branches: list[tuple[int, int]]) -> _State | None:
+        """Drop the ``leaving`` positions and append each branch's child as a copy of its parent."""
+        keep = [p for p in range(len(state.layout.live)) if p not in leaving]
+        sources = keep + [parent for parent, _ in branches]
+        live = [state.layout.live[p] for p in keep] + [child for _, child in branches]
+        if not live:
             return None
-        kept = torch.tensor(keep, device=state.mask.device)  # (S',)
-        self.engine._prune(state.cache, kept, state.layout)
-        layout = self.engine._layout(self.outputs, [state.layout.live[p] for p in keep])
+        self.engine._reorder(state.cache, sources, state.layout)
+        layout = self.engine._layout(self.outputs, live)
         self.engine._select_rows(layout)
-        entry_kept = torch.isin(state.layout.entries.sequence, kept)  # (M,) entries of the kept sequences
+        picked = torch.tensor(sources, dtype=torch.long, device=state.mask.device)  # (S',)
         return _State(
             layout,
             state.cache,
-            state.mask[kept],
-            state.positions[kept],
-            state.pending[kept],
-            state.logprobs[kept],
-            state.contributions[entry_kept],
-            state.counters[kept],
+            state.mask[picked],
+            state.positions[picked],
+            state.pending[picked],
+            state.logprobs[picked],
+            state.contributions.new_zeros(len(layout.entry_owner)),  # already emitted; the next step rewrites them
+            state.counters[picked],
+            state.values[picked],
         )
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def _advance(self, number: int, token: int, logprob: float, pushes: dict[str, float]) -> StreamEvent | None:
         out = self.outputs[number]
         out.steps += 1
+        out.logprobs.append(logprob)
         spec = out.spec
         index = spec.request_index
-        streams = methods.streams(self.requests[index])
+        streams = self.runs[index].streams
         if token in self._eos and not spec.ignore_eos:
             out.finish_reason = "stop"
             tail = out.text.finish()
@@ -322,30 +409,23 @@ class DecodeBatch:
             delta += out.text.finish()
         return StreamEvent(index, token, delta, out.finish_reason, logprob, pushes) if streams else None
 
-    def _maybe_reduce(self, index: int) -> Iterator[StreamEvent]:
-        """When all sequences of a request are done, record its answer (and emit it if not streamed)."""
-        numbers = self._by_request[index]
-        if any(self.outputs[n].finish_reason is None for n in numbers) or index in self._winners:
-            return
-        request = self.requests[index]
-        if methods.streams(request):
-            self._winners[index] = (numbers[0], None)
-            return
-        texts = [self.outputs[n].text.text for n in numbers]
-        winner, score = methods.reduce(request, texts, self.engine.base, self.reward)
-        self._winners[index] = (numbers[winner], score)
-        out = self.outputs[numbers[winner]]
-        last = out.token_ids[-1] if out.token_ids else -1
-        yield StreamEvent(index, last, out.text.text, out.finish_reason)
+    def _compute(self, index: int) -> Compute:
+        spent = [self.outputs[n] for n in self._by_request[index]]
+        tokens = sum(o.rows * (o.prompt_fed + o.steps) for o in spent)
+        return Compute(
+            forwards=self._forwards[index],
+            forward_rows=sum(o.rows * max(o.steps - o.free_steps, 0) for o in spent),
+            processed_tokens=tokens,
+            flops=2.0 * self.engine.base.num_parameters * tokens,
+            samples=len(spent),
+        )
 
     def results(self) -> list[GenerationResult]:
         """Results of every request added, in order (all must have finished)."""
         results = []
         for index, request in enumerate(self.requests):
-            number, score = self._winners[index]
-            out = self.outputs[number]
-            spent = [self.outputs[n] for n in self._by_request[index]]
-            steered = [name for name, _ in out.spec.steer]
+            answer = self._answers[index]
+            out = self.outputs[answer.number]
             assert out.finish_reason is not None
             results.append(
                 GenerationResult(
@@ -354,10 +434,10 @@ class DecodeBatch:
                     finish_reason=out.finish_reason,
                     prompt_tokens=len(request.prompt_ids),
                     personalization=request.personalization,
-                    head_versions=self.engine.head_versions(steered),
-                    forward_rows=sum(o.rows * o.steps for o in spent),
-                    processed_tokens=sum(o.rows * (len(o.spec.prompt_ids) + o.steps) for o in spent),
-                    reward=score,
+                    head_versions=self.engine.head_versions(out.spec.heads),
+                    compute=self._compute(index),
+                    reward=answer.reward,
+                    logprobs=tuple(out.logprobs),
                 )
             )
         return results

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from personalize.errors import ConfigError
 
-METHODS: tuple[str, ...] = ("base", "vas", "bon")
-"""Decoding strategies known to the engine (see ``personalize.decoding.strategies``)."""
+METHODS: tuple[str, ...] = ("base", "vas", "bon", "ivg", "aisp")
+"""Decoding strategies known to the engine (see ``personalize.decoding.methods``)."""
 
 WEIGHT_RANGE = (-5.0, 5.0)
 BETA_RANGE = (0.0, 50.0)
@@ -26,6 +26,15 @@ TEMPERATURE_RANGE = (0.0, 5.0)
 BEST_OF_RANGE = (1, 64)
 DEFAULT_BETA = 1.0
 DEFAULT_TOP_K = 20
+IVG_CANDIDATES_RANGE = (1, 16)
+IVG_BEAMS_RANGE = (1, 16)
+IVG_CHUNK_RANGE = (1, 1024)
+IVG_MAX_SEQUENCES = 64
+AISP_SIGMA_RANGE = (0.0, 10.0)
+AISP_LAMBDA_RANGE = (1e-3, 100.0)
+AISP_SAMPLES_RANGE = (1, 64)
+AISP_ITERATIONS_RANGE = (1, 16)
+AISP_MAX_SAMPLES = 256
 
 FinishReason = Literal["stop", "length"]
 
@@ -36,6 +45,31 @@ def _check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
         raise ConfigError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
     if not math.isfinite(value) or not lo <= value <= hi:
         raise ConfigError(f"{name} must be a finite number in [{lo}, {hi}], got {value!r}")
+
+
+def _check_int(name: str, value: int, bounds: tuple[int, int]) -> None:
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+_Params = TypeVar("_Params", "IVGParams", "AISPParams")
+
+
+def _nested(kind: type[_Params], value: object, name: str) -> _Params:
+    """Accept the dataclass itself or a mapping of its fields (e.g. a JSON object)."""
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be an object with fields {_field_names(kind)}, got {value!r}")
+    unknown = sorted(str(k) for k in value if k not in _field_names(kind))
+    if unknown:
+        raise ConfigError(f"{name} has unknown field(s) {', '.join(unknown)}; valid fields: {_field_names(kind)}")
+    return kind(**value)
+
+
+def _field_names(kind: type[Any]) -> str:
+    return ", ".join(f.name for f in fields(kind))
 
 
 @dataclass(frozen=True)
@@ -78,13 +112,86 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class IVGParams:
+    """Integrated Value Guidance (``method="ivg"``): implicit token-level guidance plus chunk-level search.
+
+    Token level: every weighted ``implicit`` head adds ``beta · implicit_weight · w · z`` over the base
+    top-k, ``z`` its centred log-ratio ``log pi_tuned - log pi_base``. Chunk level: each of ``beams``
+    beams samples ``candidates`` continuations of ``chunk_tokens`` tokens; the weighted explicit
+    (``lora``/``linear``) heads score each partial response by the value of its last token, and the best
+    ``beams`` of them continue. ``candidates = beams = 1`` is token-level guidance alone (and streams).
+    """
+
+    candidates: int = 2
+    """C: continuations sampled per beam at each chunk."""
+    chunk_tokens: int = 16
+    """L: tokens per chunk before candidates are compared."""
+    beams: int = 2
+    """B: partial responses kept after each chunk."""
+    implicit_weight: float = 1.0
+    """Multiplies the weights of implicit heads at the token level (0: chunk-level search only)."""
+
+    def __post_init__(self) -> None:
+        _check_int("ivg.candidates", self.candidates, IVG_CANDIDATES_RANGE)
+        _check_int("ivg.chunk_tokens", self.chunk_tokens, IVG_CHUNK_RANGE)
+        _check_int("ivg.beams", self.beams, IVG_BEAMS_RANGE)
+        _check_range("ivg.implicit_weight", self.implicit_weight, WEIGHT_RANGE)
+        if self.sequences > IVG_MAX_SEQUENCES:
+            raise ConfigError(
+                f"ivg.beams x ivg.candidates must be at most {IVG_MAX_SEQUENCES} sequences per request, "
+                f"got {self.beams} x {self.candidates} = {self.sequences}"
+            )
+
+    @property
+    def sequences(self) -> int:
+        """Sequences decoded in parallel for one request (B x C)."""
+        return self.beams * self.candidates
+
+
+@dataclass(frozen=True)
+class AISPParams:
+    """Adaptive importance sampling on pre-logits (``method="aisp"``).
+
+    Each of ``iterations`` rounds samples ``samples`` responses with ``v ~ N(mu, sigma^2 I)`` added to
+    the final hidden state before the LM head at every response position, scores them with the weighted
+    rewards, and moves ``mu`` to their mean weighted by ``softmax(reward / lam)``. The best sample seen
+    is returned. ``sigma = 0`` samples the base model.
+    """
+
+    sigma: float = 0.5
+    lam: float = 0.1
+    """Temperature of the importance weights (lambda): small trusts the best sample, large averages."""
+    samples: int = 4
+    """N: responses per iteration (decoded as one batch)."""
+    iterations: int = 4
+    """I: rounds of sampling and updating mu."""
+
+    def __post_init__(self) -> None:
+        _check_range("aisp.sigma", self.sigma, AISP_SIGMA_RANGE)
+        _check_range("aisp.lam", self.lam, AISP_LAMBDA_RANGE)
+        _check_int("aisp.samples", self.samples, AISP_SAMPLES_RANGE)
+        _check_int("aisp.iterations", self.iterations, AISP_ITERATIONS_RANGE)
+        if self.total > AISP_MAX_SAMPLES:
+            raise ConfigError(
+                f"aisp.samples x aisp.iterations must be at most {AISP_MAX_SAMPLES}, "
+                f"got {self.samples} x {self.iterations} = {self.total}"
+            )
+
+    @property
+    def total(self) -> int:
+        """Responses sampled for one request (N x I)."""
+        return self.samples * self.iterations
+
+
+@dataclass(frozen=True)
 class Personalization:
     """Which objectives steer a request and how strongly.
 
     ``weights`` maps objective names to weights in ``WEIGHT_RANGE``; a weight of
     1.0 means the same strength for every objective (heads are calibrated).
     All-zero weights, or ``method="base"``, reproduce plain decoding exactly.
-    ``best_of`` is N for ``method="bon"``.
+    ``best_of`` is N for ``method="bon"``; ``ivg`` and ``aisp`` hold those methods' parameters
+    (a mapping of their fields is accepted too).
     """
 
     weights: Mapping[str, float] = field(default_factory=dict)
@@ -92,6 +199,8 @@ class Personalization:
     method: str = "vas"
     top_k: int = DEFAULT_TOP_K
     best_of: int = 4
+    ivg: IVGParams = field(default_factory=IVGParams)
+    aisp: AISPParams = field(default_factory=AISPParams)
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, Mapping):
@@ -106,25 +215,37 @@ class Personalization:
         _check_range("beta", self.beta, BETA_RANGE)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name, value, (lo, hi) in (("top_k", self.top_k, TOP_K_RANGE), ("best_of", self.best_of, BEST_OF_RANGE)):
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        _check_int("top_k", self.top_k, TOP_K_RANGE)
+        _check_int("best_of", self.best_of, BEST_OF_RANGE)
+        object.__setattr__(self, "ivg", _nested(IVGParams, self.ivg, "ivg"))
+        object.__setattr__(self, "aisp", _nested(AISPParams, self.aisp, "aisp"))
 
     @property
     def active_weights(self) -> dict[str, float]:
-        """The objectives that actually steer (non-zero weight, and only for ``vas``)."""
+        """The objectives that actually steer or rank (non-zero weight; none for ``base``, none at beta 0)."""
         if self.method == "base" or self.beta == 0.0:
             return {}
+        return self.nonzero_weights
+
+    @property
+    def nonzero_weights(self) -> dict[str, float]:
+        """Objectives with a non-zero weight, whatever the method and beta (what rewards and chunk scores use)."""
         return {k: w for k, w in self.weights.items() if w != 0.0}
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        """The applied settings; a method's own parameters only when it is the method in use."""
+        out: dict[str, object] = {
             "weights": dict(self.weights),
             "beta": self.beta,
             "method": self.method,
             "top_k": self.top_k,
             "best_of": self.best_of,
         }
+        if self.method == "ivg":
+            out["ivg"] = asdict(self.ivg)
+        if self.method == "aisp":
+            out["aisp"] = asdict(self.aisp)
+        return out
 
 
 @dataclass(frozen=True)
@@ -142,6 +263,24 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """What one request cost, summed over every sequence it decoded (kept, discarded or superseded)."""
+
+    forwards: int = 0
+    """Batched model forwards the request took part in: its sequential depth (prefills included)."""
+    forward_rows: int = 0
+    """Batch-row forwards: each of its sequences' rows (base + one per LoRA head) x the forwards it took part in.
+    A prefill shared by a request's sequences with the same prompt counts once."""
+    processed_tokens: int = 0
+    """Tokens pushed through the backbone: rows x (prompt tokens prefilled + tokens generated)."""
+    flops: float = 0.0
+    """Estimate: 2 x backbone parameters x ``processed_tokens`` (rows sharing lower layers counted in full;
+    value outputs, perturbations and reward functions not counted)."""
+    samples: int = 1
+    """Sequences sampled: 1 (base, vas), N (bon), candidate chunks (ivg), N x I (aisp)."""
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """What one request produced."""
 
@@ -151,16 +290,25 @@ class GenerationResult:
     prompt_tokens: int
     personalization: Personalization
     head_versions: Mapping[str, str]
-    forward_rows: int
-    """Batch-row forwards spent on this request: rows x decode steps (a prefill counts as one step)."""
-    processed_tokens: int = 0
-    """Tokens pushed through the backbone for this request (rows x (prompt + generated)); FLOPs ~ 2 x params x this."""
+    compute: Compute = field(default_factory=Compute)
     reward: float | None = None
-    """Best-of-N only: the winning sample's weighted reward."""
+    """Best-of-N and AISP: the returned sample's weighted reward."""
+    logprobs: tuple[float, ...] = ()
+    """Log-probability of each sampled token (EOS included) under its final scores (see ``StreamEvent.logprob``)."""
 
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def forward_rows(self) -> int:
+        """Batch-row forwards spent on this request (see :class:`Compute`)."""
+        return self.compute.forward_rows
+
+    @property
+    def processed_tokens(self) -> int:
+        """Tokens pushed through the backbone for this request; FLOPs ~ 2 x params x this."""
+        return self.compute.processed_tokens
 
 
 @dataclass(frozen=True)
@@ -177,3 +325,5 @@ class StreamEvent:
     before temperature and top-p)."""
     contributions: Mapping[str, float] = field(default_factory=dict)
     """How much each steering objective raised (or lowered) this token's score: beta · w · z."""
+    compute: Compute | None = None
+    """On a request's last event only: what the whole request cost."""

@@ -4,11 +4,13 @@ Every step runs ONE forward over all rows of the batch — for each sequence its
 ``__base__`` row plus one row per LoRA head it uses, each row with its own KV
 cache entry — then, per sequence: base top-k → head values → combine → sample
 → append. Heads that no sequence uses cost nothing; ``linear`` heads read the
-base row and add no row at all.
+base row and add no row at all; ``implicit`` heads (adapters whose LM-head scores
+are a tuned policy) add a row whose value is its log-ratio to the base row.
 
-Requests are expanded into sequences by their method (``methods.py``): ``base``
-and ``vas`` are one sequence each, ``bon`` is N sequences reduced to the best.
-Dimension letters are listed in ``sampling.py``.
+Requests are turned into sequences by their method (``methods.py``): ``base``
+and ``vas`` are one sequence each, ``bon`` is N sequences reduced to the best,
+``ivg`` a beam search over candidate chunks (``search.py``), ``aisp`` rounds of
+perturbed samples (``aisp.py``). Dimension letters are listed in ``sampling.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from personalize.decoding.batch import DecodeBatch, RewardFn, SequenceOutput
+from personalize.decoding.aisp import Perturbations, build_perturbations
+from personalize.decoding.batch import DecodeBatch, RewardFn
 from personalize.decoding.config import GenerationRequest, GenerationResult, StreamEvent
 from personalize.decoding.rng import uniforms
 from personalize.decoding.sampling import (
@@ -33,10 +36,12 @@ from personalize.decoding.sampling import (
     filter_top_k,
     guide_scores,
     sample_tokens,
+    taken_values,
     value_guidance,
 )
-from personalize.errors import ContextLengthError, UnknownObjectiveError
-from personalize.heads import HeadMeta, ValueHead, check_compatible
+from personalize.decoding.sequences import SequenceOutput, SequenceSpec
+from personalize.errors import ConfigError, ContextLengthError, RewardError, UnknownObjectiveError
+from personalize.heads import ADAPTER_KINDS, HeadMeta, ValueHead, check_compatible
 from personalize.lora import MultiLoRALinear, wrap_targets
 from personalize.models import BaseModel
 
@@ -47,6 +52,7 @@ class StepOutput(NamedTuple):
     tokens: torch.Tensor  # (S,) sampled token ids
     logprobs: torch.Tensor  # (S,) their log-probabilities under the final scores
     contributions: torch.Tensor  # (M,) each value entry's push on its sequence's sampled token
+    values: torch.Tensor  # (S,) chunk-level score of the sampled token (0 without scoring heads)
 
 
 @dataclass
@@ -56,9 +62,13 @@ class _Layout:
     live: list[int]  # sequence numbers (into the run's outputs) still decoding, in row order
     row_slots: torch.Tensor  # (R,) LoRA slot per row, 0 = base
     row_sequence: torch.Tensor  # (R,) live position of each row's sequence
-    base_rows: torch.Tensor  # (S,)
-    entries: ValueEntries
+    base_rows: torch.Tensor  # (S,) each sequence's first row; its other rows follow it
+    row_starts: list[int]  # the same, as Python ints (for reordering the cache)
+    row_counts: list[int]  # rows per sequence
+    entries: ValueEntries  # token level: what steers each sequence's scores
+    scorers: ValueEntries  # chunk level: what ranks each sequence's partial response (ivg)
     entry_owner: list[tuple[int, str]]  # (live position, objective) of each value entry
+    perturb: Perturbations | None  # AISP pre-logit perturbations
     temperature: torch.Tensor  # (S,)
     top_p: torch.Tensor  # (S,)
     top_k: torch.Tensor  # (S,)
@@ -77,6 +87,41 @@ class _Heads:
     value_slot: dict[str, int] = field(default_factory=dict)
     lora_slot: dict[str, int] = field(default_factory=dict)
     stack: ValueStack | None = None
+    implicit: set[str] = field(default_factory=set)
+    inv_std: dict[str, float] = field(default_factory=dict)  # 1 / return std: weights chunk-level scores
+
+
+@dataclass
+class _EntryLists:
+    """Value entries gathered per sequence while a layout is built."""
+
+    source_row: list[int] = field(default_factory=list)
+    slot: list[int] = field(default_factory=list)
+    sequence: list[int] = field(default_factory=list)
+    coef: list[float] = field(default_factory=list)
+    base_row: list[int] = field(default_factory=list)
+    implicit: list[float] = field(default_factory=list)
+
+    def add(self, source_row: int, slot: int, sequence: int, coef: float, base_row: int) -> None:
+        self.source_row.append(source_row)
+        self.slot.append(slot)
+        self.sequence.append(sequence)
+        self.coef.append(coef)
+        self.base_row.append(base_row)
+
+    def tensors(self, dev: torch.device) -> ValueEntries:
+        def ints(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=dev)
+
+        implicit = torch.tensor(self.implicit, dtype=torch.float32, device=dev) if any(self.implicit) else None
+        return ValueEntries(
+            ints(self.source_row),
+            ints(self.slot),
+            ints(self.sequence),
+            torch.tensor(self.coef, dtype=torch.float32, device=dev),
+            implicit=implicit,
+            base_row=ints(self.base_row) if implicit is not None else None,
+        )
 
 
 class Engine:
@@ -149,7 +194,9 @@ class Engine:
         heads = self._heads.heads
         dev = self.base.device
         self._heads.value_slot = {name: i for i, name in enumerate(heads)}
-        lora_heads = [name for name, h in heads.items() if h.meta.kind == "lora"]
+        self._heads.implicit = {name for name, h in heads.items() if h.meta.kind == "implicit"}
+        self._heads.inv_std = {name: 1.0 / max(h.meta.calibration.return_std, 1e-6) for name, h in heads.items()}
+        lora_heads = [name for name, h in heads.items() if h.meta.kind in ADAPTER_KINDS]
         self._heads.lora_slot = {name: i + 1 for i, name in enumerate(lora_heads)}
         module_names = list(self._wrappers)
         per_head = {name: heads[name].adapter_pairs(module_names) for name in lora_heads}
@@ -161,17 +208,21 @@ class Engine:
         if not heads:
             self._heads.stack = None
             return
-        rank = max(h.meta.value_rank for h in heads.values())
+        rank = max([h.meta.value_rank for h in heads.values()] + [1])
         hidden = self.base.hidden_size
-        down = torch.zeros(len(heads), rank, hidden)
+        down = torch.zeros(len(heads), rank, hidden)  # implicit heads (rank 0) keep zeros: no explicit value
         up = torch.zeros(len(heads), hidden, rank)
+        state = torch.zeros(len(heads), hidden)
+        bias = torch.zeros(len(heads))
         inv_scale = torch.zeros(len(heads))
         for slot, head in enumerate(heads.values()):
             r = head.meta.value_rank
             down[slot, :r] = head.output.down.weight.detach().float().cpu()
             up[slot, :, :r] = head.output.up.weight.detach().float().cpu()
+            state[slot] = head.output.state.weight.detach().float().cpu()[0]
+            bias[slot] = float(head.output.bias.detach())
             inv_scale[slot] = 1.0 / head.meta.calibration.scale
-        self._heads.stack = ValueStack(down.to(dev), up.to(dev), inv_scale.to(dev))
+        self._heads.stack = ValueStack(down.to(dev), up.to(dev), inv_scale.to(dev), state.to(dev), bias.to(dev))
 
     # ---- public decoding API -------------------------------------------------------------
     def open_batch(self, reward: RewardFn | None = None) -> DecodeBatch:
@@ -189,11 +240,28 @@ class Engine:
         """Decode all requests in one batch, yielding text as each token is produced."""
         return self.open_batch(reward).run(requests)
 
-    def validate(self, request: GenerationRequest) -> None:
-        """Raise the error a request would hit, before it joins a batch."""
-        for name in request.personalization.weights:
+    def validate(self, request: GenerationRequest, *, reward_given: bool = False) -> None:
+        """Raise the error a request would hit, before it joins a batch.
+
+        ``reward_given``: the batch ranks samples with an explicit reward function, so ``bon``
+        and ``aisp`` need no weights.
+        """
+        p = request.personalization
+        for name in p.weights:
             if name not in self._heads.heads:
                 raise UnknownObjectiveError(name, self._heads.heads)
+        if p.method in ("bon", "aisp") and not reward_given and not p.nonzero_weights:
+            raise RewardError(
+                f"method {p.method!r} ranks samples by the weighted objectives' rewards: give non-zero weights "
+                "(or pass a reward function)"
+            )
+        explicit = [name for name in p.nonzero_weights if name not in self._heads.implicit]
+        if p.method == "ivg" and p.ivg.sequences > 1 and not explicit:
+            raise ConfigError(
+                f"ivg chunk search ({p.ivg.beams} beams x {p.ivg.candidates} candidates) ranks partial responses "
+                "by explicit value heads: give a non-zero weight to a 'lora' or 'linear' head, or set "
+                "ivg.beams = ivg.candidates = 1 for token-level (implicit) guidance alone"
+            )
         limit = self.base.context_length
         need = len(request.prompt_ids) + request.sampling.max_new_tokens
         if need > limit:
@@ -205,6 +273,14 @@ class Engine:
     def head_versions(self, objectives: Sequence[str]) -> dict[str, str]:
         return {name: self._heads.heads[name].meta.version for name in objectives}
 
+    def head_kinds(self) -> dict[str, str]:
+        """Objective -> head kind (``lora``, ``linear`` or ``implicit``) of every loaded head."""
+        return {name: head.meta.kind for name, head in self._heads.heads.items()}
+
+    def rows_for(self, spec: SequenceSpec) -> int:
+        """Batch rows a sequence occupies: its base row plus one per adapter head it reads."""
+        return 1 + sum(1 for name in spec.heads if name in self._heads.lora_slot)
+
     # ---- internals used by DecodeBatch --------------------------------------------------------
     def _layout(self, outputs: Sequence[SequenceOutput], live: list[int]) -> _Layout:
         """Index tensors for the sequences ``live`` (numbers into ``outputs``), rows grouped per sequence."""
@@ -212,10 +288,8 @@ class Engine:
         row_slots: list[int] = []
         row_sequence: list[int] = []
         base_rows: list[int] = []
-        src: list[int] = []
-        slots: list[int] = []
-        seqs: list[int] = []
-        coefs: list[float] = []
+        steer = _EntryLists()
+        score = _EntryLists()
         owners: list[tuple[int, str]] = []
         for pos, number in enumerate(live):
             spec = outputs[number].spec
@@ -223,18 +297,20 @@ class Engine:
             base_rows.append(base_row)
             row_slots.append(0)
             row_sequence.append(pos)
-            for name, coef in spec.steer:
+            head_row: dict[str, int] = {}
+            for name in spec.heads:
                 lora = self._heads.lora_slot.get(name)
-                if lora is None:
-                    src.append(base_row)
-                else:
-                    src.append(len(row_slots))
+                if lora is not None:
+                    head_row[name] = len(row_slots)
                     row_slots.append(lora)
                     row_sequence.append(pos)
-                slots.append(self._heads.value_slot[name])
+            for name, coef in spec.steer:
+                steer.add(head_row.get(name, base_row), self._heads.value_slot[name], pos, coef, base_row)
+                steer.implicit.append(float(name in self._heads.implicit))
                 owners.append((pos, name))
-                seqs.append(pos)
-                coefs.append(coef)
+            for name, weight in spec.score:
+                coef = weight * self._heads.inv_std[name]
+                score.add(head_row.get(name, base_row), self._heads.value_slot[name], pos, coef, base_row)
         specs = [outputs[n].spec for n in live]
 
         def ints(values: list[int]) -> torch.Tensor:
@@ -248,8 +324,12 @@ class Engine:
             row_slots=ints(row_slots),
             row_sequence=ints(row_sequence),
             base_rows=ints(base_rows),
-            entries=ValueEntries(ints(src), ints(slots), ints(seqs), floats(coefs)),
+            row_starts=base_rows,
+            row_counts=[b - a for a, b in zip(base_rows, [*base_rows[1:], len(row_slots)], strict=True)],
+            entries=steer.tensors(dev),
+            scorers=score.tensors(dev),
             entry_owner=owners,
+            perturb=build_perturbations(specs, self.base.hidden_size, dev),
             temperature=floats([s.temperature for s in specs]),
             top_p=floats([s.top_p for s in specs]),
             top_k=ints([s.top_k for s in specs]),
@@ -325,15 +405,23 @@ class Engine:
             )
         return hidden
 
-    def _prune(self, cache: DynamicCache, keep: torch.Tensor, layout: _Layout) -> None:
-        """Drop finished sequences from the cache: lower layers hold sequences, upper layers rows."""
-        rows = torch.isin(layout.row_sequence, keep).nonzero().squeeze(-1)  # (R',)
+    def _reorder(self, cache: DynamicCache, sources: list[int], layout: _Layout) -> torch.Tensor:
+        """Make the cache hold sequences ``sources`` (live positions of ``layout``, repeats allowed), in order.
+
+        Lower layers hold sequences, upper layers rows: each picked sequence brings all its rows.
+        Entries are copied by index, never recomputed. Returns the picked rows (R',).
+        """
+        dev = self.base.device
+        starts, counts = layout.row_starts, layout.row_counts
+        rows = torch.tensor([starts[s] + k for s in sources for k in range(counts[s])], dtype=torch.long, device=dev)
         if self._split is None:
             cache.batch_select_indices(rows)
-            return
+            return rows
+        picked = torch.tensor(sources, dtype=torch.long, device=dev)  # (S',)
         layers: list[Any] = list(cache.layers)
         for index, layer in enumerate(layers):
-            layer.batch_select_indices(keep if index < self._split else rows)
+            layer.batch_select_indices(picked if index < self._split else rows)
+        return rows
 
     def _scores(self, hidden: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """Forward output → base logits → value-guided scores (S, V) float32."""
@@ -343,8 +431,11 @@ class Engine:
         )
 
     def _next_tokens(self, hidden: torch.Tensor, layout: _Layout, steps: torch.Tensor) -> StepOutput:
-        """forward output → base logits → top-k → values → combine → sample, for every sequence."""
-        logits = self._lm_head(hidden[layout.base_rows]).float()  # (S, V)
+        """forward output → (perturb) → base logits → top-k → values → combine → sample, for every sequence."""
+        base_hidden = hidden[layout.base_rows]  # (S, H)
+        if layout.perturb is not None:
+            base_hidden = layout.perturb.apply(base_hidden, steps)  # (S, H): AISP pre-logit shift
+        logits = self._lm_head(base_hidden).float()  # (S, V)
         guidance = None
         if self._heads.stack is not None and not layout.entries.empty:
             guidance = value_guidance(
@@ -361,7 +452,14 @@ class Engine:
             if guidance is not None
             else logits.new_zeros(0)
         )
-        return StepOutput(tokens, logprobs, pushes)
+        return StepOutput(tokens, logprobs, pushes, self._chunk_values(hidden, tokens, layout))
+
+    def _chunk_values(self, hidden: torch.Tensor, tokens: torch.Tensor, layout: _Layout) -> torch.Tensor:
+        """Weighted explicit value of each sequence's sampled token (S,): what ivg ranks candidates by."""
+        S = tokens.shape[0]
+        if self._heads.stack is None or layout.scorers.empty:
+            return torch.zeros(S, device=tokens.device)
+        return taken_values(hidden, tokens, self._embedding, self._heads.stack, layout.scorers, S)  # (S,)
 
     def next_token_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
         """Guided scores of the first token of each request's sequences, computed from scratch (S, V).

@@ -9,6 +9,8 @@ per-row Python loop.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -23,6 +25,7 @@ def _signed(x: int) -> int:
 _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
+_NORMAL_SALT = _signed(0xA5A5_D1B5_4A32_D192)  # keeps Gaussian streams apart from the token-sampling uniforms
 
 
 def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -45,6 +48,19 @@ def uniforms(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
     """
     z = splitmix64(splitmix64(seeds) + step)  # (S,)
     return _shr(z, 40).to(torch.float32) * (1.0 / (1 << 24))  # 24 random bits: exact in float32
+
+
+def normals(seeds: torch.Tensor, step: torch.Tensor, dim: int) -> torch.Tensor:
+    """``dim`` standard normals per row, a pure function of (seed, step): Box-Muller on counter-based bits.
+
+    seeds (P,) int64, step (P,) int64 -> (P, dim) float32. Independent of the uniforms that sample tokens.
+    """
+    keys = splitmix64(seeds ^ _NORMAL_SALT)  # (P,)
+    counters = step.unsqueeze(-1) * (2 * dim) + torch.arange(2 * dim, device=seeds.device)  # (P, 2·dim)
+    bits = splitmix64(keys.unsqueeze(-1) + counters)  # (P, 2·dim)
+    u = (_shr(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # (P, 2·dim) in (0, 1)
+    radius = torch.sqrt(-2.0 * torch.log(u[:, :dim]))  # (P, dim)
+    return radius * torch.cos((2.0 * math.pi) * u[:, dim:])  # (P, dim)
 
 
 def derive_seed(seed: int, index: int) -> int:

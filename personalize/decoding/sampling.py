@@ -19,11 +19,17 @@ import torch
 
 @dataclass(frozen=True)
 class ValueStack:
-    """All loaded heads' value outputs stacked by slot, float32 on the decode device."""
+    """All loaded heads' value outputs stacked by slot, float32 on the decode device.
+
+    Implicit heads have all-zero ``down``/``up``/``state``/``bias``: their value is the log-ratio of
+    their row's and the base row's LM-head scores (see :func:`head_values`).
+    """
 
     down: torch.Tensor  # (N, r, H)
     up: torch.Tensor  # (N, H, r)
     inv_scale: torch.Tensor  # (N,) 1 / calibration scale
+    state: torch.Tensor | None = None  # (N, H) state-value vector v (absolute values only)
+    bias: torch.Tensor | None = None  # (N,) b (absolute values only)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class ValueEntries:
     slot: torch.Tensor  # (M,) value slot of the head
     sequence: torch.Tensor  # (M,) sequence the value steers
     coef: torch.Tensor  # (M,) beta * weight, float32
+    implicit: torch.Tensor | None = None  # (M,) 1.0 where the head is implicit (value = log-ratio), else 0.0
+    base_row: torch.Tensor | None = None  # (M,) base row of the entry's sequence (read by implicit heads)
 
     @property
     def empty(self) -> bool:
@@ -47,16 +55,42 @@ def head_values(
     stack: ValueStack,
     entries: ValueEntries,
 ) -> torch.Tensor:
-    """Relative ``Q(s, a)`` of each entry's candidates: ``E[a] · U(D h)`` (state value and bias cancel).
+    """Relative ``Q(s, a)`` of each entry's candidates: ``E[a] · d`` (state value, bias and normalisers cancel).
 
+    Explicit heads: ``d = U(D h)``. Implicit heads: ``d = h - h_base``, so ``E[a] · d`` is
+    ``log pi_tuned(a|s) - log pi_base(a|s)`` up to a constant per row (it cancels when centring),
+    and is exactly zero when the adapter row equals the base row.
     hidden (R, H), candidates (S, C) token ids, embedding (V, H) -> (M, C) float32.
     """
     h = hidden[entries.source_row].float()  # (M, H)
-    down = stack.down[entries.slot]  # (M, r, H)
-    up = stack.up[entries.slot]  # (M, H, r)
-    direction = torch.bmm(up, torch.bmm(down, h.unsqueeze(-1)))  # (M, H, 1)
+    direction = torch.bmm(stack.up[entries.slot], torch.bmm(stack.down[entries.slot], h.unsqueeze(-1)))  # (M, H, 1)
+    if entries.implicit is not None and entries.base_row is not None:
+        log_ratio_dir = h - hidden[entries.base_row].float()  # (M, H)
+        direction = direction + (entries.implicit.unsqueeze(-1) * log_ratio_dir).unsqueeze(-1)  # (M, H, 1)
     cand_emb = embedding[candidates[entries.sequence]].float()  # (M, C, H)
     return torch.bmm(cand_emb, direction).squeeze(-1)  # (M, C)
+
+
+def taken_values(
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    embedding: torch.Tensor,
+    stack: ValueStack,
+    entries: ValueEntries,
+    num_sequences: int,
+) -> torch.Tensor:
+    """Weighted absolute value of each sequence's sampled token: ``Σ coef · Q(s, a)``, ``Q = v·h + E[a]·U(D h) + b``.
+
+    Ranks partial responses in chunk-level search (``coef`` = weight / return std).
+    hidden (R, H), tokens (S,) -> (S,) float32.
+    """
+    h = hidden[entries.source_row].float()  # (M, H)
+    direction = torch.bmm(stack.up[entries.slot], torch.bmm(stack.down[entries.slot], h.unsqueeze(-1)))  # (M, H, 1)
+    taken = embedding[tokens[entries.sequence]].float()  # (M, H)
+    q = (taken * direction.squeeze(-1)).sum(-1)  # (M,)
+    if stack.state is not None and stack.bias is not None:
+        q = q + (stack.state[entries.slot] * h).sum(-1) + stack.bias[entries.slot]  # (M,)
+    return torch.zeros(num_sequences, device=q.device).index_add_(0, entries.sequence, entries.coef * q)  # (S,)
 
 
 @dataclass(frozen=True)
