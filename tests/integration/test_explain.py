@@ -89,3 +89,12 @@ def test_openapi_documents_the_option_and_the_field(steered: Service) -> None:
     assert set(components["TokenContribution"]["properties"]) == {"text", "token_id", "contributions"}
     ok = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionResponse")
+
+
+def test_best_of_n_explains_the_whole_answer_as_unsteered(steered: Service) -> None:
+    override = {**STEER, "method": "bon", "best_of": 2}
+    body = chat(steered, max_tokens=5, seed=3, personalization=override).json()
+    choice = body["choices"][0]
+    tokens = choice["token_contributions"]
+    assert "".join(t["text"] for t in tokens) == choice["message"]["content"]
+    assert len(tokens) == 1 and tokens[0]["contributions"] == {}  # one event: the winning sample, unsteered
