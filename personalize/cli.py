@@ -52,6 +52,17 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def _pairs(text: str) -> dict[str, str]:
+    """``concise=concise-sft,helpful=helpful-sft`` -> ``{"concise": "concise-sft", ...}``."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise typer.BadParameter(f"expected OBJECTIVE=HEAD pairs separated by commas, got {part!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
 def _settings():
     from personalize.settings import Settings
 
@@ -74,9 +85,19 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The user's message.")],
     weights: Annotated[str, typer.Option(help="Objective weights, e.g. concise=1,helpful=0.5.")] = "",
     beta: Annotated[float, typer.Option(help="Overall steering strength.")] = 1.0,
-    method: Annotated[str, typer.Option(help="base | vas | bon.")] = "vas",
+    method: Annotated[str, typer.Option(help="base | vas | bon | ivg | aisp.")] = "vas",
     top_k: Annotated[int, typer.Option("--top-k", help="Candidates re-scored per token.")] = 20,
     best_of: Annotated[int, typer.Option("--best-of", help="N for method bon.")] = 4,
+    candidates: Annotated[int | None, typer.Option(help="ivg: chunks sampled per beam (C; default 2).")] = None,
+    chunk_tokens: Annotated[int | None, typer.Option("--chunk-tokens", help="ivg: tokens per chunk (L; 16).")] = None,
+    beams: Annotated[int | None, typer.Option(help="ivg: partial responses kept (B; default 2).")] = None,
+    implicit_weight: Annotated[
+        float | None, typer.Option("--implicit-weight", help="ivg: scales implicit heads' weights (default 1).")
+    ] = None,
+    sigma: Annotated[float | None, typer.Option(help="aisp: pre-logit noise std (default 0.5).")] = None,
+    lam: Annotated[float | None, typer.Option(help="aisp: importance-weight temperature lambda (0.1).")] = None,
+    samples: Annotated[int | None, typer.Option(help="aisp: samples per iteration (N; default 4).")] = None,
+    iterations: Annotated[int | None, typer.Option(help="aisp: iterations (I; default 4).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
@@ -88,14 +109,25 @@ def generate(
     heads: HeadsOpt = None,
 ) -> None:
     """Generate one answer, steered by the given objective weights."""
+    from dataclasses import asdict
+
     from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
+    from personalize.decoding.methods import streams
     from personalize.heads import load_head
     from personalize.models import load_base_model
 
     settings = _settings()
+    ivg = {"candidates": candidates, "chunk_tokens": chunk_tokens, "beams": beams, "implicit_weight": implicit_weight}
+    aisp = {"sigma": sigma, "lam": lam, "samples": samples, "iterations": iterations}
     try:
         personalization = Personalization(
-            parse_weights(weights), beta=beta, method=method, top_k=top_k, best_of=best_of
+            parse_weights(weights),
+            beta=beta,
+            method=method,
+            top_k=top_k,
+            best_of=best_of,
+            ivg={k: v for k, v in ivg.items() if v is not None},  # type: ignore[arg-type]  # validated mapping
+            aisp={k: v for k, v in aisp.items() if v is not None},  # type: ignore[arg-type]
         )
         sampling = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
@@ -111,7 +143,7 @@ def generate(
         request = GenerationRequest(tuple(base.encode_prompt(prompt, chat=not raw)), sampling, personalization)
         start = time.perf_counter()
         result: GenerationResult | None = None
-        if as_json or personalization.method == "bon":  # Best-of-N has no answer before the end
+        if as_json or not streams(request):  # bon, aisp and ivg search have no answer before the end
             [result] = engine.generate([request])
             if not as_json:
                 console.print(result.text, markup=False, highlight=False)
@@ -134,11 +166,12 @@ def generate(
             "base_model": base.backbone_id,
             "elapsed_s": round(elapsed, 3),
             "forward_rows": result.forward_rows,
+            "compute": asdict(result.compute),
             "reward": result.reward,
         }
         typer.echo(json.dumps(out, ensure_ascii=False))
     elif result is not None and result.reward is not None:
-        err.print(f"[dim]best of {best_of}: reward {result.reward:.3f}[/dim]")
+        err.print(f"[dim]{method}, {result.compute.samples} samples: reward {result.reward:.3f}[/dim]")
 
 
 @heads_app.command("list")
@@ -186,7 +219,13 @@ def heads_train(
     objective: Annotated[str, typer.Option(help="Objective name the head serves (e.g. concise).")],
     reward: Annotated[str, typer.Option(help="Reward function name (see personalize.rewards).")],
     out: Annotated[Path, typer.Option(help="Directory to write the head to.")],
-    kind: Annotated[str, typer.Option(help="lora (adapter + extra decode row) or linear (free at decode).")] = "lora",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="lora (adapter + extra decode row), linear (free at decode), or implicit "
+            "(an adapter fine-tuned on the best rollouts: ivg's token-level guidance)."
+        ),
+    ] = "lora",
     epochs: Annotated[int, typer.Option()] = 3,
     lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 3e-4,
     head_lr: Annotated[float, typer.Option("--head-lr", help="Value-output learning rate.")] = 2e-3,
@@ -195,6 +234,10 @@ def heads_train(
     lam: Annotated[float, typer.Option(help="TD(lambda) lambda.")] = 0.95,
     lora_rank: Annotated[int, typer.Option("--lora-rank")] = 8,
     lora_layers: Annotated[int, typer.Option("--lora-layers", help="Adapt only the top N layers (0: all).")] = 0,
+    lora_targets: Annotated[str, typer.Option("--lora-targets", help="Adapted linear layers.")] = "q_proj,v_proj",
+    top_fraction: Annotated[
+        float, typer.Option("--top-fraction", help="implicit: share of the prompts' best rollouts to fine-tune on.")
+    ] = 0.5,
     samples_per_prompt: Annotated[int, typer.Option("--samples-per-prompt")] = 2,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 256,
     rollout_batch: Annotated[int, typer.Option("--rollout-batch")] = 32,
@@ -204,7 +247,7 @@ def heads_train(
     description: Annotated[str, typer.Option()] = "",
     base_model: BaseModelOpt = None,
 ) -> None:
-    """Train a value head: rollouts (cached, shared by objectives) → reward → TD(lambda) regression."""
+    """Train a head: rollouts (cached, shared by objectives) → reward → TD(lambda) (lora/linear) or SFT (implicit)."""
     import hashlib
     import sys
 
@@ -222,6 +265,7 @@ def heads_train(
         save_rollouts,
         train_head,
     )
+    from personalize.training.implicit import select_best
 
     settings = _settings()
     try:
@@ -235,6 +279,8 @@ def heads_train(
             lam=lam,
             lora_rank=lora_rank,
             lora_layers=lora_layers,
+            lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+            top_fraction=top_fraction,
             seed=seed,
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
@@ -258,7 +304,8 @@ def heads_train(
             save_rollouts(rollouts, cache)
         with console.status(f"scoring {len(rollouts)} responses with reward {reward!r}"):
             scores = scorer([r.prompt for r in rollouts], [r.response for r in rollouts]).float().tolist()
-        steps = epochs * -(-len(rollouts) // batch_size)
+        used = len(select_best(rollouts, scores, top_fraction)) if kind == "implicit" else len(rollouts)
+        steps = epochs * -(-used // batch_size)
         with Progress(console=err) as bar:
             task = bar.add_task(f"training {objective}", total=steps)
 
@@ -298,7 +345,16 @@ def evaluate(
         "concise,helpful,harmless,positive"
     ),
     betas: Annotated[str, typer.Option(help="VAS betas.")] = "1,2,4",
-    bon: Annotated[str, typer.Option(help="Best-of-N sizes.")] = "2,4,8,16",
+    bon: Annotated[str, typer.Option(help="Best-of-N sizes.")] = "1,2,4,8,16",
+    ivg: Annotated[str, typer.Option(help="ivg candidates,chunk_tokens,beams (C,L,B), or '' to skip.")] = "2,16,2",
+    ivg_beta: Annotated[float, typer.Option("--ivg-beta", help="ivg: strength of the implicit heads.")] = 1.0,
+    implicit: Annotated[
+        str, typer.Option(help="ivg token level: objective=implicit-head pairs, e.g. concise=concise-sft.")
+    ] = "",
+    aisp_samples: Annotated[str, typer.Option("--aisp-samples", help="aisp N values, or '' to skip.")] = "2,4",
+    aisp_iterations: Annotated[int, typer.Option("--aisp-iterations", help="aisp I.")] = 4,
+    aisp_sigma: Annotated[float, typer.Option("--aisp-sigma", help="aisp noise std.")] = 0.5,
+    aisp_lam: Annotated[float, typer.Option("--aisp-lam", help="aisp importance temperature.")] = 0.1,
     sweep: Annotated[str, typer.Option(help="Two objectives for the weight sweep, or '' to skip.")] = "concise,helpful",
     sweep_steps: Annotated[int, typer.Option("--sweep-steps")] = 5,
     sweep_beta: Annotated[float, typer.Option("--sweep-beta")] = 2.0,
@@ -310,14 +366,18 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the figure (PNG).")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the Markdown table.")] = None,
+    compute_plot: Annotated[
+        Path | None, typer.Option("--compute-plot", help="Write the reward-vs-compute figure (PNG).")
+    ] = None,
     base_model: BaseModelOpt = None,
     heads: HeadsOpt = None,
 ) -> None:
-    """Compare base, VAS and Best-of-N on the eval prompts; write JSON, a Markdown table and plots."""
+    """Compare base, VAS, Best-of-N, IVG and AISP on the eval prompts; write JSON, a Markdown table and plots."""
     from rich.progress import Progress
 
     from personalize.data import load_prompts
     from personalize.decoding import Engine
+    from personalize.decoding.config import AISPParams, IVGParams
     from personalize.evaluation import EvalConfig, Evaluator, markdown_table
     from personalize.heads import load_head
     from personalize.models import load_base_model
@@ -342,10 +402,18 @@ def evaluate(
             batch_size=batch_size,
             latency_prompts=latency_prompts,
             seed=seed,
+            ivg=IVGParams(*(int(x) for x in floats(ivg))) if ivg.strip() else None,
+            ivg_beta=ivg_beta,
+            implicit=_pairs(implicit),
+            aisp_samples=tuple(int(x) for x in floats(aisp_samples)),
+            aisp=AISPParams(sigma=aisp_sigma, lam=aisp_lam, iterations=aisp_iterations),
         )
         base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
-        loaded = [h for h in (load_head(f, base) for f in _head_dirs(heads, settings.data_dir)) if h.objective in names]
-        missing = set(names) - {h.objective for h in loaded}
+        wanted = set(names) | set(config.implicit.values())
+        loaded = [
+            h for h in (load_head(f, base) for f in _head_dirs(heads, settings.data_dir)) if h.objective in wanted
+        ]
+        missing = wanted - {h.objective for h in loaded}
         if missing:
             raise typer.BadParameter(f"no head found for {sorted(missing)}; pass --heads")
         rewards = {name: get_reward(name) for name in names}
@@ -372,6 +440,10 @@ def evaluate(
         from personalize.plots import plot_report
 
         plot_report(report, plot)
+    if compute_plot:
+        from personalize.plots import plot_reward_vs_compute
+
+        plot_reward_vs_compute(report, compute_plot)
 
 
 @app.command("serve")

@@ -3,8 +3,12 @@
 Quality is measured in batched runs over all eval prompts (the same sampling
 for every method). Best-of-N for every N is read from ONE set of N_max base
 samples per prompt (the first N of them), which is distributed exactly like
-independent Best-of-N runs. Latency is measured separately, one request at a
-time, on a few prompts, with real ``bon`` runs.
+independent Best-of-N runs. ``ivg`` runs its chunk search on the objective's
+value head (plus an implicit head at the token level when one is mapped to it);
+``aisp`` ranks its samples with the same reward functions Best-of-N uses.
+Compute per response (forwards, FLOPs estimate) comes from each result's
+``Compute``. Latency is measured separately, one request at a time, on a few
+prompts, with real ``bon`` runs.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
+from personalize.decoding.config import AISPParams, IVGParams
 from personalize.errors import ConfigError
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
@@ -37,12 +42,26 @@ class EvalConfig:
     batch_size: int = 16
     latency_prompts: int = 6
     seed: int = 0
+    ivg: IVGParams | None = field(default_factory=IVGParams)
+    """Chunk-search settings of the ivg rows (None: no ivg rows)."""
+    ivg_beta: float = 1.0
+    """Token-level strength of the implicit heads in ivg rows (beta · w = 1: the tuned policy over the top-k)."""
+    implicit: Mapping[str, str] = field(default_factory=dict)
+    """Objective -> implicit head guiding ivg's token level for it (objectives not listed: chunk search only)."""
+    aisp_samples: tuple[int, ...] = (2, 4)
+    """N of the aisp rows, one row each (empty: no aisp rows); sigma, lambda and I come from ``aisp``."""
+    aisp: AISPParams = field(default_factory=AISPParams)
 
     def __post_init__(self) -> None:
         if not self.objectives:
             raise ConfigError("evaluation needs at least one objective")
         if self.sweep is not None and any(o not in self.objectives for o in self.sweep):
             raise ConfigError(f"sweep objectives {self.sweep} must be among {self.objectives}")
+        unknown = sorted(set(self.implicit) - set(self.objectives))
+        if unknown:
+            raise ConfigError(f"implicit heads are mapped to {unknown}, which are not among {self.objectives}")
+        for n in self.aisp_samples:
+            replace(self.aisp, samples=n)  # validates N with the other AISP settings
 
 
 @dataclass(frozen=True)
@@ -65,11 +84,16 @@ class MethodRow:
     weights: dict[str, float]
     beta: float
     best_of: int = 1
+    objective: str = ""
+    """The objective the row optimises ('' for base and the sweep)."""
     rewards: dict[str, Stat] = field(default_factory=dict)
     length: Stat = Stat(0.0, 0.0)
     seconds_per_response: float = 0.0
     """Batched throughput: wall time of the run / responses (for bon: N_max sampling shared, see notes)."""
     flops_per_response: float = 0.0
+    forwards_per_response: float = 0.0
+    """Sequential model forwards per response (its depth: prefills included)."""
+    samples_per_response: float = 1.0
     latency_s: float | None = None
     """One request at a time, median over the latency prompts."""
     samples: list[str] = field(default_factory=list)
@@ -122,7 +146,8 @@ class Evaluator:
         self.engine, self.rewards, self.prompts, self.config = engine, rewards, list(prompts), config
         self.progress = progress
         self.prompt_ids = [tuple(engine.base.encode_prompt(p)) for p in self.prompts]
-        self.params = engine.base.num_parameters
+        self.plans: dict[str, tuple[Personalization, RewardFn | None]] = {}
+        """Each row's personalization and ranking reward (replayed for latency)."""
 
     def _sampling(self, seed: int) -> SamplingParams:
         c = self.config
@@ -130,7 +155,9 @@ class Evaluator:
             max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.sample_top_k, seed=seed
         )
 
-    def _run(self, personalization: Personalization, seed_offset: int = 0) -> tuple[list[GenerationResult], float]:
+    def _run(
+        self, personalization: Personalization, seed_offset: int = 0, reward: RewardFn | None = None
+    ) -> tuple[list[GenerationResult], float]:
         requests = [
             GenerationRequest(ids, self._sampling(self.config.seed * 100_003 + i + seed_offset), personalization)
             for i, ids in enumerate(self.prompt_ids)
@@ -138,12 +165,15 @@ class Evaluator:
         results: list[GenerationResult] = []
         start = time.perf_counter()
         for i in range(0, len(requests), self.config.batch_size):
-            results.extend(self.engine.generate(requests[i : i + self.config.batch_size]))
+            results.extend(self.engine.generate(requests[i : i + self.config.batch_size], reward=reward))
         return results, time.perf_counter() - start
 
-    def _row(self, label: str, personalization: Personalization) -> MethodRow:
+    def _row(
+        self, label: str, personalization: Personalization, objective: str = "", reward: RewardFn | None = None
+    ) -> MethodRow:
         self.progress(label)
-        results, seconds = self._run(personalization)
+        self.plans[label] = (personalization, reward)
+        results, seconds = self._run(personalization, reward=reward)
         texts = [r.text for r in results]
         scores = _score(self.rewards, self.prompts, texts)
         return MethodRow(
@@ -151,12 +181,31 @@ class Evaluator:
             method=personalization.method,
             weights=dict(personalization.weights),
             beta=personalization.beta,
+            best_of=personalization.best_of if personalization.method == "bon" else 1,
+            objective=objective,
             rewards={k: Stat.of(v) for k, v in scores.items()},
             length=Stat.of([float(r.completion_tokens) for r in results]),
             seconds_per_response=seconds / len(results),
-            flops_per_response=2.0 * self.params * statistics.fmean(r.processed_tokens for r in results),
+            flops_per_response=statistics.fmean(r.compute.flops for r in results),
+            forwards_per_response=statistics.fmean(r.compute.forwards for r in results),
+            samples_per_response=statistics.fmean(r.compute.samples for r in results),
             samples=texts[:3],
         )
+
+    def _ivg_row(self, objective: str, params: IVGParams) -> MethodRow:
+        weights = {objective: 1.0}
+        implicit = self.config.implicit.get(objective)
+        if implicit is not None:
+            weights[implicit] = 1.0
+        p = Personalization(weights, beta=self.config.ivg_beta, method="ivg", ivg=params)
+        label = f"ivg {objective}=1 C={params.candidates} L={params.chunk_tokens} B={params.beams}"
+        return self._row(label + (f" +{implicit}" if implicit else ""), p, objective)
+
+    def _aisp_row(self, objective: str, samples: int) -> MethodRow:
+        params = replace(self.config.aisp, samples=samples)
+        p = Personalization({objective: 1.0}, method="aisp", aisp=params)
+        label = f"aisp {objective}=1 N={samples} I={params.iterations} sigma={params.sigma:g}"
+        return self._row(label, p, objective, reward=self.rewards[objective])
 
     def _bon_rows(self) -> list[MethodRow]:
         """Best-of-N for each N and objective from one set of N_max samples per prompt."""
@@ -174,34 +223,42 @@ class Evaluator:
             for n in self.config.bon_sizes:
                 picks = [_argmax([scored[k][objective][i] for k in range(n)]) for i in range(len(self.prompts))]
                 chosen = [samples[k][i] for i, k in enumerate(picks)]
+                label = f"bon N={n} ({objective})"
+                self.plans[label] = (
+                    Personalization({objective: 1.0}, method="bon", best_of=n),
+                    self.rewards[objective],
+                )
                 rows.append(
                     MethodRow(
-                        label=f"bon N={n} ({objective})",
+                        label=label,
                         method="bon",
                         weights={objective: 1.0},
                         beta=0.0,
                         best_of=n,
+                        objective=objective,
                         rewards={
                             name: Stat.of([scored[k][name][i] for i, k in enumerate(picks)]) for name in self.rewards
                         },
                         length=Stat.of([float(r.completion_tokens) for r in chosen]),
                         seconds_per_response=n * per_sample_s,
-                        flops_per_response=2.0
-                        * self.params
-                        * statistics.fmean(
-                            sum(samples[k][i].processed_tokens for k in range(n)) for i in range(len(self.prompts))
+                        flops_per_response=statistics.fmean(
+                            sum(samples[k][i].compute.flops for k in range(n)) for i in range(len(self.prompts))
                         ),
+                        forwards_per_response=statistics.fmean(
+                            max(samples[k][i].compute.forwards for k in range(n)) for i in range(len(self.prompts))
+                        ),
+                        samples_per_response=float(n),
                         samples=[r.text for r in chosen[:3]],
                     )
                 )
         return rows
 
-    def _latency(self, personalization: Personalization) -> float:
+    def _latency(self, label: str) -> float:
         """Median wall time of one request alone (real runs, bon included)."""
+        personalization, reward = self.plans[label]
         times = []
         for i, ids in enumerate(self.prompt_ids[: self.config.latency_prompts]):
             request = GenerationRequest(ids, self._sampling(10_000 + i), personalization)
-            reward = self.rewards[next(iter(personalization.weights))] if personalization.method == "bon" else None
             start = time.perf_counter()
             self.engine.generate([request], reward=reward)
             times.append(time.perf_counter() - start)
@@ -212,8 +269,13 @@ class Evaluator:
         rows = [self._row("base", Personalization(method="base"))]
         for objective in c.objectives:
             for beta in c.betas:
-                rows.append(self._row(f"vas {objective}=1 beta={beta:g}", Personalization({objective: 1.0}, beta=beta)))
+                vas = Personalization({objective: 1.0}, beta=beta)
+                rows.append(self._row(f"vas {objective}=1 beta={beta:g}", vas, objective))
         rows.extend(self._bon_rows())
+        for objective in c.objectives:
+            if c.ivg is not None:
+                rows.append(self._ivg_row(objective, c.ivg))
+            rows.extend(self._aisp_row(objective, n) for n in c.aisp_samples)
         sweep = []
         if c.sweep is not None:
             a, b = c.sweep
@@ -228,23 +290,25 @@ class Evaluator:
         if c.latency_prompts:
             first = c.objectives[0]
             for row in rows:
-                if row.method == "bon" and first not in row.weights:
+                if row.method in ("bon", "ivg", "aisp") and row.objective != first:
                     continue
                 self.progress(f"latency: {row.label}")
-                p = Personalization(
-                    row.weights if row.method != "base" else {},
-                    beta=max(row.beta, 0.0),
-                    method=row.method,
-                    best_of=max(row.best_of, 1),
-                )
-                row.latency_s = self._latency(p)
+                row.latency_s = self._latency(row.label)
         versions = self.engine.head_versions([o for o in c.objectives if o in self.engine.objectives])
         return EvalReport(c, self.engine.base.backbone_id, len(self.prompts), rows, sweep, versions)
 
 
 def markdown_table(report: EvalReport) -> str:
     objectives = list(report.config.objectives)
-    head = ["method", *objectives, "length (tokens)", "s/response (batched)", "latency s (alone)", "GFLOPs/response"]
+    head = [
+        "method",
+        *objectives,
+        "length (tokens)",
+        "s/response (batched)",
+        "latency s (alone)",
+        "GFLOPs/response",
+        "forwards/response",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report.rows + report.sweep:
         cells = [r.label]
@@ -254,6 +318,7 @@ def markdown_table(report: EvalReport) -> str:
             f"{r.seconds_per_response:.2f}",
             "" if r.latency_s is None else f"{r.latency_s:.2f}",
             f"{r.flops_per_response / 1e9:.0f}",
+            f"{r.forwards_per_response:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from personalize.evaluation import EvalReport
+from personalize.evaluation import EvalReport, MethodRow
 
 
 def plot_report(report: EvalReport, path: Path) -> Path:
@@ -60,6 +60,68 @@ def plot_report(report: EvalReport, path: Path) -> Path:
     right.set_ylabel("reward minus base (95% CI)")
     right.set_title(f"{report.base_model}, {report.prompts} eval prompts")
     right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+_CURVES = (  # method, label, marker: one curve per method, ordered by compute within it
+    ("base", "base", "s"),
+    ("bon", "best-of-N", "^"),
+    ("vas", "vas (over beta)", "o"),
+    ("ivg", "ivg", "D"),
+    ("aisp", "aisp (over N)", "v"),
+)
+
+
+def _method_rows(report: EvalReport, method: str, objective: str) -> list[MethodRow]:
+    """The rows of one method optimising ``objective`` (base: its single row), cheapest first."""
+    if method == "base":
+        return [r for r in report.rows if r.method == "base"]
+    rows = [r for r in report.rows if r.method == method and r.objective == objective]
+    return sorted(rows, key=lambda r: (r.flops_per_response, r.beta))
+
+
+def _point_label(row: MethodRow) -> str:
+    if row.method == "bon":
+        return f"N={row.best_of}"
+    if row.method == "vas":
+        return f"β={row.beta:g}"
+    if row.method == "aisp":
+        return row.label.split()[2]  # "N=..."
+    return ""
+
+
+def plot_reward_vs_compute(report: EvalReport, path: Path) -> Path:
+    """Reward against FLOPs per response, one panel per objective, one curve per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objectives = list(report.config.objectives)
+    fig, axes = plt.subplots(1, len(objectives), figsize=(5.2 * len(objectives), 4.6), squeeze=False)
+    for ax, objective in zip(axes[0], objectives, strict=True):
+        for method, name, marker in _CURVES:
+            rows = _method_rows(report, method, objective)
+            if not rows:
+                continue
+            xs = [r.flops_per_response / 1e9 for r in rows]
+            ys = [r.rewards[objective].mean for r in rows]
+            errs = [r.rewards[objective].ci95 for r in rows]
+            ax.errorbar(xs, ys, yerr=errs, fmt=f"-{marker}", capsize=3, label=name, markersize=6)
+            for r, x, y in zip(rows, xs, ys, strict=True):
+                if _point_label(r):
+                    ax.annotate(_point_label(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("GFLOPs per response (log)")
+        ax.set_ylabel(f"{objective} reward (95% CI)")
+        ax.set_title(objective)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"reward vs compute: {report.base_model}, {report.prompts} eval prompts")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from personalize.errors import ConfigError
-from personalize.heads import Calibration, HeadKind, ValueHead, load_head, new_head, save_head
+from personalize.heads import HEAD_KINDS, Calibration, HeadKind, ValueHead, load_head, new_head, save_head
 from personalize.lora import PEFT_PREFIX, LoraSpec
 from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
@@ -54,13 +54,17 @@ class TrainConfig:
     value_rank: int = 16
     grad_clip: float = 1.0
     seed: int = 0
+    top_fraction: float = 0.5
+    """``implicit`` only: keep each prompt's best rollout, then this share of those (the best-scoring)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("lora", "linear"):
-            raise ConfigError(f"kind must be 'lora' or 'linear', got {self.kind!r}")
+        if self.kind not in HEAD_KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(HEAD_KINDS)}, got {self.kind!r}")
         for name in ("epochs", "batch_size", "lora_rank", "value_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ConfigError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         if not 0.0 <= self.lam <= 1.0 or not 0.0 < self.gamma <= 1.0:
             raise ConfigError(f"need 0 <= lam <= 1 and 0 < gamma <= 1, got lam={self.lam}, gamma={self.gamma}")
         if self.lr <= 0 or self.head_lr <= 0:
@@ -121,23 +125,7 @@ class _Trainable(nn.Module):
         self.embedding: torch.Tensor
         self.register_buffer("embedding", base.model.get_output_embeddings().weight.detach().float(), persistent=False)
         if config.kind == "lora":
-            from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-            layers = int(base.model.config.num_hidden_layers)
-            transform = list(range(layers - config.lora_layers, layers)) if config.lora_layers else None
-            lora = LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
-                target_modules=list(config.lora_targets),
-                lora_dropout=0.0,
-                bias="none",
-                layers_to_transform=transform,
-            )
-            model = copy.deepcopy(base.model).float()
-            model.requires_grad_(False)
-            self.peft = get_peft_model(model, lora)
-            if head.adapter is not None:  # resume or warm start
-                set_peft_model_state_dict(self.peft, {k.removeprefix(PEFT_PREFIX): v for k, v in head.adapter.items()})
+            self.peft = peft_copy(base, config, head.adapter)
             inner: Any = self.peft.get_base_model()
             self.decoder: nn.Module = inner.get_decoder()
         else:
@@ -159,12 +147,37 @@ class _Trainable(nn.Module):
         return (direction * taken).sum(-1) + self.output.state(h).squeeze(-1) + self.output.bias  # (B, T)
 
     def adapter_state(self) -> dict[str, torch.Tensor] | None:
-        if self.kind != "lora":
-            return None
-        from peft import get_peft_model_state_dict
+        return adapter_state(self.peft) if self.kind == "lora" else None
 
-        state = get_peft_model_state_dict(self.peft)
-        return {PEFT_PREFIX + k.removeprefix("base_model.model."): v.detach().cpu() for k, v in state.items()}
+
+def peft_copy(base: BaseModel, config: TrainConfig, adapter: dict[str, torch.Tensor] | None = None) -> Any:
+    """A float32 copy of the backbone with a fresh (B = 0) peft LoRA, or ``adapter`` loaded into it."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    layers = int(base.model.config.num_hidden_layers)
+    transform = list(range(layers - config.lora_layers, layers)) if config.lora_layers else None
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
+        target_modules=list(config.lora_targets),
+        lora_dropout=0.0,
+        bias="none",
+        layers_to_transform=transform,
+    )
+    model = copy.deepcopy(base.model).float()
+    model.requires_grad_(False)
+    peft_model = get_peft_model(model, lora)
+    if adapter is not None:  # resume or warm start
+        set_peft_model_state_dict(peft_model, {k.removeprefix(PEFT_PREFIX): v for k, v in adapter.items()})
+    return peft_model
+
+
+def adapter_state(peft_model: Any) -> dict[str, torch.Tensor]:
+    """The trained adapter in peft's on-disk key format."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model)
+    return {PEFT_PREFIX + k.removeprefix("base_model.model."): v.detach().cpu() for k, v in state.items()}
 
 
 def _calibration_scale(base: BaseModel, trainable: _Trainable, batch: _Batch, top_k: int = 20) -> float:
@@ -202,11 +215,31 @@ def train_head(
     resume: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[ValueHead, TrainReport]:
-    """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``."""
+    """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``.
+
+    ``implicit`` heads are not value heads: they are fine-tuned on the best rollouts instead
+    (see :mod:`personalize.training.implicit`; no checkpoints).
+    """
     from accelerate import Accelerator
 
     if len(rollouts) != len(scores) or not rollouts:
         raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
+    if config.kind == "implicit":
+        from personalize.training.implicit import train_implicit_head
+
+        return train_implicit_head(
+            base,
+            rollouts,
+            scores,
+            objective,
+            out_dir,
+            reward_name=reward_name,
+            config=config,
+            description=description,
+            version=version,
+            extra_meta=extra_meta,
+            on_step=on_step,
+        )
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     returns = torch.tensor(list(scores), dtype=torch.float32)

@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 
 from personalize.decoding import Engine
+from personalize.decoding.config import AISPParams, IVGParams
 from personalize.evaluation import EvalConfig, Evaluator, Stat, markdown_table
 from personalize.heads import load_head
 from personalize.models import BaseModel
-from personalize.plots import plot_report
+from personalize.plots import plot_report, plot_reward_vs_compute
 
 
 def length_reward(prompts, responses):
@@ -33,6 +34,7 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
     heads = [
         load_head(tiny_head_dir("short", kind="linear", seed=1), base),
         load_head(tiny_head_dir("vowels", kind="lora", seed=2), base),
+        load_head(tiny_head_dir("vowels-sft", kind="implicit", seed=3), base),
     ]
     config = EvalConfig(
         objectives=("short", "vowels"),
@@ -43,6 +45,10 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
         max_new_tokens=8,
         batch_size=4,
         latency_prompts=2,
+        ivg=IVGParams(candidates=2, chunk_tokens=4, beams=2),
+        implicit={"vowels": "vowels-sft"},
+        aisp_samples=(1, 2),
+        aisp=AISPParams(sigma=0.5, lam=0.1, iterations=2),
     )
     prompts = [
         "How do I clean my keyboard?",
@@ -68,9 +74,18 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
     bon4 = next(r for r in report.rows if r.label == "bon N=4 (short)")
     assert bon4.flops_per_response > 3 * report.rows[0].flops_per_response
     assert report.rows[0].latency_s is not None and bon4.latency_s is not None
+    ivg = {r.objective: r for r in report.rows if r.method == "ivg"}
+    assert set(ivg) == {"short", "vowels"} and ivg["vowels"].weights == {"vowels": 1.0, "vowels-sft": 1.0}
+    assert ivg["short"].samples_per_response == 4 + 4  # B·C at start + one chunk boundary (4 of 8 tokens)
+    assert ivg["short"].flops_per_response > report.rows[0].flops_per_response  # 4 sequences, one shared prefill
+    aisp = [r for r in report.rows if r.method == "aisp" and r.objective == "short"]
+    assert [r.samples_per_response for r in aisp] == [2.0, 4.0]  # N x I
+    assert aisp[0].forwards_per_response > report.rows[0].forwards_per_response  # two rounds one after the other
+    assert aisp[0].latency_s is not None and ivg["vowels"].latency_s is None  # latency for the first objective only
     assert any("latency" in s for s in seen)
     table = markdown_table(report)
     assert table.count("\n") == 2 + len(report.rows) + len(report.sweep)
     out = plot_report(report, tmp_path / "eval.png")
     assert out.stat().st_size > 10_000
+    assert plot_reward_vs_compute(report, tmp_path / "compute.png").stat().st_size > 10_000
     assert json.loads(json.dumps(report.to_json()))["prompts"] == len(prompts)

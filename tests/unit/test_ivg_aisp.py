@@ -322,3 +322,52 @@ def test_parameters_are_validated_with_clear_messages(engine: Engine) -> None:
         engine.generate([req(base, PROMPTS[0], {"tuned": 1.0})])  # only an implicit head to rank with
     with pytest.raises(RewardError, match="method 'aisp' ranks samples"):
         engine.generate([req(base, PROMPTS[0], method="aisp")])  # no weights and no reward function
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: Path, tiny_head_dir) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from personalize.cli import app
+
+    tiny = build_tiny_base()
+    model_dir = tmp_path / "model"
+    tiny.model.save_pretrained(model_dir)
+    tiny.tokenizer.save_pretrained(model_dir)
+    (model_dir / "personalize.json").write_text(json.dumps({"backbone_id": tiny.backbone_id}))
+    heads = [tiny_head_dir("harmless", kind="lora", seed=1), tiny_head_dir("sft", kind="implicit", seed=2)]
+    common = ["--base-model", str(model_dir), *(x for h in heads for x in ("--heads", str(h)))]
+    env = {"PERSONALIZE_DATA_DIR": str(tmp_path / "data")}
+    runner = CliRunner()
+    ivg = ["--method", "ivg", "--weights", "harmless=1,sft=1", "--candidates", "2", "--beams", "1"]
+    result = runner.invoke(
+        app,
+        ["generate", "Hi", *ivg, "--chunk-tokens", "3", "--max-new-tokens", "6", "--seed", "0", "--json", *common],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (
+        out["method"] == "ivg"
+        and out["ivg"]["candidates"] == 2
+        and out["head_versions"] == {"harmless": "1", "sft": "1"}
+    )
+    assert out["compute"]["samples"] >= 2 and out["compute"]["flops"] > 0
+    aisp = ["--method", "aisp", "--weights", "harmless=1", "--samples", "2", "--iterations", "2", "--sigma", "0.3"]
+    result = runner.invoke(
+        app, ["generate", "Hi", *aisp, "--max-new-tokens", "5", "--seed", "1", "--json", *common], env=env
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["aisp"] == {"sigma": 0.3, "lam": 0.1, "samples": 2, "iterations": 2} and out["compute"]["samples"] == 4
+    assert out["reward"] is not None
+    bad = runner.invoke(app, ["generate", "Hi", "--method", "ivg", "--beams", "0", *common], env=env)
+    assert bad.exit_code == 2 and "ivg.beams must be an integer" in bad.output
+    train = ["heads", "train", "--kind", "implicit", "--objective", "harmless-sft", "--reward", "harmless"]
+    small = ["--limit", "2", "--samples-per-prompt", "2", "--max-new-tokens", "4", "--epochs", "1", "--batch-size", "2"]
+    out_dir = tmp_path / "harmless-sft"
+    result = runner.invoke(app, [*train, *small, "--out", str(out_dir), "--base-model", str(model_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    assert load_head(out_dir, tiny).meta.kind == "implicit"

@@ -96,3 +96,43 @@ def test_training_resumes_from_checkpoint(fresh_tiny_base: BaseModel, tmp_path: 
         on_step=lambda e, s, loss: calls.append(e),
     )
     assert set(calls) == {1} and len(report.epoch_losses) == 2  # epoch 0 came from the checkpoint
+
+
+def test_implicit_head_fine_tunes_on_the_best_rollouts(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
+    from personalize.training.implicit import select_best
+
+    base = fresh_tiny_base
+    prompts = ["How do I clean my keyboard?", "Explain photosynthesis.", "I love sunny days"]
+    rollouts = sample_rollouts(
+        Engine(base), prompts, RolloutConfig(samples_per_prompt=3, max_new_tokens=8, batch_size=9)
+    )
+    good = set(range(0, base.vocab_size, 3))
+    scores = [sum(t in good for t in r.response_ids) / max(len(r.response_ids), 1) for r in rollouts]
+    chosen = select_best(rollouts, scores, 1.0)
+    assert len(chosen) == 3 and len({rollouts[i].prompt for i in chosen}) == 3
+    for i in chosen:  # each prompt's best
+        assert scores[i] == max(s for r, s in zip(rollouts, scores, strict=True) if r.prompt == rollouts[i].prompt)
+    assert len(select_best(rollouts, scores, 0.34)) == 1
+    all_linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    config = TrainConfig(kind="implicit", epochs=20, batch_size=3, lr=1e-2, lora_targets=all_linear, top_fraction=1.0)
+    _, report = train_head(base, rollouts, scores, "good-sft", tmp_path / "sft", reward_name="test:good", config=config)
+    assert report.epoch_losses[-1] < report.epoch_losses[0] - 0.3, report.epoch_losses  # a random model learns slowly
+    loaded = load_head(tmp_path / "sft", base)
+    assert loaded.meta.kind == "implicit" and loaded.meta.calibration.scale == 1.0
+    assert not (tmp_path / "sft" / "value_head.safetensors").exists()
+    engine = Engine(base, [loaded])
+    # the implicit head at beta·w = 1 raises the likelihood of what it was tuned on (over the base top-k)
+    gains = []
+    for i in chosen:
+        r = rollouts[i]
+        for t, token in enumerate(r.response_ids):
+            ids = r.prompt_ids + r.response_ids[:t]
+            sampling = SamplingParams(max_new_tokens=4)
+            guided, plain = engine.next_token_scores(
+                [
+                    GenerationRequest(ids, sampling, Personalization({"good-sft": 1.0}, beta=1.0, method="vas")),
+                    GenerationRequest(ids, sampling, Personalization(method="base")),
+                ]
+            )
+            gains.append(float(torch.log_softmax(guided, -1)[token] - torch.log_softmax(plain, -1)[token]))
+    assert sum(gains) / len(gains) > 0.1, gains
