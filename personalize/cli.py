@@ -457,6 +457,38 @@ def serve(
     importlib.import_module("app.cli_commands").serve(host=host, port=port, log_level=log_level)
 
 
+@app.command("ui")
+def ui(
+    api_url: Annotated[str, typer.Option("--api-url", help="The service the UI talks to.")] = "http://127.0.0.1:8000",
+    host: Annotated[str, typer.Option(help="Bind address of the UI.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 8501,
+) -> None:
+    """Serve the Streamlit UI (it talks to the API over HTTP only)."""
+    import os
+    import subprocess
+    import sys
+
+    from personalize.demo import ui_app_path
+
+    env = {**os.environ, "PERSONALIZE_API_URL": api_url}
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ui_app_path()),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    raise typer.Exit(subprocess.call(argv, env=env))
+
+
 @app.command()
 def demo(
     base_model: BaseModelOpt = None,
