@@ -3,7 +3,8 @@
 Quality is measured in batched runs over all eval prompts (the same sampling
 for every method). Best-of-N for every N is read from ONE set of N_max base
 samples per prompt (the first N of them), which is distributed exactly like
-independent Best-of-N runs. ``ivg`` runs its chunk search on the objective's
+independent Best-of-N runs (its compute counts one shared prompt prefill, as a
+real ``bon`` request does). ``ivg`` runs its chunk search on the objective's
 value head (plus an implicit head at the token level when one is mapped to it);
 ``aisp`` ranks its samples with the same reward functions Best-of-N uses.
 Compute per response (forwards, FLOPs estimate) comes from each result's
@@ -242,7 +243,7 @@ class Evaluator:
                         length=Stat.of([float(r.completion_tokens) for r in chosen]),
                         seconds_per_response=n * per_sample_s,
                         flops_per_response=statistics.fmean(
-                            sum(samples[k][i].compute.flops for k in range(n)) for i in range(len(self.prompts))
+                            self._bon_flops([samples[k][i] for k in range(n)]) for i in range(len(self.prompts))
                         ),
                         forwards_per_response=statistics.fmean(
                             max(samples[k][i].compute.forwards for k in range(n)) for i in range(len(self.prompts))
@@ -252,6 +253,11 @@ class Evaluator:
                     )
                 )
         return rows
+
+    def _bon_flops(self, results: Sequence[GenerationResult]) -> float:
+        """FLOPs of a real Best-of-N request over these samples: its N sequences share one prompt prefill."""
+        prompt_flops = 2.0 * self.engine.base.num_parameters * results[0].prompt_tokens
+        return sum(r.compute.flops for r in results) - (len(results) - 1) * prompt_flops
 
     def _latency(self, label: str) -> float:
         """Median wall time of one request alone (real runs, bon included)."""

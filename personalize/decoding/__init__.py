@@ -2,8 +2,11 @@
 
 from personalize.decoding.config import (
     METHODS,
+    AISPParams,
+    Compute,
     GenerationRequest,
     GenerationResult,
+    IVGParams,
     Personalization,
     SamplingParams,
     StreamEvent,
@@ -12,9 +15,12 @@ from personalize.decoding.engine import Engine
 
 __all__ = [
     "METHODS",
+    "AISPParams",
+    "Compute",
     "Engine",
     "GenerationRequest",
     "GenerationResult",
+    "IVGParams",
     "Personalization",
     "SamplingParams",
     "StreamEvent",

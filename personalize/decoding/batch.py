@@ -123,10 +123,8 @@ class DecodeBatch:
 
     @property
     def live_requests(self) -> int:
-        """Requests still decoding (not finished, not cancelled)."""
-        if self._state is None:
-            return 0
-        return len({self.outputs[n].spec.request_index for n in self._state.layout.live})
+        """Requests still decoding (not answered, not cancelled; an aisp request between rounds included)."""
+        return sum(1 for i in range(len(self.requests)) if i not in self._answers and i not in self._cancelled)
 
     def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
         """Queue requests to join; returns their indices. Raises (changing nothing) if one is invalid.

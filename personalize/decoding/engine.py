@@ -464,7 +464,8 @@ class Engine:
     def next_token_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
         """Guided scores of the first token of each request's sequences, computed from scratch (S, V).
 
-        Rows are ordered like the sequences (one per request, N for ``bon``). Used to
+        Rows are ordered like the sequences a request starts with (one for ``base``/``vas``, N for ``bon``
+        and ``aisp``, B x C for ``ivg``; AISP's perturbation is not applied). Used to
         inspect steering and to check the cached decode loop against recomputation.
         """
         return self.open_batch().prefill_scores(requests)

@@ -72,7 +72,8 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
         ]
         assert means[0] <= means[1] <= means[2]
     bon4 = next(r for r in report.rows if r.label == "bon N=4 (short)")
-    assert bon4.flops_per_response > 3 * report.rows[0].flops_per_response
+    base_flops = report.rows[0].flops_per_response
+    assert 1.5 * base_flops < bon4.flops_per_response < 4 * base_flops  # N samples sharing one prompt prefill
     assert report.rows[0].latency_s is not None and bon4.latency_s is not None
     ivg = {r.objective: r for r in report.rows if r.method == "ivg"}
     assert set(ivg) == {"short", "vowels"} and ivg["vowels"].weights == {"vowels": 1.0, "vowels-sft": 1.0}
