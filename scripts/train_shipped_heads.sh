@@ -2,8 +2,7 @@
 # Re-train the demo heads shipped in personalize/shipped_heads/ for the embedded base model, exactly as
 # they were made. The first command samples the rollouts (cached in $PERSONALIZE_DATA_DIR/rollouts/ and
 # shared by the others: same prompts, seed and rollout settings); each head records its command in head.json.
-# concise and helpful are LoRA heads (top 8 layers); harmless and positive are linear heads (free at decode
-# time), trained that way to fit the CPU budget; retrain them with --kind lora for stronger steering.
+# concise and helpful are LoRA heads on the top 8 layers (helpful: one epoch, to fit the CPU budget).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/personalize
@@ -12,7 +11,8 @@ $P heads train --objective concise --reward concise --out personalize/shipped_he
     --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "shorter answers that still answer the question"
 $P heads train --objective helpful --reward helpful --out personalize/shipped_heads/helpful \
     --kind lora --lora-layers 8 --epochs 1 "${common[@]}" --description "answers that stay on the question's topic, no refusals"
-$P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
-    --kind linear --epochs 2 --head-lr 0.002 "${common[@]}" --description "polite, non-toxic answers"
-$P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
-    --kind linear --epochs 2 --head-lr 0.002 "${common[@]}" --description "a warmer, more positive tone"
+# Not shipped yet (next: faster training on cached lower-layer features):
+# $P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
+#     --kind linear --epochs 2 --head-lr 0.002 "${common[@]}" --description "polite, non-toxic answers"
+# $P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
+#     --kind linear --epochs 2 --head-lr 0.002 "${common[@]}" --description "a warmer, more positive tone"
