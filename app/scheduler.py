@@ -1,16 +1,21 @@
 """The batching scheduler: many concurrent HTTP requests, one decoder thread.
 
 Requests wait in a bounded queue (``QueueFullError`` -> 429 when it is full).
-One worker thread owns the engine: whenever the engine is free it takes every
-waiting request, up to ``max_batch_size``, and decodes them together in one
-``engine.stream(...)`` call (each row with its own weights), routing each
-``StreamEvent`` to its request's asyncio queue on the event loop. A request whose
-client went away is dropped: its events are discarded, and a batch whose every
-request is gone stops decoding at once.
+One worker thread owns the engine and keeps one running batch
+(:class:`personalize.decoding.batch.DecodeBatch`) going while there is work:
+after every decode step it routes each ``StreamEvent`` to its request's asyncio
+queue on the event loop, drops the requests whose client went away (they stop
+costing compute at once), lets waiting requests join up to ``max_batch_size``
+live requests (each row with its own weights), then runs the next step. A
+request that arrives mid-batch therefore starts after one step, not after the
+longest answer of the batch; a seeded request decodes the same text whether it
+joins a running batch or runs alone.
 
 Anything else that touches the engine (loading or removing heads) is submitted
-with :meth:`Scheduler.call_between_batches` and runs on the same thread between
-two batches, so the engine is never used by two threads at once.
+with :meth:`Scheduler.call_between_batches`. While one waits, no request joins:
+the running batch drains, the calls run on the decoder thread with no batch
+open, then decoding resumes. So the engine is never used by two threads at
+once, and the heads never change under a decoding request.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -45,10 +50,27 @@ class SchedulerStoppedError(Exception):
     """The scheduler was stopped before the request ran."""
 
 
+class RunningBatch(Protocol):
+    """What the scheduler needs from :class:`personalize.decoding.batch.DecodeBatch`."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def add(self, requests: Sequence[GenerationRequest]) -> list[int]: ...
+
+    def emit(self) -> list[StreamEvent]: ...
+
+    def cancel(self, index: int) -> None: ...
+
+    def advance(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class StreamingEngine(Protocol):
     """What the scheduler needs from :class:`personalize.decoding.engine.Engine`."""
 
-    def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[StreamEvent]: ...
+    def open_batch(self) -> RunningBatch: ...
 
     def validate(self, request: GenerationRequest) -> None: ...
 
@@ -63,8 +85,9 @@ class Ticket:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[StreamEvent | BaseException] = field(default_factory=asyncio.Queue)
     head_versions: Mapping[str, str] = field(default_factory=dict)
-    """The versions of the heads that steered it, fixed when its batch starts."""
+    """The versions of the heads that steered it, fixed when it joins the batch."""
     batch_size: int = 0
+    """Live requests in the running batch right after it joined (itself included)."""
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -109,31 +132,40 @@ class Scheduler:
         self.engine = engine
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
+        """Most requests decoding at once; the others wait in the queue."""
         self.batch_window_s = batch_window_s
-        """How long an idle decoder waits after the first request for others to join its batch."""
+        """How long an idle decoder waits after the first request for others to start with it."""
+        self.requests_per_batch = 1024
+        """A running batch keeps the bookkeeping of every request that joined it until it closes:
+        after this many it takes no more, drains, and a fresh one opens."""
         self._pending: deque[Ticket] = deque()
         self._controls: deque[_Control] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="decoder", daemon=True)
         self.batches_run = 0
+        """Times the decoder went from idle to decoding (a busy spell is one batch however
+        many requests join it)."""
         self.dropped = 0
         """Requests dropped because their client left (before or during decoding)."""
         self.largest_batch = 0
+        """Most requests ever decoding at once."""
         self.on_batch: Callable[[int], None] | None = None
-        """Called (on the worker thread) with the size of every batch it starts."""
+        """Called (on the worker thread) with the number of live requests each time requests
+        join the batch (the first ones included)."""
 
     # ---- public API (event loop / any thread) -------------------------------------------
     @property
     def depth(self) -> int:
-        """Requests waiting for the decoder (not counting the batch being decoded, nor
-        requests whose client already left)."""
+        """Requests waiting for the decoder (not counting those decoding, nor requests whose
+        client already left)."""
         return sum(1 for ticket in list(self._pending) if not ticket.cancelled)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Refuse queued requests and calls; requests already decoding finish first."""
         with self._wakeup:
             self._stopping = True
             pending, self._pending = list(self._pending), deque()
@@ -159,7 +191,9 @@ class Scheduler:
         return ticket
 
     def call_between_batches(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn`` on the decoder thread when no batch is running."""
+        """Run ``fn`` on the decoder thread when no batch is running.
+
+        From now on no request joins the running batch; ``fn`` runs once it has drained."""
         future: Future[T] = Future()
         with self._wakeup:
             if self._stopping:
@@ -177,31 +211,10 @@ class Scheduler:
                     self._wakeup.wait()
                 if self._stopping:
                     return
-                self._gather_window()
                 controls, self._controls = list(self._controls), deque()
-                batch: list[Ticket] = []
-                while self._pending and len(batch) < self.max_batch_size:
-                    ticket = self._pending.popleft()
-                    if ticket.cancelled:
-                        self.dropped += 1
-                    else:
-                        batch.append(ticket)
             for control in controls:
                 self._run_control(control)
-            if batch:
-                self._run_batch(batch)
-
-    def _gather_window(self) -> None:
-        """Requests sent "at the same time" arrive milliseconds apart: give them a moment to
-        join the first one, since a running batch cannot take new rows. Holds the lock."""
-        if self.batch_window_s <= 0 or not self._pending:
-            return
-        deadline = time.monotonic() + self.batch_window_s
-        while not self._stopping and len(self._pending) < self.max_batch_size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._wakeup.wait(left)
+            self._run_batch()
 
     @staticmethod
     def _run_control(control: _Control) -> None:
@@ -212,10 +225,102 @@ class Scheduler:
         except BaseException as exc:
             control.future.set_exception(exc)
 
-    def _admit(self, batch: list[Ticket]) -> list[Ticket]:
-        """Re-check each request against the current heads (they may have changed while it waited)."""
+    def _run_batch(self) -> None:
+        """Decode until nothing is live and nobody may join: step, route, drop, admit, repeat."""
+        batch = self.engine.open_batch()
+        live: dict[int, Ticket] = {}  # event index -> ticket, for requests still decoding
+        joined = 0
+        try:
+            while True:
+                if joined < self.requests_per_batch:
+                    joined += self._join(batch, live)
+                if batch.done:
+                    return
+                self._drop_cancelled(batch, live)
+                for event in batch.emit():
+                    ticket = live.get(event.index)
+                    if ticket is None:  # cancelled (already counted as dropped)
+                        continue
+                    if not ticket.cancelled:  # it left during this step: dropped before the next
+                        ticket._deliver(event)
+                    if event.finish_reason is not None:
+                        del live[event.index]
+                batch.advance()
+        except Exception as exc:
+            log.exception("decoding a batch of %d requests failed", len(live))
+            for ticket in live.values():
+                ticket._deliver(exc)
+        finally:
+            batch.close()
+
+    def _drop_cancelled(self, batch: RunningBatch, live: dict[int, Ticket]) -> None:
+        """Requests whose client left emit nothing more and leave before the next forward."""
+        for index, ticket in list(live.items()):
+            if ticket.cancelled:
+                batch.cancel(index)
+                del live[index]
+                self.dropped += 1
+
+    def _join(self, batch: RunningBatch, live: dict[int, Ticket]) -> int:
+        """Let waiting requests join, up to ``max_batch_size`` live; returns how many joined.
+
+        An idle batch prefills them at once; a running one after its next forward."""
+        idle = batch.done
+        tickets = self._admit(self._take(self.max_batch_size - len(live), idle=idle))
+        if not tickets:
+            return 0
+        try:
+            indices = batch.add([t.request for t in tickets])
+        except Exception as exc:
+            for ticket in tickets:
+                ticket._deliver(exc)
+            raise
+        live.update(zip(indices, tickets, strict=True))
+        for ticket in tickets:
+            ticket.batch_size = len(live)
+        if idle:
+            self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(live))
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        return len(tickets)
+
+    def _take(self, room: int, *, idle: bool) -> list[Ticket]:
+        """Up to ``room`` waiting requests; none while a head change waits (the batch drains first)."""
+        if room <= 0:
+            return []
+        with self._wakeup:
+            if idle:
+                self._gather_window()
+            if self._stopping or self._controls:
+                return []
+            taken: list[Ticket] = []
+            while self._pending and len(taken) < room:
+                ticket = self._pending.popleft()
+                if ticket.cancelled:
+                    self.dropped += 1
+                else:
+                    taken.append(ticket)
+            return taken
+
+    def _gather_window(self) -> None:
+        """Requests sent "at the same time" arrive milliseconds apart: give them a moment to
+        start with the first one, so their prompts are prefilled in one forward instead of
+        joining one step later each. Holds the lock."""
+        if self.batch_window_s <= 0 or not self._pending:
+            return
+        deadline = time.monotonic() + self.batch_window_s
+        while not self._stopping and not self._controls and len(self._pending) < self.max_batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wakeup.wait(left)
+
+    def _admit(self, tickets: list[Ticket]) -> list[Ticket]:
+        """Re-check each request against the current heads (they may have changed while it waited);
+        a refused request gets its error, the others go on."""
         admitted = []
-        for ticket in batch:
+        for ticket in tickets:
             try:
                 self.engine.validate(ticket.request)
                 steering = list(ticket.request.personalization.active_weights)
@@ -225,35 +330,3 @@ class Scheduler:
                 continue
             admitted.append(ticket)
         return admitted
-
-    def _run_batch(self, batch: list[Ticket]) -> None:
-        batch = self._admit(batch)
-        if not batch:
-            return
-        for ticket in batch:
-            ticket.batch_size = len(batch)
-        self.batches_run += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        if self.on_batch is not None:
-            self.on_batch(len(batch))
-        done = [False] * len(batch)
-        events = self.engine.stream([t.request for t in batch])
-        try:
-            for event in events:
-                ticket = batch[event.index]
-                if not ticket.cancelled:
-                    ticket._deliver(event)
-                if event.finish_reason is not None:
-                    done[event.index] = True
-                if all(d or t.cancelled for d, t in zip(done, batch, strict=True)):
-                    break  # everyone still listening has finished (or left): free the engine
-        except Exception as exc:
-            log.exception("decoding a batch of %d failed", len(batch))
-            for ticket, finished in zip(batch, done, strict=True):
-                if not finished:
-                    ticket._deliver(exc)
-        finally:
-            self.dropped += sum(1 for d, t in zip(done, batch, strict=True) if t.cancelled and not d)
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,8 @@ def _body(max_tokens: int, weights: dict[str, float]) -> dict[str, Any]:
 
 @contextmanager
 def decoder_held(scheduler: Scheduler) -> Iterator[None]:
-    """Keep the decoder thread busy (as if decoding a long batch) until the block exits."""
+    """Keep the decoder thread busy between batches (as a head change does) until the block exits:
+    requests sent meanwhile wait in the queue, then start together."""
     release = threading.Event()
     busy = threading.Event()
 
@@ -263,6 +265,76 @@ def test_concurrent_requests_share_one_batch(steered: Service) -> None:
     assert [r.json()["personalization"]["weights"] for r in responses] == weights * 2
     # Eight rows with different weight vectors, decoded in one batch.
     assert scheduler.batches_run - before == 1 and scheduler.largest_batch == 8
+
+
+def _chat_text(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    content: str = response.json()["choices"][0]["message"]["content"]
+    return content
+
+
+def test_request_joins_the_running_batch_and_decodes_as_alone(steered: Service) -> None:
+    scheduler = steered.app.state.services.runtime.scheduler
+    # seed 0 makes the tiny model ramble: the long answer runs all its 64 tokens
+    long_body = {**_body(64, {"concise": 1.0}), "seed": 0}
+    short_body = {**_body(8, {"helpful": 1.0, "concise": -0.5}), "seed": 5}
+    sizes: list[int] = []
+    first_started = threading.Event()
+
+    def observe(live: int) -> None:
+        sizes.append(live)
+        if len(sizes) == 1:  # the long request has started: hold its first step until the short one waits
+            first_started.set()
+            wait_until(lambda: scheduler.depth == 1, what="the short request to be queued")
+
+    scheduler.on_batch = observe
+    before = scheduler.batches_run
+    with LiveServer(steered.app) as server:
+        thread, results = _in_background(
+            lambda: asyncio.run(_concurrent_chats(server.url, steered.admin_key, [long_body]))
+        )
+        assert first_started.wait(30)
+        short = _chat_text(chat(steered, **short_body))
+        thread.join(120)
+    long = results[0][0]
+    # The short request joined the long one mid-decode (2 live), in the same batch, and left first.
+    assert sizes == [1, 2] and scheduler.batches_run - before == 1
+    assert long.json()["usage"]["completion_tokens"] == 64
+    assert short == _chat_text(chat(steered, **short_body))
+    assert _chat_text(long) == _chat_text(chat(steered, **long_body))
+
+
+def test_head_change_waits_for_the_batch_to_drain(steered: Service) -> None:
+    scheduler = steered.app.state.services.runtime.scheduler
+    sizes: list[int] = []
+    seen_by_control: list[tuple[int, int]] = []
+    first_started = threading.Event()
+    controls: list[Future[None]] = []
+
+    def control() -> None:
+        seen_by_control.append((len(sizes), scheduler.depth))
+
+    def observe(live: int) -> None:
+        sizes.append(live)
+        if len(sizes) == 1:  # while the first request decodes, a head change and a request arrive
+            controls.append(scheduler.call_between_batches(control))
+            first_started.set()
+            wait_until(lambda: scheduler.depth == 1, what="the second request to be queued")
+
+    scheduler.on_batch = observe
+    before = scheduler.batches_run
+    with LiveServer(steered.app) as server:
+        thread, results = _in_background(
+            lambda: asyncio.run(_concurrent_chats(server.url, steered.admin_key, [{**_body(32, {}), "seed": 0}]))
+        )
+        assert first_started.wait(30)
+        second = chat(steered, **{**_body(4, {"concise": 1.0}), "seed": 1})
+        thread.join(120)
+    controls[0].result(10)
+    assert results[0][0].status_code == 200 and second.status_code == 200
+    # The waiting request did not join: the batch drained, the change ran with it still queued,
+    # then it started a batch of its own.
+    assert seen_by_control == [(1, 1)] and sizes == [1, 1] and scheduler.batches_run - before == 2
 
 
 def test_full_queue_answers_429(start_service: Callable[..., Service]) -> None:
