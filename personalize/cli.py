@@ -466,26 +466,11 @@ def ui(
     """Serve the Streamlit UI (it talks to the API over HTTP only)."""
     import os
     import subprocess
-    import sys
 
-    from personalize.demo import ui_app_path
+    from personalize.demo import streamlit_argv
 
     env = {**os.environ, "PERSONALIZE_API_URL": api_url}
-    argv = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ui_app_path()),
-        "--server.address",
-        host,
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    argv = streamlit_argv(host, port)
     raise typer.Exit(subprocess.call(argv, env=env))
 
 

@@ -227,6 +227,29 @@ def ui_app_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "app.py"
 
 
+def streamlit_argv(host: str, port: int) -> list[str]:
+    """The command that serves the UI on ``host:port`` (headless, no usage stats, no file watcher)."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ui_app_path()),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+
+
 def check_port_free(host: str, port: int, what: str) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -297,25 +320,7 @@ class DemoServers:
         api_argv = [sys.executable, "-m", "personalize.cli", "serve", "--host", cfg.host, "--port", str(cfg.api_port)]
         self._spawn("api", api_argv, env)
         ui_env = {**env, "PERSONALIZE_API_URL": cfg.api_url, "PERSONALIZE_UI_API_KEY": self.keys.user_key}
-        ui_argv = [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ui_app_path()),
-            "--server.address",
-            cfg.host,
-            "--server.port",
-            str(cfg.ui_port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-            "--client.toolbarMode",
-            "minimal",
-        ]
+        ui_argv = streamlit_argv(cfg.host, cfg.ui_port)
         self._spawn("ui", ui_argv, ui_env)
 
     def exited(self) -> _Child | None:
