@@ -369,6 +369,14 @@ def evaluate(
     compute_plot: Annotated[
         Path | None, typer.Option("--compute-plot", help="Write the reward-vs-compute figure (PNG).")
     ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Store every decoding run here and reuse stored runs (default: DATA_DIR/eval-cache); "
+            "an extended or interrupted evaluation decodes only what is new."
+        ),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode everything; store nothing.")] = False,
     base_model: BaseModelOpt = None,
     heads: HeadsOpt = None,
 ) -> None:
@@ -378,7 +386,7 @@ def evaluate(
     from personalize.data import load_prompts
     from personalize.decoding import Engine
     from personalize.decoding.config import AISPParams, IVGParams
-    from personalize.evaluation import EvalConfig, Evaluator, markdown_table
+    from personalize.evaluation import EvalConfig, Evaluator, RunCache, markdown_table
     from personalize.heads import load_head
     from personalize.models import load_base_model
     from personalize.rewards import get_reward
@@ -419,15 +427,17 @@ def evaluate(
         rewards = {name: get_reward(name) for name in names}
         prompts = [p.prompt for p in load_prompts("eval")]
         prompts = prompts[:limit] if limit else prompts
+        run_cache = None if no_cache else RunCache(cache or settings.data_dir / "eval-cache")
         with Progress(console=err) as bar:
             task = bar.add_task("evaluating", total=None)
-            report = Evaluator(
-                Engine(base, loaded),
-                rewards,
-                prompts,
-                config,
-                progress=lambda label: bar.update(task, description=f"evaluating: {label}"),
-            ).run()
+
+            def progress(label: str) -> None:
+                err.log(f"{label}")  # a line per configuration: readable in logs, not only on a terminal
+                bar.update(task, description=f"evaluating: {label}")
+
+            report = Evaluator(Engine(base, loaded), rewards, prompts, config, progress=progress, cache=run_cache).run()
+        if run_cache is not None:
+            err.print(f"{run_cache.hits} stored runs reused from {run_cache.directory}")
     except PersonalizeError as exc:
         raise _fail(exc) from exc
     table = markdown_table(report)

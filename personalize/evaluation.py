@@ -10,20 +10,30 @@ value head (plus an implicit head at the token level when one is mapped to it);
 Compute per response (forwards, FLOPs estimate) comes from each result's
 ``Compute``. Latency is measured separately, one request at a time, on a few
 prompts, with real ``bon`` runs.
+
+With a cache directory, every decoding run (one configuration over all prompts)
+and every latency measurement is stored under a key made of everything that
+decides its outcome: base model, tokenizer, prompts, sampling settings, the
+request's personalization and the metadata of the heads it uses. A later
+evaluation, e.g. with one more objective, decodes only what is new and scores
+the stored texts with all of its rewards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
 from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
-from personalize.decoding.config import AISPParams, IVGParams
+from personalize.decoding.config import AISPParams, Compute, IVGParams
 from personalize.errors import ConfigError
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
@@ -133,8 +143,52 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
+class RunCache:
+    """Decoding runs and latencies stored as JSON files named by the digest of what decides them."""
+
+    VERSION = 1
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.hits = 0
+
+    def key(self, material: Mapping[str, object]) -> str:
+        blob = json.dumps({"cache_version": self.VERSION, **material}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> dict[str, object] | None:
+        path = self.directory / f"{key}.json"
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):  # absent, or cut off while written: decode again
+            return None
+        self.hits += 1
+        return dict(value)
+
+    def put(self, key: str, value: Mapping[str, object]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f"{key}.json.tmp"
+        tmp.write_text(json.dumps(value), encoding="utf-8")
+        tmp.replace(self.directory / f"{key}.json")  # atomic: a reader never sees half a file
+
+
+def _result_record(result: GenerationResult) -> dict[str, object]:
+    return {
+        "token_ids": list(result.token_ids),
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "compute": asdict(result.compute),
+        "reward": result.reward,
+    }
+
+
 class Evaluator:
-    """Runs the evaluation; ``progress(label)`` is called as each configuration starts."""
+    """Runs the evaluation; ``progress(label)`` is called as each configuration starts.
+
+    ``cache`` (optional) stores every decoding run and latency measurement, so that an interrupted
+    or extended evaluation decodes only what it has not decoded before (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -143,12 +197,37 @@ class Evaluator:
         prompts: Sequence[str],
         config: EvalConfig,
         progress: Callable[[str], None] = lambda _: None,
+        cache: RunCache | None = None,
     ) -> None:
         self.engine, self.rewards, self.prompts, self.config = engine, rewards, list(prompts), config
         self.progress = progress
+        self.cache = cache
         self.prompt_ids = [tuple(engine.base.encode_prompt(p)) for p in self.prompts]
         self.plans: dict[str, tuple[Personalization, RewardFn | None]] = {}
         """Each row's personalization and ranking reward (replayed for latency)."""
+
+    def _cache_key(
+        self, kind: str, personalization: Personalization, prompt_ids: Sequence[tuple[int, ...]], **extra: object
+    ) -> str | None:
+        if self.cache is None:
+            return None
+        c, base = self.config, self.engine.base
+        used = sorted(set(personalization.weights) & set(self.engine.objectives))
+        reward = next((name for name, fn in self.rewards.items() if fn is extra.get("reward")), None)
+        extra = {k: v for k, v in extra.items() if k != "reward"}
+        return self.cache.key(
+            {
+                "kind": kind,
+                "base": base.backbone_id,
+                "tokenizer": base.tokenizer_hash,
+                "prompts": hashlib.sha256(json.dumps(list(prompt_ids)).encode()).hexdigest(),
+                "sampling": [c.max_new_tokens, c.temperature, c.sample_top_k, c.seed, c.batch_size],
+                "personalization": repr(personalization),
+                "heads": {name: asdict(self.engine.objectives[name]) for name in used},
+                "reward": reward,
+                **extra,
+            }
+        )
 
     def _sampling(self, seed: int) -> SamplingParams:
         c = self.config
@@ -158,6 +237,37 @@ class Evaluator:
 
     def _run(
         self, personalization: Personalization, seed_offset: int = 0, reward: RewardFn | None = None
+    ) -> tuple[list[GenerationResult], float]:
+        """One configuration over every prompt: results and the run's wall time (stored or decoded now)."""
+        key = self._cache_key("run", personalization, self.prompt_ids, seed_offset=seed_offset, reward=reward)
+        stored = self.cache.get(key) if self.cache is not None and key is not None else None
+        if stored is not None:
+            versions = self.engine.head_versions(sorted(set(personalization.weights) & set(self.engine.objectives)))
+            records = stored["results"]
+            assert isinstance(records, list)
+            results = [
+                GenerationResult(
+                    token_ids=tuple(r["token_ids"]),
+                    text=r["text"],
+                    finish_reason=r["finish_reason"],
+                    prompt_tokens=r["prompt_tokens"],
+                    personalization=personalization,
+                    head_versions=versions,
+                    compute=Compute(**r["compute"]),
+                    reward=r["reward"],
+                )
+                for r in records
+            ]
+            seconds = stored["seconds"]
+            assert isinstance(seconds, float | int)
+            return results, float(seconds)
+        results, seconds = self._decode(personalization, seed_offset, reward)
+        if self.cache is not None and key is not None:
+            self.cache.put(key, {"seconds": seconds, "results": [_result_record(r) for r in results]})
+        return results, seconds
+
+    def _decode(
+        self, personalization: Personalization, seed_offset: int, reward: RewardFn | None
     ) -> tuple[list[GenerationResult], float]:
         requests = [
             GenerationRequest(ids, self._sampling(self.config.seed * 100_003 + i + seed_offset), personalization)
@@ -213,11 +323,12 @@ class Evaluator:
         n_max = max(self.config.bon_sizes)
         self.progress(f"best-of-{n_max} samples")
         samples: list[list[GenerationResult]] = []
-        start = time.perf_counter()
+        seconds = 0.0
         for k in range(n_max):
-            results, _ = self._run(Personalization(method="base"), seed_offset=7919 * (k + 1))
+            results, run_s = self._run(Personalization(method="base"), seed_offset=7919 * (k + 1))
             samples.append(results)
-        per_sample_s = (time.perf_counter() - start) / (n_max * len(self.prompts))
+            seconds += run_s
+        per_sample_s = seconds / (n_max * len(self.prompts))
         scored = [_score(self.rewards, self.prompts, [r.text for r in results]) for results in samples]
         rows = []
         for objective in self.config.objectives:
@@ -262,12 +373,21 @@ class Evaluator:
     def _latency(self, label: str) -> float:
         """Median wall time of one request alone (real runs, bon included)."""
         personalization, reward = self.plans[label]
+        prompt_ids = self.prompt_ids[: self.config.latency_prompts]
+        key = self._cache_key("latency", personalization, prompt_ids, reward=reward)
+        stored = self.cache.get(key) if self.cache is not None and key is not None else None
+        if stored is not None:
+            median = stored["median_s"]
+            assert isinstance(median, float | int)
+            return float(median)
         times = []
-        for i, ids in enumerate(self.prompt_ids[: self.config.latency_prompts]):
+        for i, ids in enumerate(prompt_ids):
             request = GenerationRequest(ids, self._sampling(10_000 + i), personalization)
             start = time.perf_counter()
             self.engine.generate([request], reward=reward)
             times.append(time.perf_counter() - start)
+        if self.cache is not None and key is not None:
+            self.cache.put(key, {"median_s": statistics.median(times), "times_s": times})
         return statistics.median(times)
 
     def run(self) -> EvalReport:

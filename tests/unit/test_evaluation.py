@@ -9,7 +9,7 @@ import torch
 
 from personalize.decoding import Engine
 from personalize.decoding.config import AISPParams, IVGParams
-from personalize.evaluation import EvalConfig, Evaluator, Stat, markdown_table
+from personalize.evaluation import EvalConfig, Evaluator, RunCache, Stat, markdown_table
 from personalize.heads import load_head
 from personalize.models import BaseModel
 from personalize.plots import plot_report, plot_reward_vs_compute
@@ -90,3 +90,62 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
     assert out.stat().st_size > 10_000
     assert plot_reward_vs_compute(report, tmp_path / "compute.png").stat().st_size > 10_000
     assert json.loads(json.dumps(report.to_json()))["prompts"] == len(prompts)
+
+
+def test_run_cache_reuses_runs_and_decodes_only_new_ones(
+    fresh_tiny_base: BaseModel, tiny_head_dir, tmp_path: Path
+) -> None:
+    base = fresh_tiny_base
+    heads = [
+        load_head(tiny_head_dir("short", kind="linear", seed=1), base),
+        load_head(tiny_head_dir("vowels", kind="lora", seed=2), base),
+    ]
+    engine = Engine(base, heads)
+    prompts = ["How do I clean my keyboard?", "Explain photosynthesis.", "I love sunny days"]
+    common = dict(betas=(2.0,), bon_sizes=(1, 2), sweep=None, max_new_tokens=6, batch_size=2, ivg=None, aisp_samples=())
+    rewards = {"short": length_reward, "vowels": vowel_reward}
+    cache = RunCache(tmp_path / "cache")
+    first = Evaluator(
+        engine,
+        {"short": length_reward},
+        prompts,
+        EvalConfig(objectives=("short",), latency_prompts=1, **common),
+        cache=cache,
+    ).run()
+    stored = len(list((tmp_path / "cache").glob("*.json")))
+    assert stored > 0 and cache.hits == 0
+
+    decoded: list[object] = []
+    real_generate = engine.generate
+
+    def counting_generate(requests, reward=None):
+        decoded.append(requests[0].personalization)
+        return real_generate(requests, reward=reward)
+
+    engine.generate = counting_generate  # type: ignore[method-assign]
+    again = Evaluator(
+        engine,
+        {"short": length_reward},
+        prompts,
+        EvalConfig(objectives=("short",), latency_prompts=1, **common),
+        cache=RunCache(tmp_path / "cache"),
+    ).run()
+    assert decoded == []  # everything came from the cache, identical to the first run
+    assert [r.rewards["short"] for r in again.rows] == [r.rewards["short"] for r in first.rows]
+    assert [r.latency_s for r in again.rows] == [r.latency_s for r in first.rows]
+    assert [r.samples for r in again.rows] == [r.samples for r in first.rows]
+
+    wider = Evaluator(
+        engine,
+        rewards,
+        prompts,
+        EvalConfig(objectives=("short", "vowels"), latency_prompts=0, **common),
+        cache=RunCache(tmp_path / "cache"),
+    ).run()
+    # Only the new objective's vas row was decoded (batches of 2 over 3 prompts: two generate calls).
+    assert [dict(p.weights) for p in decoded] == [{"vowels": 1.0}] * 2  # type: ignore[attr-defined]
+    assert "vowels" in wider.rows[0].rewards  # stored base texts scored with the new reward too
+    assert wider.rows[0].rewards["short"] == first.rows[0].rewards["short"]
+
+    (tmp_path / "cache" / "garbage.json").write_text("{not json")
+    assert RunCache(tmp_path / "cache").get("garbage") is None  # a file cut off mid-write is decoded again

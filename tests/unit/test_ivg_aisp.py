@@ -371,3 +371,16 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     result = runner.invoke(app, [*train, *small, "--out", str(out_dir), "--base-model", str(model_dir)], env=env)
     assert result.exit_code == 0, result.output
     assert load_head(out_dir, tiny).meta.kind == "implicit"
+    # eval: a second identical run decodes nothing (stored runs), and writes the same table
+    run = [
+        "eval", "--objectives", "harmless", "--betas", "1", "--bon", "1,2", "--ivg", "", "--aisp-samples", "",
+        "--sweep", "", "--limit", "2", "--max-new-tokens", "4", "--latency-prompts", "0", "--batch-size", "2",
+        "--cache", str(tmp_path / "eval-cache"),
+    ]  # fmt: skip
+    first = runner.invoke(app, [*run, "--markdown", str(tmp_path / "a.md"), *common], env=env)
+    assert first.exit_code == 0, first.output
+    assert "0 stored runs reused" in first.stderr
+    second = runner.invoke(app, [*run, "--markdown", str(tmp_path / "b.md"), *common], env=env)
+    assert second.exit_code == 0, second.output
+    assert "4 stored runs reused" in second.stderr  # base, vas, two Best-of-N sample sets
+    assert (tmp_path / "a.md").read_text() == (tmp_path / "b.md").read_text()
