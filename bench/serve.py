@@ -106,6 +106,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--tokens", type=int, default=48, help="max_tokens per request")
     parser.add_argument("--heads", type=int, default=2, help="random LoRA heads to register (steer every row)")
+    parser.add_argument(
+        "--top-layers",
+        type=int,
+        default=8,
+        help="the heads' LoRA covers only the top N layers, as the shipped heads' does (0: every layer)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating alone/concurrent rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -136,7 +142,7 @@ def main() -> None:
         thread.start()
         url = f"http://127.0.0.1:{port}"
         try:
-            key = start(url, settings, base, objectives, Path(tmp))
+            key = start(url, settings, base, objectives, Path(tmp), top_layers=args.top_layers)
             vectors = weight_vectors(args.clients, objectives)
             alone, together = [], []
             for _ in range(args.rounds):
@@ -151,7 +157,8 @@ def main() -> None:
     single = statistics.median(r["tokens_per_s"] for r in alone)
     many = statistics.median(r["tokens_per_s"] for r in together)
     device = f"{base.device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"model {base.backbone_id} on {device}; {len(objectives)} LoRA heads steering every request")
+    depth = f"top {args.top_layers} layers" if args.top_layers else "every layer"
+    print(f"model {base.backbone_id} on {device}; {len(objectives)} LoRA heads ({depth}) steering every request")
     print(f"{'clients':>8} {'tokens':>8} {'seconds':>8} {'tokens/s':>9}")
     for r in alone + together:
         print(f"{r['clients']:>8} {r['tokens']:>8} {r['seconds']:>8.1f} {r['tokens_per_s']:>9.1f}")
@@ -164,6 +171,7 @@ def main() -> None:
                     "device": device,
                     "model": base.backbone_id,
                     "heads": len(objectives),
+                    "head_top_layers": args.top_layers,
                     "tokens": args.tokens,
                     "alone": alone,
                     "concurrent": together,
@@ -175,7 +183,9 @@ def main() -> None:
         )
 
 
-def start(url: str, settings: Settings, base: BaseModel, objectives: tuple[str, ...], tmp: Path) -> str:
+def start(
+    url: str, settings: Settings, base: BaseModel, objectives: tuple[str, ...], tmp: Path, top_layers: int = 0
+) -> str:
     """Wait for the server, create an admin and upload the heads; returns the admin key."""
     with httpx.Client(base_url=url, timeout=600) as client:
         deadline = time.monotonic() + 600
@@ -194,7 +204,8 @@ def start(url: str, settings: Settings, base: BaseModel, objectives: tuple[str, 
         finally:
             db.dispose()
         for seed, name in enumerate(objectives):
-            directory = save_head(random_head(base, name, "lora", seed), tmp / "heads" / name)
+            head = random_head(base, name, "lora", seed, top_layers=top_layers)
+            directory = save_head(head, tmp / "heads" / name)
             files = [("files", (p.name, p.read_bytes())) for p in sorted(directory.iterdir())]
             response = client.post("/v1/objectives", files=files, headers={"Authorization": f"Bearer {key}"})
             response.raise_for_status()
