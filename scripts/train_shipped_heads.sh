@@ -2,7 +2,7 @@
 # Re-train the demo heads shipped in personalize/shipped_heads/ for the embedded base model, exactly as
 # they were made. The first command samples the rollouts (cached in $PERSONALIZE_DATA_DIR/rollouts/ and
 # shared by the others: same prompts, seed and rollout settings); each head records its command in head.json.
-# concise and helpful are LoRA heads on the top 8 layers (helpful: one epoch, to fit the CPU budget).
+# All four are LoRA heads on the top 8 layers, two epochs each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/personalize
@@ -10,9 +10,13 @@ common=(--samples-per-prompt 2 --max-new-tokens 256 --seed 0)
 $P heads train --objective concise --reward concise --out personalize/shipped_heads/concise \
     --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "shorter answers that still answer the question"
 $P heads train --objective helpful --reward helpful --out personalize/shipped_heads/helpful \
-    --kind lora --lora-layers 8 --epochs 1 "${common[@]}" --description "answers that stay on the question's topic, no refusals"
-# Not shipped yet (next: faster training on cached lower-layer features):
-# $P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
-#     --kind linear --epochs 2 --head-lr 0.002 "${common[@]}" --description "polite, non-toxic answers"
-# $P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
-#     --kind linear --epochs 2 --head-lr 0.002 "${common[@]}" --description "a warmer, more positive tone"
+    --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "answers that stay on the question's topic, no refusals"
+$P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
+    --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "a warmer, more positive tone"
+$P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
+    --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "polite, non-toxic answers"
+# The implicit head that ivg's token level uses in the README's evaluation (not shipped: it is not an objective
+# a user would weigh; `personalize eval` finds it in $PERSONALIZE_DATA_DIR/heads/).
+$P heads train --kind implicit --objective concise-sft --reward concise --out "${PERSONALIZE_DATA_DIR:-$HOME/.local/share/personalize}/heads/concise-sft" \
+    --lora-layers 8 --lora-targets q_proj,k_proj,v_proj,o_proj --epochs 1 "${common[@]}" \
+    --description "the policy fine-tuned on the most concise rollouts (ivg's token level)"

@@ -23,7 +23,7 @@ from personalize.errors import ConfigError
 from personalize.heads import Calibration, ValueHead, new_head, save_head
 from personalize.lora import LoraSpec
 from personalize.models import BaseModel
-from personalize.training.rollouts import Rollout
+from personalize.training.rollouts import Rollout, actions
 from personalize.training.td import TrainConfig, TrainReport, adapter_state, peft_copy
 
 DEFAULT_CONFIG = TrainConfig(kind="implicit")
@@ -54,12 +54,8 @@ class _Batch:
         )
 
 
-def _target(rollout: Rollout, eos: int) -> list[int]:
-    return list(rollout.response_ids) + ([eos] if rollout.finish_reason == "stop" else [])
-
-
 def _collate(rollouts: Sequence[Rollout], pad_id: int, eos: int) -> _Batch:
-    targets = [_target(r, eos) for r in rollouts]
+    targets = [actions(r, eos) for r in rollouts]
     B = len(rollouts)
     L = max(len(r.prompt_ids) + len(t) for r, t in zip(rollouts, targets, strict=True))
     T = max(max(len(t) for t in targets), 1)
@@ -110,7 +106,7 @@ def train_implicit_head(
         raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    chosen = [i for i in select_best(rollouts, scores, config.top_fraction) if _target(rollouts[i], 0)]
+    chosen = [i for i in select_best(rollouts, scores, config.top_fraction) if actions(rollouts[i], 0)]
     if not chosen:
         raise ConfigError("no selected rollout has a response to learn from")
     kept = [scores[i] for i in chosen]

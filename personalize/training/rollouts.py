@@ -38,6 +38,15 @@ class Rollout:
     seed: int
 
 
+def actions(rollout: Rollout, eos: int) -> list[int]:
+    """The tokens the policy chose: the response, plus EOS when it stopped on its own.
+
+    Results leave the EOS out of ``response_ids``; training must not, or the value (and
+    likelihood) of ending the answer is never learned.
+    """
+    return list(rollout.response_ids) + ([eos] if rollout.finish_reason == "stop" else [])
+
+
 def sample_rollouts(
     engine: Engine,
     prompts: Sequence[str],

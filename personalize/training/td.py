@@ -27,7 +27,7 @@ from personalize.heads import HEAD_KINDS, Calibration, HeadKind, ValueHead, load
 from personalize.lora import PEFT_PREFIX, LoraSpec
 from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
-from personalize.training.rollouts import Rollout
+from personalize.training.rollouts import Rollout, actions
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -91,28 +91,31 @@ class _Batch:
     rewards: torch.Tensor  # (B, T) final reward at the last response token
 
 
-def _collate(rollouts: Sequence[Rollout], scores: Sequence[float], pad_id: int) -> _Batch:
+def _collate(rollouts: Sequence[Rollout], scores: Sequence[float], pad_id: int, eos: int) -> _Batch:
+    """Prompt + response ids and, per action (the response's tokens, EOS included when it stopped on
+    its own), the index of the hidden state it was chosen at, with the reward on the last action."""
+    chosen = [actions(r, eos) for r in rollouts]
     B = len(rollouts)
     L = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
-    T = max(max(len(r.response_ids) for r in rollouts), 1)
+    T = max(max(len(a) for a in chosen), 1)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     attention = torch.zeros(B, L, dtype=torch.long)
     positions = torch.zeros(B, T, dtype=torch.long)
-    actions = torch.zeros(B, T, dtype=torch.long)
+    taken = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T)
     rewards = torch.zeros(B, T)
-    for b, (r, score) in enumerate(zip(rollouts, scores, strict=True)):
-        seq = list(r.prompt_ids) + list(r.response_ids)
-        P, n = len(r.prompt_ids), len(r.response_ids)
+    for b, (r, acts, score) in enumerate(zip(rollouts, chosen, scores, strict=True)):
+        seq = list(r.prompt_ids) + list(r.response_ids)  # EOS needs no input position: nothing follows it
+        P, n = len(r.prompt_ids), len(acts)
         ids[b, : len(seq)] = torch.tensor(seq)
         attention[b, : len(seq)] = 1
         if n == 0:
             continue
         positions[b, :n] = torch.arange(P - 1, P - 1 + n)
-        actions[b, :n] = torch.tensor(r.response_ids)
+        taken[b, :n] = torch.tensor(acts)
         mask[b, :n] = 1.0
         rewards[b, n - 1] = score
-    return _Batch(ids, attention, positions, actions, mask, rewards)
+    return _Batch(ids, attention, positions, taken, mask, rewards)
 
 
 class _Trainable(nn.Module):
@@ -167,8 +170,13 @@ def peft_copy(base: BaseModel, config: TrainConfig, adapter: dict[str, torch.Ten
     model = copy.deepcopy(base.model).float()
     model.requires_grad_(False)
     peft_model = get_peft_model(model, lora)
-    if adapter is not None:  # resume or warm start
-        set_peft_model_state_dict(peft_model, {k.removeprefix(PEFT_PREFIX): v for k, v in adapter.items()})
+    if adapter is not None:  # resume or warm start: keys are in peft's on-disk format, prefix included
+        result = set_peft_model_state_dict(peft_model, dict(adapter))
+        if result.unexpected_keys:  # peft ignores them silently: the adapter would stay at zero
+            raise ConfigError(
+                f"adapter does not fit this LoRA configuration: {len(result.unexpected_keys)} unexpected keys, "
+                f"e.g. {result.unexpected_keys[0]}"
+            )
     return peft_model
 
 
@@ -280,11 +288,11 @@ def train_head(
     trainable, optimizer = accelerator.prepare(trainable, optimizer)
     model: _Trainable = accelerator.unwrap_model(trainable)
     my_batches = batches[accelerator.process_index :: accelerator.num_processes]
-    pad = base.pad_token_id
+    pad, eos = base.pad_token_id, base.eos_token_ids[0]
     for epoch in range(first_epoch, config.epochs):
         total, count = 0.0, 0
         for step, idx in enumerate(my_batches):
-            batch = _collate([rollouts[i] for i in idx], [scores[i] for i in idx], pad)
+            batch = _collate([rollouts[i] for i in idx], [scores[i] for i in idx], pad, eos)
             batch = _Batch(*(t.to(accelerator.device) for t in asdict_shallow(batch)))
             q = trainable(batch)  # (B, T)
             targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam)
@@ -304,7 +312,7 @@ def train_head(
     spreads = []
     for i in range(0, min(16, len(order)), 4):  # 16 responses in chunks: logits over V are large
         idx = order[i : i + 4]
-        calib = _collate([rollouts[j] for j in idx], [scores[j] for j in idx], pad)
+        calib = _collate([rollouts[j] for j in idx], [scores[j] for j in idx], pad, eos)
         spreads.append(
             _calibration_scale(base, model, _Batch(*(t.to(accelerator.device) for t in asdict_shallow(calib))))
         )

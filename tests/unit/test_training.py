@@ -136,3 +136,31 @@ def test_implicit_head_fine_tunes_on_the_best_rollouts(fresh_tiny_base: BaseMode
             )
             gains.append(float(torch.log_softmax(guided, -1)[token] - torch.log_softmax(plain, -1)[token]))
     assert sum(gains) / len(gains) > 0.1, gains
+
+
+def test_actions_end_with_eos_only_when_the_response_stopped_on_its_own() -> None:
+    from personalize.training.rollouts import Rollout
+    from personalize.training.td import _collate
+
+    stopped = Rollout("p", (5, 6), (7, 8, 9), "abc", "stop", 0)
+    cut = Rollout("q", (5,), (7, 8), "ab", "length", 1)
+    batch = _collate([stopped, cut], [1.0, 0.5], pad_id=0, eos=2)
+    assert batch.actions[0].tolist() == [7, 8, 9, 2] and batch.mask[0].tolist() == [1, 1, 1, 1]
+    assert batch.actions[1, :2].tolist() == [7, 8] and batch.mask[1].tolist() == [1, 1, 0, 0]
+    # EOS is chosen at the hidden state after the last response token; rewards sit on each last action
+    assert batch.positions[0].tolist() == [1, 2, 3, 4] and batch.input_ids[0].tolist() == [5, 6, 7, 8, 9]
+    assert batch.rewards.tolist() == [[0.0, 0.0, 0.0, 1.0], [0.0, 0.5, 0.0, 0.0]]
+
+
+def test_lora_warm_start_loads_the_adapter(fresh_tiny_base: BaseModel) -> None:
+    from personalize.errors import ConfigError
+    from personalize.training.td import adapter_state, peft_copy
+
+    config = TrainConfig(kind="lora", lora_layers=1)
+    fresh = peft_copy(fresh_tiny_base, config)
+    trained = {k: torch.randn_like(v) for k, v in adapter_state(fresh).items()}
+    restored = adapter_state(peft_copy(fresh_tiny_base, config, trained))
+    assert restored.keys() == trained.keys()
+    assert all(torch.equal(restored[k], trained[k]) for k in trained)  # not silently left at zero
+    with pytest.raises(ConfigError, match="unexpected keys"):
+        peft_copy(fresh_tiny_base, config, {k.replace("lora_A", "lora_X"): v for k, v in trained.items()})
