@@ -171,11 +171,11 @@ def peft_copy(base: BaseModel, config: TrainConfig, adapter: dict[str, torch.Ten
     model.requires_grad_(False)
     peft_model = get_peft_model(model, lora)
     if adapter is not None:  # resume or warm start: keys are in peft's on-disk format, prefix included
-        result = set_peft_model_state_dict(peft_model, dict(adapter))
-        if result.unexpected_keys:  # peft ignores them silently: the adapter would stay at zero
+        result: Any = set_peft_model_state_dict(peft_model, dict(adapter))
+        unexpected = list(result.unexpected_keys)
+        if unexpected:  # peft ignores them silently: the adapter would stay at zero
             raise ConfigError(
-                f"adapter does not fit this LoRA configuration: {len(result.unexpected_keys)} unexpected keys, "
-                f"e.g. {result.unexpected_keys[0]}"
+                f"adapter does not fit this LoRA configuration: {len(unexpected)} unexpected keys, e.g. {unexpected[0]}"
             )
     return peft_model
 
