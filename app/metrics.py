@@ -44,7 +44,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "personalize_batch_size",
-            "Requests decoded together per batch.",
+            "Requests live in the running batch, observed each time requests join it.",
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
         )
