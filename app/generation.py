@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from app.errors import APIError, api_error_for, forbidden
 from app.schemas import PersonalizationIn, _GenerationParams
 from app.services import ModelRuntime, Services
 from personalize.db.errors import NotFoundError
 from personalize.db.records import ProfileRecord, UserRecord
-from personalize.decoding.config import GenerationRequest, Personalization, SamplingParams
+from personalize.decoding.config import (
+    AISPParams,
+    GenerationRequest,
+    IVGParams,
+    Personalization,
+    SamplingParams,
+)
 from personalize.errors import ConfigError, ContextLengthError, UnknownObjectiveError
 
 
@@ -45,6 +52,32 @@ def resolve_user(services: Services, caller: UserRecord, requested: str | None) 
         raise APIError(404, str(exc), type="not_found_error", param="user", code="user_not_found") from exc
 
 
+class MethodParams(NamedTuple):
+    ivg: IVGParams
+    aisp: AISPParams
+
+
+def _method_params(override: PersonalizationIn | None, method: str) -> MethodParams:
+    """The request's ``ivg`` / ``aisp`` parameters (defaults where omitted), refused under another method."""
+    ivg_in = override.ivg if override is not None else None
+    aisp_in = override.aisp if override is not None else None
+    for name, given in (("ivg", ivg_in), ("aisp", aisp_in)):
+        if given is not None and method != name:
+            raise APIError(
+                400,
+                f"personalization.{name} holds the parameters of method {name!r}, but this request's method is "
+                f"{method!r}: set personalization.method to {name!r} or leave {name} out",
+                param=f"personalization.{name}",
+                code="invalid_value",
+            )
+    try:  # the schema checked each field's range; the library checks the limits across fields
+        ivg = IVGParams(**ivg_in.model_dump()) if ivg_in is not None else IVGParams()
+        aisp = AISPParams(**aisp_in.model_dump()) if aisp_in is not None else AISPParams()
+    except ConfigError as exc:
+        raise api_error_for(exc, f"personalization.{method}") from exc
+    return MethodParams(ivg, aisp)
+
+
 def merge_personalization(
     profile: ProfileRecord, override: PersonalizationIn | None, loaded: Collection[str]
 ) -> Personalization:
@@ -66,8 +99,11 @@ def merge_personalization(
         method = override.method if override.method is not None else method
         top_k = override.top_k if override.top_k is not None else top_k
         best_of = override.best_of if override.best_of is not None else best_of
+    ivg, aisp = _method_params(override, method)
     try:
-        merged = Personalization(weights=weights, beta=beta, method=method, top_k=top_k, best_of=best_of)
+        merged = Personalization(
+            weights=weights, beta=beta, method=method, top_k=top_k, best_of=best_of, ivg=ivg, aisp=aisp
+        )
     except ConfigError as exc:
         raise api_error_for(exc, "personalization") from exc
     if merged.method == "bon" and not merged.active_weights:

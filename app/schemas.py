@@ -6,17 +6,29 @@ here with the exact field named, before anything is queued.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from personalize.decoding.config import (
+    AISP_ITERATIONS_RANGE,
+    AISP_LAMBDA_RANGE,
+    AISP_MAX_SAMPLES,
+    AISP_SAMPLES_RANGE,
+    AISP_SIGMA_RANGE,
     BEST_OF_RANGE,
     BETA_RANGE,
+    IVG_BEAMS_RANGE,
+    IVG_CANDIDATES_RANGE,
+    IVG_CHUNK_RANGE,
+    IVG_MAX_SEQUENCES,
     METHODS,
     TEMPERATURE_RANGE,
     TOP_K_RANGE,
     WEIGHT_RANGE,
+    AISPParams,
+    IVGParams,
 )
 
 ObjectiveName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -24,6 +36,90 @@ Weight = Annotated[float, Field(ge=WEIGHT_RANGE[0], le=WEIGHT_RANGE[1], allow_in
 Beta = Annotated[float, Field(ge=BETA_RANGE[0], le=BETA_RANGE[1], allow_inf_nan=False)]
 TopK = Annotated[int, Field(ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1], strict=True)]
 Method = Literal[METHODS]  # type: ignore[valid-type]
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _within(bounds: tuple[_Number, _Number]) -> AfterValidator:
+    """Refuse a value outside ``bounds`` (NaN included) with a message that gives the whole range."""
+    lo, hi = bounds
+    kind = "an integer" if isinstance(lo, int) else "a number"
+
+    def check(value: _Number) -> _Number:
+        if not lo <= value <= hi:
+            raise PydanticCustomError(
+                "out_of_range", "must be {kind} in [{lo}, {hi}]", {"kind": kind, "lo": lo, "hi": hi}
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _bounds(bounds: tuple[float, float]) -> dict[str, Any]:
+    """The range in the OpenAPI schema (the check itself is :func:`_within`)."""
+    return {"minimum": bounds[0], "maximum": bounds[1]}
+
+
+IVGCandidates = Annotated[
+    int, Field(strict=True, json_schema_extra=_bounds(IVG_CANDIDATES_RANGE)), _within(IVG_CANDIDATES_RANGE)
+]
+IVGChunk = Annotated[int, Field(strict=True, json_schema_extra=_bounds(IVG_CHUNK_RANGE)), _within(IVG_CHUNK_RANGE)]
+IVGBeams = Annotated[int, Field(strict=True, json_schema_extra=_bounds(IVG_BEAMS_RANGE)), _within(IVG_BEAMS_RANGE)]
+ImplicitWeight = Annotated[float, Field(json_schema_extra=_bounds(WEIGHT_RANGE)), _within(WEIGHT_RANGE)]
+AISPSigma = Annotated[float, Field(json_schema_extra=_bounds(AISP_SIGMA_RANGE)), _within(AISP_SIGMA_RANGE)]
+AISPLambda = Annotated[float, Field(json_schema_extra=_bounds(AISP_LAMBDA_RANGE)), _within(AISP_LAMBDA_RANGE)]
+AISPSamples = Annotated[
+    int, Field(strict=True, json_schema_extra=_bounds(AISP_SAMPLES_RANGE)), _within(AISP_SAMPLES_RANGE)
+]
+AISPIterations = Annotated[
+    int, Field(strict=True, json_schema_extra=_bounds(AISP_ITERATIONS_RANGE)), _within(AISP_ITERATIONS_RANGE)
+]
+
+_IVG = IVGParams()
+_AISP = AISPParams()
+
+
+class IVGIn(BaseModel):
+    """Parameters of ``method: "ivg"`` (Integrated Value Guidance); omitted fields take the defaults shown.
+    Only with method ``ivg`` (given in the request or by the profile)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: IVGCandidates = Field(
+        default=_IVG.candidates, description="C: continuations sampled per beam at each chunk."
+    )
+    chunk_tokens: IVGChunk = Field(
+        default=_IVG.chunk_tokens, description="L: tokens per chunk before the candidates are compared."
+    )
+    beams: IVGBeams = Field(
+        default=_IVG.beams,
+        description=f"B: partial responses kept after each chunk; beams x candidates must be at most "
+        f"{IVG_MAX_SEQUENCES}. beams = candidates = 1 is token-level guidance alone (and streams).",
+    )
+    implicit_weight: ImplicitWeight = Field(
+        default=_IVG.implicit_weight,
+        description="Multiplies the weights of implicit heads at the token level (0: chunk-level search only).",
+    )
+
+
+class AISPIn(BaseModel):
+    """Parameters of ``method: "aisp"`` (adaptive importance sampling on pre-logits); omitted fields take the
+    defaults shown. Only with method ``aisp`` (given in the request or by the profile)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sigma: AISPSigma = Field(
+        default=_AISP.sigma, description="Std of the Gaussian noise added to the final hidden state (0: base model)."
+    )
+    lam: AISPLambda = Field(
+        default=_AISP.lam,
+        description="Temperature of the importance weights softmax(reward / lam): small trusts the best sample.",
+    )
+    samples: AISPSamples = Field(
+        default=_AISP.samples,
+        description=f"N: responses per iteration; samples x iterations must be at most {AISP_MAX_SAMPLES}.",
+    )
+    iterations: AISPIterations = Field(default=_AISP.iterations, description="I: rounds of sampling and moving mu.")
 
 
 class PersonalizationIn(BaseModel):
@@ -43,6 +139,12 @@ class PersonalizationIn(BaseModel):
             "carries `token_contributions`, one entry per generated token saying how much each steering "
             "objective raised or lowered that token's score. Not a profile field: applies to this request only."
         ),
+    )
+    ivg: IVGIn | None = Field(
+        default=None, description="Parameters of method 'ivg' (only with that method); omitted: the defaults."
+    )
+    aisp: AISPIn | None = Field(
+        default=None, description="Parameters of method 'aisp' (only with that method); omitted: the defaults."
     )
 
 
@@ -181,6 +283,39 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ComputeOut(BaseModel):
+    """What producing this response cost, summed over every sequence the request decoded (kept,
+    discarded or superseded)."""
+
+    forwards: int = Field(
+        description="Batched model forwards the request took part in: its sequential depth, prefills included."
+    )
+    forward_rows: int = Field(
+        description="Batch-row forwards: each of its sequences' rows (base + one per LoRA head) x the forwards "
+        "it took part in; a prompt prefill shared by the request's sequences counts once."
+    )
+    processed_tokens: int = Field(
+        description="Tokens pushed through the backbone: rows x tokens prefilled or generated."
+    )
+    flops: float = Field(
+        description="Estimated FLOPs for this response: 2 x backbone parameters x processed_tokens (value "
+        "outputs, pre-logit perturbations and reward functions not counted)."
+    )
+    samples: int = Field(
+        description="Sequences sampled: 1 (base, vas), N (bon), candidate chunks (ivg), samples x iterations (aisp)."
+    )
+
+
+COMPUTE_DOC = (
+    "What the response cost (forwards, estimated FLOPs, samples). Streamed: on the chunk that carries the "
+    "`finish_reason`, and on the `usage` chunk when `stream_options.include_usage` is set."
+)
+PERSONALIZATION_DOC = (
+    "What was applied: weights, beta, method, top_k, best_of, head_versions, user; with method 'ivg' or "
+    "'aisp' also that method's parameters (`ivg` / `aisp`, every field, defaults filled in)."
+)
+
+
 class ChatCompletionResponse(BaseModel):
     """A chat completion. With ``"stream": true`` the body is ``text/event-stream`` instead: ``data:`` lines
     holding ``chat.completion.chunk`` objects whose choice has a ``delta`` (and, with
@@ -193,9 +328,8 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
-    personalization: dict[str, Any] = Field(
-        description="What was applied: weights, beta, method, top_k, best_of, head_versions, user."
-    )
+    compute: ComputeOut = Field(description=COMPUTE_DOC)
+    personalization: dict[str, Any] = Field(description=PERSONALIZATION_DOC)
 
 
 class TextChoice(BaseModel):
@@ -218,7 +352,8 @@ class CompletionResponse(BaseModel):
     system_fingerprint: str | None = None
     choices: list[TextChoice]
     usage: Usage
-    personalization: dict[str, Any]
+    compute: ComputeOut = Field(description=COMPUTE_DOC)
+    personalization: dict[str, Any] = Field(description=PERSONALIZATION_DOC)
 
 
 class ErrorDetail(BaseModel):

@@ -39,10 +39,14 @@ def randomize_head(head: ValueHead, seed: int, scale: float = 0.5) -> ValueHead:
 
 @pytest.fixture()
 def tiny_head_dir(tmp_path: Path, tiny_base: BaseModel) -> Callable[..., Path]:
-    """Factory: ``tiny_head_dir("concise", kind="lora", seed=1)`` saves a steering head and returns its folder."""
+    """Factory: ``tiny_head_dir("concise", kind="lora", seed=1)`` saves a steering head and returns its folder
+    (``reward=`` sets the reward its head.json names)."""
 
-    def make(objective: str = "concise", *, kind: str = "lora", seed: int = 1, version: str = "1") -> Path:
-        head = randomize_head(new_head(tiny_base, objective, kind=kind, version=version), seed)  # type: ignore[arg-type]
+    def make(
+        objective: str = "concise", *, kind: str = "lora", seed: int = 1, version: str = "1", reward: str = ""
+    ) -> Path:
+        head = new_head(tiny_base, objective, kind=kind, version=version, reward=reward)  # type: ignore[arg-type]
+        head = randomize_head(head, seed)
         return save_head(head, tmp_path / f"{objective}-{kind}-{version}")
 
     return make

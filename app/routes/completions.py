@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -28,7 +28,7 @@ from app.schemas import (
 )
 from app.services import ModelRuntime, Services
 from personalize.decoding import methods
-from personalize.decoding.config import StreamEvent
+from personalize.decoding.config import Compute, StreamEvent
 from personalize.errors import PersonalizeError
 
 router = APIRouter(prefix="/v1", tags=["completions"])
@@ -62,9 +62,13 @@ class _Output:
     explained: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
     finish_reason: str | None = None
+    compute: Compute | None = None
+    """What the request cost; its last event brings it."""
 
     def add(self, event: StreamEvent) -> None:
         self.parts.append(event.text)
+        if event.compute is not None:
+            self.compute = event.compute
         if self.explain:
             self.explained.append(_explained(event))
         eos = event.finish_reason == "stop" and event.token_id in self.runtime.base.eos_token_ids
@@ -83,6 +87,10 @@ class _Output:
     def usage(self) -> dict[str, int]:
         prompt = self.prepared.prompt_tokens
         return {"prompt_tokens": prompt, "completion_tokens": self.tokens, "total_tokens": prompt + self.tokens}
+
+    def compute_json(self) -> dict[str, Any] | None:
+        """The ``compute`` object (see :class:`app.schemas.ComputeOut`)."""
+        return asdict(self.compute) if self.compute is not None else None
 
 
 def _personalization(prepared: PreparedRequest, ticket: Ticket) -> dict[str, Any]:
@@ -194,6 +202,7 @@ async def _respond(
     if explain:
         body["choices"][0]["token_contributions"] = output.explained
     body["usage"] = output.usage()
+    body["compute"] = output.compute_json()
     body["personalization"] = _personalization(prepared, ticket)
     return JSONResponse(body)
 
@@ -223,6 +232,8 @@ async def _sse(
             body["choices"][0]["token_contributions"] = tokens
         if first or finish is not None:
             body["personalization"] = _personalization(prepared, ticket)
+        if finish is not None:
+            body["compute"] = output.compute_json()
         if include_usage:
             body["usage"] = None
         return body
@@ -253,6 +264,7 @@ async def _sse(
             tail = _envelope(kind, completion_id, created, prepared.model_id, chunk=True)
             tail["choices"] = []
             tail["usage"] = output.usage()
+            tail["compute"] = output.compute_json()
             yield _sse_data(tail)
     except RequestCancelledError:
         return  # the client is gone

@@ -7,6 +7,7 @@ other's data and never touch what other suites keep in the shared services.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ from app.services import EngineFactory, ModelBundle
 from personalize.db import Database, UserStore
 from personalize.db.migrate import upgrade
 from personalize.decoding.engine import Engine
+from personalize.rewards import register_reward, unregister_reward
 from personalize.settings import Settings
 from tests.tiny import build_tiny_base
 
@@ -198,6 +200,38 @@ def start_service(backend: Backend, tmp_path: Path) -> Iterator[Callable[..., Se
 @pytest.fixture
 def service(start_service: Callable[..., Service]) -> Service:
     return start_service()
+
+
+def brevity(_prompts: list[str], responses: list[str]) -> list[float]:
+    return [1.0 / (1.0 + len(r.split())) for r in responses]
+
+
+def exclaims(_prompts: list[str], responses: list[str]) -> list[float]:
+    return [float(r.count("!")) for r in responses]
+
+
+@pytest.fixture
+def cheap_rewards() -> Iterator[None]:
+    """Rewards 'brevity' in (0, 1] and 'exclaims' in [0, inf), registered for one test: cheap and exact,
+    unlike the built-in ones, which load an embedding model."""
+    register_reward("brevity", brevity, value_range=(0.0, 1.0), replace=True)
+    register_reward("exclaims", exclaims, value_range=(0.0, math.inf), replace=True)
+    yield
+    unregister_reward("brevity")
+    unregister_reward("exclaims")
+
+
+@pytest.fixture
+def rewarded(service: Service, tiny_head_dir: Callable[..., Path], cheap_rewards: None) -> Service:
+    """Heads 'brevity' (LoRA; reward 'brevity') and 'shouty' (linear; its head.json names reward 'exclaims')."""
+    for folder in (
+        tiny_head_dir("brevity", seed=1, reward="brevity"),
+        tiny_head_dir("shouty", kind="linear", seed=2, reward="exclaims"),
+    ):
+        files = [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir()) if p.is_file()]
+        response = service.client.post("/v1/objectives", files=files, headers=service.auth())
+        assert response.status_code == 201, response.text
+    return service
 
 
 def free_port() -> int:
