@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import audit, completions, health, models, objectives, users
+from app.routes import audit, completions, health, models, objectives, rewards, users
 from app.services import EngineFactory, Services, default_engine_factory
 from personalize.settings import Settings
 
@@ -47,8 +47,9 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (completions.router, models.router, objectives.router, users.router, audit.router, health.router):
-        app.include_router(router)
+    routers = (completions, models, objectives, rewards, users, audit, health)
+    for module in routers:
+        app.include_router(module.router)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(

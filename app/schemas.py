@@ -356,6 +356,40 @@ class CompletionResponse(BaseModel):
     personalization: dict[str, Any] = Field(description=PERSONALIZATION_DOC)
 
 
+MAX_SCORED_RESPONSES = 16
+MAX_SCORED_CHARS = 16_000
+ScoredText = Annotated[str, StringConstraints(max_length=MAX_SCORED_CHARS)]
+
+
+class RewardScoreRequest(BaseModel):
+    """Responses to one prompt, to be scored by the reward functions of some objectives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: ScoredText = Field(description=f"The prompt the responses answer (at most {MAX_SCORED_CHARS} characters).")
+    responses: Annotated[list[ScoredText], Field(min_length=1, max_length=MAX_SCORED_RESPONSES)] = Field(
+        description=f"1 to {MAX_SCORED_RESPONSES} responses, each at most {MAX_SCORED_CHARS} characters."
+    )
+    objectives: Annotated[list[ObjectiveName], Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Objectives with an active head (see GET /v1/objectives); omitted: all of them."
+    )
+
+
+class RewardScoreResponse(BaseModel):
+    object: Literal["reward_scores"]
+    objectives: dict[str, list[float]] = Field(
+        description="Objective -> one score per response, in the order the responses were sent."
+    )
+    ranges: dict[str, tuple[float | None, float | None]] = Field(
+        description="Objective -> [low, high] of its reward function's scores; null where unbounded."
+    )
+    rewards: dict[str, str] = Field(
+        description="Objective -> the reward function that scored it: its active head's `reward`, else the "
+        "objective's own name."
+    )
+    head_versions: dict[str, str] = Field(description="Objective -> the active head version whose reward was used.")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
