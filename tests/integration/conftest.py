@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,11 +202,11 @@ def service(start_service: Callable[..., Service]) -> Service:
     return start_service()
 
 
-def brevity(_prompts: list[str], responses: list[str]) -> list[float]:
+def brevity(_prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
     return [1.0 / (1.0 + len(r.split())) for r in responses]
 
 
-def exclaims(_prompts: list[str], responses: list[str]) -> list[float]:
+def exclaims(_prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
     return [float(r.count("!")) for r in responses]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def test_only_the_objectives_asked_for_in_that_order(rewarded: Service) -> None:
 def test_scoring_runs_off_the_event_loop(rewarded: Service) -> None:
     on_loop: list[bool] = []
 
-    def probe(_prompts: list[str], responses: list[str]) -> list[float]:
+    def probe(_prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
