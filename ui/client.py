@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
@@ -86,8 +86,29 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class IVGSettings:
+    """``personalization.ivg``: chunk-level search of method ivg (the API's defaults)."""
+
+    candidates: int = 2
+    chunk_tokens: int = 16
+    beams: int = 2
+    implicit_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class AISPSettings:
+    """``personalization.aisp``: importance sampling on pre-logits of method aisp (the API's defaults)."""
+
+    sigma: float = 0.5
+    lam: float = 0.1
+    samples: int = 4
+    iterations: int = 4
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
-    """What one request asks for; ``explain`` asks for per-token contributions."""
+    """What one request asks for; ``explain`` asks for per-token contributions. ``best_of``, ``ivg`` and
+    ``aisp`` are sent only with their own method."""
 
     weights: Mapping[str, float] = field(default_factory=dict)
     beta: float = 1.0
@@ -96,15 +117,36 @@ class GenerationSettings:
     seed: int | None = 0
     temperature: float = 0.7
     best_of: int = 4
+    ivg: IVGSettings = field(default_factory=IVGSettings)
+    aisp: AISPSettings = field(default_factory=AISPSettings)
     explain: bool = False
 
     def personalization(self) -> dict[str, Any]:
         body: dict[str, Any] = {"weights": dict(self.weights), "beta": self.beta, "method": self.method}
         if self.method == "bon":
             body["best_of"] = self.best_of
+        if self.method == "ivg":
+            body["ivg"] = asdict(self.ivg)
+        if self.method == "aisp":
+            body["aisp"] = asdict(self.aisp)
         if self.explain:
             body["explain"] = True
         return body
+
+
+Bounds = tuple[float | None, float | None]
+
+
+@dataclass(frozen=True)
+class RewardScores:
+    """``POST /v1/rewards/score``: objective -> one score per response, and each reward's range."""
+
+    scores: Mapping[str, tuple[float, ...]]
+    ranges: Mapping[str, Bounds]
+
+    def of(self, index: int) -> dict[str, float]:
+        """Objective -> score of response ``index``."""
+        return {name: values[index] for name, values in self.scores.items()}
 
 
 @dataclass(frozen=True)
@@ -184,6 +226,14 @@ def _delta(chunk: Mapping[str, Any]) -> Delta:
         completion_tokens=usage.get("completion_tokens"),
         personalization=chunk.get("personalization"),
     )
+
+
+def _reward_scores(data: Mapping[str, Any]) -> RewardScores:
+    ranges: dict[str, Bounds] = {}
+    for name, (low, high) in data["ranges"].items():
+        ranges[str(name)] = (None if low is None else float(low), None if high is None else float(high))
+    scores = {str(name): tuple(float(v) for v in values) for name, values in data["objectives"].items()}
+    return RewardScores(scores, ranges)
 
 
 def methods_from_openapi(schema: Mapping[str, Any]) -> tuple[str, ...]:
@@ -267,6 +317,16 @@ class ApiClient:
         if active and version is not None:
             body["version"] = version
         return _objective(self._request("PATCH", f"/v1/objectives/{name}", json=body))
+
+    # ---- rewards -----------------------------------------------------------------------
+    def score_rewards(
+        self, prompt: str, responses: Sequence[str], objectives: Sequence[str] | None = None
+    ) -> RewardScores:
+        """Each response's score under each objective's reward (all active objectives by default)."""
+        body: dict[str, Any] = {"prompt": prompt, "responses": list(responses)}
+        if objectives is not None:
+            body["objectives"] = list(objectives)
+        return _reward_scores(self._request("POST", "/v1/rewards/score", json=body))
 
     # ---- generation --------------------------------------------------------------------
     def stream_chat(self, prompt: str, settings: GenerationSettings) -> Iterator[Delta]:

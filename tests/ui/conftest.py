@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from fastapi.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
 from app.main import create_app
+from personalize.rewards import BUILTIN_REWARDS, register_reward
 from personalize.settings import Settings
-from tests.integration.conftest import create_admin, free_port, tiny_engine_factory, wait_until
+from tests.integration.conftest import brevity, create_admin, free_port, tiny_engine_factory, wait_until
 from tests.integration.helpers import head_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +90,34 @@ class LiveApi:
         return {"Authorization": f"Bearer {key or self.admin_key}"}
 
 
+def letters_shared(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """The share of the prompt's letters that the response uses too, in [0, 1]."""
+    shared = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        wanted = {c for c in prompt.lower() if c.isalpha()}
+        shared.append(len(wanted & set(response.lower())) / max(len(wanted), 1))
+    return shared
+
+
+STAND_INS = {"concise": (brevity, (0.0, 1.0)), "helpful": (letters_shared, (0.0, 1.0))}
+
+
 @pytest.fixture
-def api(tmp_path: Path, tiny_head_dir: Callable[..., Path]) -> Iterator[LiveApi]:
-    """The service with heads 'concise' (LoRA) and 'helpful' (linear), an admin and a user."""
+def stand_in_rewards() -> Iterator[None]:
+    """The test heads name no reward, so the built-in rewards of their objectives' names score answers
+    (and rank Best-of-N / AISP samples); for the test, cheap exact stand-ins replace them (the built-in
+    ones load an embedding model). The API runs in this process, so it sees them."""
+    for name, (scorer, bounds) in STAND_INS.items():
+        register_reward(name, scorer, value_range=bounds, replace=True)
+    yield
+    for name in STAND_INS:
+        register_reward(name, BUILTIN_REWARDS[name], replace=True)
+
+
+@pytest.fixture
+def api(tmp_path: Path, tiny_head_dir: Callable[..., Path], stand_in_rewards: None) -> Iterator[LiveApi]:
+    """The service with heads 'concise' (LoRA) and 'helpful' (linear), an admin and a user; stand-in
+    rewards for both."""
     data = tmp_path / "data"
     settings = Settings(
         data_dir=data,

@@ -10,12 +10,14 @@ import pytest
 
 from ui.client import (
     KNOWN_METHODS,
+    AISPSettings,
     ApiClient,
     ApiError,
     ConflictError,
     ConnectionFailed,
     Delta,
     GenerationSettings,
+    IVGSettings,
     TokenPush,
     methods_from_openapi,
 )
@@ -114,6 +116,44 @@ def test_methods_come_from_the_openapi_enum() -> None:
 def test_best_of_is_sent_only_for_bon() -> None:
     assert "best_of" not in GenerationSettings(method="vas").personalization()
     assert GenerationSettings(method="bon", best_of=8).personalization()["best_of"] == 8
+
+
+def test_ivg_and_aisp_parameters_are_sent_only_with_their_method() -> None:
+    ivg = IVGSettings(candidates=3, chunk_tokens=8, beams=1, implicit_weight=0.5)
+    aisp = AISPSettings(sigma=1.0, lam=0.2, samples=2, iterations=3)
+    for method in ("vas", "bon", "base"):
+        sent = GenerationSettings(method=method, ivg=ivg, aisp=aisp).personalization()
+        assert "ivg" not in sent and "aisp" not in sent
+    sent = GenerationSettings(method="ivg", ivg=ivg, aisp=aisp).personalization()
+    assert sent["ivg"] == {"candidates": 3, "chunk_tokens": 8, "beams": 1, "implicit_weight": 0.5}
+    assert "aisp" not in sent
+    sent = GenerationSettings(method="aisp", ivg=ivg, aisp=aisp).personalization()
+    assert sent["aisp"] == {"sigma": 1.0, "lam": 0.2, "samples": 2, "iterations": 3} and "ivg" not in sent
+
+
+def test_reward_scores_are_parsed_per_response() -> None:
+    seen: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/rewards/score"
+        seen.append(json.loads(request.content))
+        return httpx.Response(
+            200,
+            json={
+                "object": "reward_scores",
+                "objectives": {"concise": [0.25, 0.5], "shouty": [3, 0]},
+                "ranges": {"concise": [0.0, 1.0], "shouty": [0.0, None]},
+                "rewards": {"concise": "concise", "shouty": "exclaims"},
+                "head_versions": {"concise": "1", "shouty": "2"},
+            },
+        )
+
+    scores = _client(handler).score_rewards("q", ["a", "b"])
+    assert seen == [{"prompt": "q", "responses": ["a", "b"]}]
+    assert scores.of(0) == {"concise": 0.25, "shouty": 3.0} and scores.of(1) == {"concise": 0.5, "shouty": 0.0}
+    assert scores.ranges == {"concise": (0.0, 1.0), "shouty": (0.0, None)}
+    _client(handler).score_rewards("q", ["a"], objectives=["concise"])
+    assert seen[-1]["objectives"] == ["concise"]
 
 
 def test_config_reads_the_environment() -> None:

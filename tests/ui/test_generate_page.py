@@ -1,10 +1,17 @@
-"""The Generate page against the live API: sign-in, a slider per objective, requests, answers, profile."""
+"""The Generate page against the live API: sign-in, a slider per objective, method parameters, requests,
+answers and their rewards, profile."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Sequence
+from typing import Any
 
-from tests.ui.conftest import LiveApi, new_app, sign_in, texts
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from personalize.rewards import register_reward
+from tests.integration.conftest import brevity
+from tests.ui.conftest import LiveApi, letters_shared, new_app, sign_in, texts
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +131,117 @@ def test_save_load_and_a_conflicting_save(ui_env: LiveApi) -> None:
     at.button(key="save_profile").click()
     at.run()
     assert "Saved as your profile (version 4)" in texts(at)
+
+
+IVG_KEYS = {"ivg_candidates", "ivg_chunk_tokens", "ivg_beams", "ivg_implicit_weight"}
+AISP_KEYS = {"aisp_sigma", "aisp_lam", "aisp_samples", "aisp_iterations"}
+
+
+def _number_keys(at: AppTest) -> set[str]:
+    return {str(n.key) for n in at.number_input}
+
+
+def _steered_request(api: LiveApi, method: str) -> dict[str, Any]:
+    sent = api.recorder.posted("/v1/chat/completions")
+    assert len(sent) == 2 and {b["personalization"]["method"] for b in sent} == {"base", method}, sent
+    plain = next(b for b in sent if b["personalization"]["method"] == "base")
+    assert set(plain["personalization"]) == {"weights", "beta", "method"}  # no method parameters for base
+    steered: dict[str, Any] = next(b for b in sent if b["personalization"]["method"] == method)
+    return steered
+
+
+def test_each_method_shows_its_own_parameters(ui_env: LiveApi) -> None:
+    at = sign_in(new_app(), ui_env.user_key)
+    assert at.selectbox(key="method").value == "vas"
+    assert not (IVG_KEYS | AISP_KEYS | {"best_of"}) & _number_keys(at)
+    for method, keys in (("ivg", IVG_KEYS), ("aisp", AISP_KEYS), ("bon", {"best_of"})):
+        at.selectbox(key="method").set_value(method)
+        at.run()
+        assert not at.exception
+        shown = _number_keys(at) - {"seed"}
+        assert shown == keys, (method, shown)
+    at.selectbox(key="method").set_value("vas")
+    at.run()
+    assert _number_keys(at) == {"seed"}
+
+
+def test_ivg_parameters_go_into_the_request(ui_env: LiveApi) -> None:
+    at = sign_in(new_app(), ui_env.user_key)
+    at.selectbox(key="method").set_value("ivg")
+    at.run()
+    at.slider(key="w_concise").set_value(1.0)
+    at.slider(key="max_tokens").set_value(16)
+    at.number_input(key="ivg_candidates").set_value(3)
+    at.number_input(key="ivg_chunk_tokens").set_value(4)
+    at.number_input(key="ivg_beams").set_value(1)
+    at.number_input(key="ivg_implicit_weight").set_value(0.5)
+    at.button(key="generate").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    steered = _steered_request(ui_env, "ivg")
+    assert steered["personalization"]["ivg"] == {"candidates": 3, "chunk_tokens": 4, "beams": 1, "implicit_weight": 0.5}
+    assert "aisp" not in steered["personalization"] and "best_of" not in steered["personalization"]
+    assert any("applied: ivg" in c.value for c in at.caption)
+
+
+def test_aisp_parameters_go_into_the_request(ui_env: LiveApi) -> None:
+    at = sign_in(new_app(), ui_env.user_key)
+    at.selectbox(key="method").set_value("aisp")
+    at.run()
+    at.slider(key="w_concise").set_value(1.0)
+    at.slider(key="max_tokens").set_value(16)
+    at.number_input(key="aisp_sigma").set_value(1.5)
+    at.number_input(key="aisp_lam").set_value(0.25)
+    at.number_input(key="aisp_samples").set_value(2)
+    at.number_input(key="aisp_iterations").set_value(1)
+    at.button(key="generate").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    steered = _steered_request(ui_env, "aisp")
+    assert steered["personalization"]["aisp"] == {"sigma": 1.5, "lam": 0.25, "samples": 2, "iterations": 1}
+    assert "ivg" not in steered["personalization"]
+    assert any("applied: aisp" in c.value for c in at.caption)
+
+
+def test_each_answer_shows_its_rewards(ui_env: LiveApi) -> None:
+    at = sign_in(new_app(), ui_env.user_key)
+    at.slider(key="w_concise").set_value(1.0)
+    at.slider(key="max_tokens").set_value(32)
+    at.number_input(key="seed").set_value(3)
+    at.button(key="generate").click()
+    at.run()
+    assert not at.exception and not at.error and not at.warning, [w.value for w in at.warning]
+    [scored] = ui_env.recorder.posted("/v1/rewards/score")  # one request for both answers
+    base, personalized = scored["responses"]
+    assert scored["prompt"] == "How do I clean my keyboard?" and "objectives" not in scored
+    shown = {m.value for m in at.markdown}
+    assert base in shown and personalized in shown  # the answers on the page, as they were scored
+    metrics = [(m.proto.label, m.proto.body, m.proto.delta) for m in at.metric]
+    expected: list[tuple[str, str, str]] = []
+    prompts = [scored["prompt"]]
+    values = {
+        text: {"concise": brevity(prompts, [text])[0], "helpful": letters_shared(prompts, [text])[0]}
+        for text in (base, personalized)
+    }
+    for text, reference in ((base, None), (personalized, base)):
+        for name in ("concise", "helpful"):
+            value = values[text][name]
+            delta = "" if reference is None else f"{value - values[reference][name]:+.3f}"
+            expected.append((name, f"{value:.3f}", delta))
+    assert metrics == expected
+
+
+def test_a_failing_reward_is_a_warning_and_the_answers_stay(ui_env: LiveApi) -> None:
+    def broken(_prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return [float("nan")] * len(responses)
+
+    register_reward("helpful", broken, replace=True)  # the fixture puts the built-in one back
+    at = sign_in(new_app(), ui_env.user_key)
+    at.slider(key="max_tokens").set_value(16)
+    at.button(key="generate").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    warnings = [w.value for w in at.warning]
+    assert any("Could not score the answers" in w and "non-finite" in w for w in warnings), warnings
+    assert not at.metric
+    assert len([c.value for c in at.caption if "words" in c.value]) == 2  # both answers still shown

@@ -1,17 +1,27 @@
-"""Generate: a slider per active objective; the base and the personalized answer side by side, streamed;
-the token view; save and load the caller's profile."""
+"""Generate: a slider per active objective and the chosen method's parameters; the base and the personalized
+answer side by side, streamed, each with its rewards; the token view; save and load the caller's profile."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import streamlit as st
 
 from ui import session
-from ui.client import ApiClient, ApiError, ConflictError, GenerationSettings, Objective, User
+from ui.client import (
+    AISPSettings,
+    ApiClient,
+    ApiError,
+    ConflictError,
+    GenerationSettings,
+    IVGSettings,
+    Objective,
+    User,
+)
+from ui.rewards import AnswerRewards, score_answers, show_rewards
 from ui.streams import Answer, stream_side_by_side
 from ui.tokens import legend_html, objective_colours, tokens_html, total_push
 
@@ -27,7 +37,43 @@ METHOD_HELP = {
 }
 LABELS = {"base": "Base model", "personalized": "Personalized"}
 ANSWERS = "last_answers"
+REWARDS = "last_rewards"
 PROFILE_VERSION = "profile_version"
+
+
+@dataclass(frozen=True)
+class NumberInput:
+    """One of a method's parameters: its widget key, label, bounds and step (the server checks them too)."""
+
+    key: str
+    label: str
+    low: float
+    high: float
+    step: float
+    default: float
+
+    @property
+    def is_int(self) -> bool:
+        return all(float(v).is_integer() for v in (self.low, self.high, self.step, self.default))
+
+
+_IVG, _AISP = IVGSettings(), AISPSettings()
+METHOD_INPUTS: dict[str, tuple[NumberInput, ...]] = {
+    "bon": (NumberInput("best_of", "N for Best-of-N", 1, 16, 1, 4),),
+    "ivg": (
+        NumberInput("ivg_candidates", "Candidates per beam (C)", 1, 8, 1, _IVG.candidates),
+        NumberInput("ivg_chunk_tokens", "Tokens per chunk (L)", 1, 256, 1, _IVG.chunk_tokens),
+        NumberInput("ivg_beams", "Beams kept (B)", 1, 8, 1, _IVG.beams),
+        NumberInput("ivg_implicit_weight", "Implicit head weight", -5.0, 5.0, 0.1, _IVG.implicit_weight),
+    ),
+    "aisp": (
+        NumberInput("aisp_sigma", "Noise sigma", 0.0, 10.0, 0.1, _AISP.sigma),
+        NumberInput("aisp_lam", "Lambda (weight temperature)", 0.001, 100.0, 0.05, _AISP.lam),
+        NumberInput("aisp_samples", "Samples per iteration (N)", 1, 16, 1, _AISP.samples),
+        NumberInput("aisp_iterations", "Iterations (I)", 1, 8, 1, _AISP.iterations),
+    ),
+}
+"""The number inputs shown for each method (C x B <= 64 and N x I <= 256 hold at these bounds)."""
 
 
 def weight_key(objective: str) -> str:
@@ -66,8 +112,9 @@ def _defaults(objectives: Sequence[Objective], methods: Sequence[str]) -> None:
         "max_tokens": 128,
         "temperature": 0.7,
         "seed": 0,
-        "best_of": 4,
     }
+    for inputs in METHOD_INPUTS.values():
+        defaults.update({i.key: int(i.default) if i.is_int else i.default for i in inputs})
     defaults.update({weight_key(o.name): 0.0 for o in objectives})
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
@@ -83,10 +130,50 @@ def _settings(objectives: Sequence[Objective]) -> GenerationSettings:
         seed=int(state["seed"]),
         temperature=float(state["temperature"]),
         best_of=int(state["best_of"]),
+        ivg=IVGSettings(
+            candidates=int(state["ivg_candidates"]),
+            chunk_tokens=int(state["ivg_chunk_tokens"]),
+            beams=int(state["ivg_beams"]),
+            implicit_weight=float(state["ivg_implicit_weight"]),
+        ),
+        aisp=AISPSettings(
+            sigma=float(state["aisp_sigma"]),
+            lam=float(state["aisp_lam"]),
+            samples=int(state["aisp_samples"]),
+            iterations=int(state["aisp_iterations"]),
+        ),
     )
 
 
-def _form(objectives: Sequence[Objective], methods: Sequence[str]) -> tuple[bool, bool]:
+def _method_picker(methods: Sequence[str]) -> None:
+    """Outside the form, so that the chosen method's parameters show up at once."""
+    picker, note = st.columns([1, 3])
+    with picker:
+        st.selectbox(
+            "Method",
+            list(methods),
+            key="method",
+            help="\n".join(f"- **{m}**: {METHOD_HELP.get(m, 'offered by this server')}" for m in methods),
+        )
+    with note:
+        method = str(st.session_state["method"])
+        st.caption(f"**{method}**: {METHOD_HELP.get(method, 'offered by this server')}")
+
+
+def _method_inputs(method: str) -> None:
+    inputs = METHOD_INPUTS.get(method, ())
+    if not inputs:
+        return
+    st.markdown(f"**{method} parameters**")
+    for column, spec in zip(st.columns(4), inputs, strict=False):
+        with column:
+            if spec.is_int:
+                st.number_input(spec.label, int(spec.low), int(spec.high), step=int(spec.step), key=spec.key)
+            else:
+                st.number_input(spec.label, spec.low, spec.high, step=spec.step, key=spec.key, format="%.3g")
+
+
+def _form(objectives: Sequence[Objective]) -> tuple[bool, bool]:
     """The prompt and every knob in one form (one change, one request); returns (generate, save)."""
     with st.form("generate_form"):
         st.text_area("Prompt", key="prompt", height=80)
@@ -111,18 +198,12 @@ def _form(objectives: Sequence[Objective], methods: Sequence[str]) -> tuple[bool
         left, middle, right = st.columns(3)
         with left:
             st.slider("beta (steering strength)", BETA_RANGE[0], BETA_RANGE[1], step=0.5, key="beta")
-            st.selectbox(
-                "Method",
-                list(methods),
-                key="method",
-                help="\n".join(f"- **{m}**: {METHOD_HELP.get(m, 'offered by this server')}" for m in methods),
-            )
         with middle:
             st.slider("Max tokens", 16, 512, step=16, key="max_tokens")
             st.slider("Temperature (0 = greedy)", 0.0, 1.5, step=0.05, key="temperature")
         with right:
             st.number_input("Seed (same seed, same text)", min_value=0, max_value=2**31 - 1, step=1, key="seed")
-            st.number_input("N for Best-of-N", min_value=1, max_value=16, step=1, key="best_of")
+        _method_inputs(str(st.session_state["method"]))
         buttons = st.columns([1, 1, 4])
         with buttons[0]:
             generate = st.form_submit_button("Generate", type="primary", key="generate")
@@ -158,13 +239,17 @@ def _show(label: str, answer: Answer, text_slot: Any, info_slot: Any) -> None:
 
 
 def _answers_area(settings: GenerationSettings | None, prompt: str, api: ApiClient) -> Mapping[str, Answer]:
-    """Two columns; streams fresh answers when ``settings`` is given, else shows the last ones."""
+    """Two columns; streams fresh answers (then scores them) when ``settings`` is given, else shows the last
+    ones. Under each answer: its length and what was applied, then its rewards."""
     columns = dict(zip(LABELS, st.columns(2), strict=True))
     slots: dict[str, tuple[Any, Any]] = {}
+    reward_slots: dict[str, Any] = {}
     for label, column in columns.items():
         with column:
             st.subheader(LABELS[label])
             slots[label] = (st.empty(), st.empty())
+            reward_slots[label] = st.empty()
+    notice = st.empty()
     if settings is None:
         answers: Mapping[str, Answer] = st.session_state.get(ANSWERS, {})
         for label, answer in answers.items():
@@ -172,16 +257,23 @@ def _answers_area(settings: GenerationSettings | None, prompt: str, api: ApiClie
         if not answers:
             for text_slot, _ in slots.values():
                 text_slot.caption("Press Generate: the answer streams here.")
-        return answers
-    requests = {
-        "base": replace(settings, method="base", weights={}, explain=False),
-        "personalized": replace(settings, explain=True),
-    }
-    answers = stream_side_by_side(
-        {label: partial(api.stream_chat, prompt, s) for label, s in requests.items()},
-        lambda label, answer: _show(label, answer, *slots[label]),
-    )
-    st.session_state[ANSWERS] = answers
+    else:
+        requests = {
+            "base": replace(settings, method="base", weights={}, explain=False),
+            "personalized": replace(settings, explain=True),
+        }
+        answers = stream_side_by_side(
+            {label: partial(api.stream_chat, prompt, s) for label, s in requests.items()},
+            lambda label, answer: _show(label, answer, *slots[label]),
+        )
+        st.session_state[ANSWERS] = answers
+        with st.spinner("Scoring the answers with each objective's reward..."):
+            st.session_state[REWARDS] = score_answers(api, prompt, answers)
+    rewards: AnswerRewards = st.session_state.get(REWARDS, AnswerRewards())
+    if rewards.error:
+        notice.warning(f"Could not score the answers: {rewards.error}")
+    for label, slot in reward_slots.items():
+        show_rewards(slot, rewards, label, baseline="base" if label != "base" else None)
     return answers
 
 
@@ -228,7 +320,8 @@ def main() -> None:
     if message := st.session_state.pop("profile_message", None):
         profile_box.success(message)
 
-    generate, save = _form(objectives, methods)
+    _method_picker(methods)
+    generate, save = _form(objectives)
     settings = _settings(objectives)
     if save:
         try:
