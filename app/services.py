@@ -40,7 +40,7 @@ EngineFactory = Callable[[Settings], ModelBundle]
 def default_engine_factory(settings: Settings) -> ModelBundle:
     from personalize.models import load_base_model
 
-    base = load_base_model(settings.base_model, data_dir=settings.data_dir)
+    base = load_base_model(settings.base_model, data_dir=settings.data_dir, dtype=settings.torch_dtype)
     return ModelBundle(base, Engine(base))
 
 

@@ -7,14 +7,14 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from personalize.db.cli import db_app, users_app
-from personalize.errors import PersonalizeError
+from personalize.errors import ConfigError, PersonalizeError
 
 app = typer.Typer(help="Personalize a frozen language model at decoding time.", no_args_is_help=True)
 heads_app = typer.Typer(help="Value heads: train, list.", no_args_is_help=True)
@@ -69,6 +69,13 @@ def _settings():
     return Settings()
 
 
+def _load_base(settings: Any, base_model: str | None) -> Any:
+    """The base model named on the command line, else by the settings, in the settings' dtype."""
+    from personalize.models import load_base_model
+
+    return load_base_model(base_model or settings.base_model, data_dir=settings.data_dir, dtype=settings.torch_dtype)
+
+
 def _head_dirs(heads: list[Path] | None, data_dir: Path) -> list[Path]:
     from personalize.heads import SHIPPED_HEADS_DIR, discover_heads
 
@@ -114,7 +121,6 @@ def generate(
     from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
     from personalize.decoding.methods import streams
     from personalize.heads import load_head
-    from personalize.models import load_base_model
 
     settings = _settings()
     ivg = {"candidates": candidates, "chunk_tokens": chunk_tokens, "beams": beams, "implicit_weight": implicit_weight}
@@ -132,7 +138,7 @@ def generate(
         sampling = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
         )
-        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
+        base = _load_base(settings, base_model)
         needed = set(personalization.weights)
         loaded = []
         for folder in _head_dirs(heads, settings.data_dir):
@@ -242,6 +248,13 @@ def heads_train(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 256,
     rollout_batch: Annotated[int, typer.Option("--rollout-batch")] = 32,
     limit: Annotated[int, typer.Option(help="Use only the first N training prompts (0: all).")] = 0,
+    shaping: Annotated[
+        str,
+        typer.Option(
+            help="lora/linear: reward per action. none: the final reward on the last token; sentence: "
+            "the change in the reward of the response so far at each sentence or line end; token: at every token."
+        ),
+    ] = "none",
     seed: Annotated[int, typer.Option()] = 0,
     version: Annotated[str, typer.Option()] = "1",
     description: Annotated[str, typer.Option()] = "",
@@ -255,7 +268,6 @@ def heads_train(
 
     from personalize.data import load_prompts
     from personalize.decoding import Engine
-    from personalize.models import load_base_model
     from personalize.rewards import get_reward
     from personalize.training import (
         RolloutConfig,
@@ -266,9 +278,14 @@ def heads_train(
         train_head,
     )
     from personalize.training.implicit import select_best
+    from personalize.training.shaping import SHAPING_MODES, shaped_rewards
 
     settings = _settings()
     try:
+        if shaping not in SHAPING_MODES:
+            raise ConfigError(f"--shaping must be one of {', '.join(SHAPING_MODES)}, got {shaping!r}")
+        if shaping != "none" and kind == "implicit":
+            raise ConfigError("--shaping applies to value heads (lora, linear); implicit heads are fine-tuned")
         config = TrainConfig(
             kind=kind,  # type: ignore[arg-type]  # validated in __post_init__
             epochs=epochs,
@@ -285,7 +302,7 @@ def heads_train(
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
         scorer = get_reward(reward)
-        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
+        base = _load_base(settings, base_model)
         prompts = [p.prompt for p in load_prompts("train")]
         prompts = prompts[:limit] if limit else prompts
         key = hashlib.sha256(
@@ -304,6 +321,19 @@ def heads_train(
             save_rollouts(rollouts, cache)
         with console.status(f"scoring {len(rollouts)} responses with reward {reward!r}"):
             scores = scorer([r.prompt for r in rollouts], [r.response for r in rollouts]).float().tolist()
+        action_rewards = None
+        if shaping != "none":
+            with Progress(console=err) as bar:
+                task = bar.add_task(f"scoring prefixes ({shaping})", total=None)
+                action_rewards = shaped_rewards(
+                    rollouts,
+                    scores,
+                    scorer,
+                    base.decode,
+                    base.eos_token_ids[0],
+                    mode=shaping,  # type: ignore[arg-type]  # checked above
+                    on_scored=lambda n: bar.advance(task, n),
+                )
         used = len(select_best(rollouts, scores, top_fraction)) if kind == "implicit" else len(rollouts)
         steps = epochs * -(-used // batch_size)
         with Progress(console=err) as bar:
@@ -317,6 +347,7 @@ def heads_train(
                 "rollouts_file": cache.name,
                 "rollout_config": rollout_config.__dict__,
                 "prompts": len(prompts),
+                "shaping": shaping,
             }
             _, report = train_head(
                 base,
@@ -330,6 +361,7 @@ def heads_train(
                 version=version,
                 extra_meta=meta,
                 on_step=step,
+                action_rewards=action_rewards,
             )
     except PersonalizeError as exc:
         raise _fail(exc) from exc
@@ -388,7 +420,6 @@ def evaluate(
     from personalize.decoding.config import AISPParams, IVGParams
     from personalize.evaluation import EvalConfig, Evaluator, RunCache, markdown_table
     from personalize.heads import load_head
-    from personalize.models import load_base_model
     from personalize.rewards import get_reward
 
     settings = _settings()
@@ -416,7 +447,7 @@ def evaluate(
             aisp_samples=tuple(int(x) for x in floats(aisp_samples)),
             aisp=AISPParams(sigma=aisp_sigma, lam=aisp_lam, iterations=aisp_iterations),
         )
-        base = load_base_model(base_model or settings.base_model, data_dir=settings.data_dir)
+        base = _load_base(settings, base_model)
         wanted = set(names) | set(config.implicit.values())
         loaded = [
             h for h in (load_head(f, base) for f in _head_dirs(heads, settings.data_dir)) if h.objective in wanted

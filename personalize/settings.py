@@ -7,16 +7,21 @@ Library code never reads the environment; the service and the CLI build one
     DATABASE_URL             SQLAlchemy URL (default: SQLite file in the data dir)
     REDIS_URL                optional; profile cache, rate limits, cross-replica head events
     PERSONALIZE_BASE_MODEL   base model name or path (default: the embedded model)
+    PERSONALIZE_DTYPE        auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16
     PERSONALIZE_*            limits and server address (see the fields below)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from platformdirs import user_data_path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    import torch
 
 
 def default_data_dir() -> Path:
@@ -36,6 +41,8 @@ class Settings(BaseSettings):
     redis_retry_s: float = Field(default=2.0, ge=0)
     """After a Redis error, skip Redis for this long (requests do not each wait on a timeout)."""
     base_model: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights' dtype for the base model: ``auto`` is bfloat16 on CUDA and float32 on the CPU."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -63,6 +70,13 @@ class Settings(BaseSettings):
             # The model is frozen; this runs once, during validation.
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'personalize.db'}")
         return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """The dtype to load the base model in, or None for the device's default."""
+        import torch
+
+        return None if self.dtype == "auto" else getattr(torch, self.dtype)
 
     @property
     def artifact_root(self) -> Path:
