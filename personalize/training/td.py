@@ -1,7 +1,8 @@
 """TD(lambda) regression of a token-value head on scored rollouts (DESIGN.md §1, Training).
 
 For every response token ``a_t`` the head's ``Q(s_t, a_t)`` regresses onto the
-lambda-return ``G_t`` (reward at the last response token, 0 elsewhere). LoRA
+lambda-return ``G_t`` (reward at the last response token, 0 elsewhere, or shaped per
+prefix: :mod:`personalize.training.shaping`). LoRA
 heads train a peft adapter on a private copy of the backbone plus the value
 output; linear heads train the value output on the frozen base hidden states.
 Runs on the CPU, one GPU, or several through ``accelerate launch``.
@@ -28,6 +29,7 @@ from personalize.lora import PEFT_PREFIX, LoraSpec
 from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
 from personalize.training.rollouts import Rollout, actions
+from personalize.training.shaping import sparse_rewards
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -88,12 +90,12 @@ class _Batch:
     positions: torch.Tensor  # (B, T) index of the hidden state that predicts response token t
     actions: torch.Tensor  # (B, T) response token ids
     mask: torch.Tensor  # (B, T)
-    rewards: torch.Tensor  # (B, T) final reward at the last response token
+    rewards: torch.Tensor  # (B, T) each action's reward (the final reward on the last one, unless shaped)
 
 
-def _collate(rollouts: Sequence[Rollout], scores: Sequence[float], pad_id: int, eos: int) -> _Batch:
+def _collate(rollouts: Sequence[Rollout], action_rewards: Sequence[Sequence[float]], pad_id: int, eos: int) -> _Batch:
     """Prompt + response ids and, per action (the response's tokens, EOS included when it stopped on
-    its own), the index of the hidden state it was chosen at, with the reward on the last action."""
+    its own), the index of the hidden state it was chosen at and the reward it was paid."""
     chosen = [actions(r, eos) for r in rollouts]
     B = len(rollouts)
     L = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
@@ -104,9 +106,11 @@ def _collate(rollouts: Sequence[Rollout], scores: Sequence[float], pad_id: int, 
     taken = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T)
     rewards = torch.zeros(B, T)
-    for b, (r, acts, score) in enumerate(zip(rollouts, chosen, scores, strict=True)):
+    for b, (r, acts, paid) in enumerate(zip(rollouts, chosen, action_rewards, strict=True)):
         seq = list(r.prompt_ids) + list(r.response_ids)  # EOS needs no input position: nothing follows it
         P, n = len(r.prompt_ids), len(acts)
+        if len(paid) != n:
+            raise ConfigError(f"rollout {b}: {len(paid)} action rewards for {n} actions")
         ids[b, : len(seq)] = torch.tensor(seq)
         attention[b, : len(seq)] = 1
         if n == 0:
@@ -114,7 +118,7 @@ def _collate(rollouts: Sequence[Rollout], scores: Sequence[float], pad_id: int, 
         positions[b, :n] = torch.arange(P - 1, P - 1 + n)
         taken[b, :n] = torch.tensor(acts)
         mask[b, :n] = 1.0
-        rewards[b, n - 1] = score
+        rewards[b, :n] = torch.tensor(list(paid), dtype=torch.float32)
     return _Batch(ids, attention, positions, taken, mask, rewards)
 
 
@@ -222,8 +226,12 @@ def train_head(
     extra_meta: dict[str, Any] | None = None,
     resume: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
+    action_rewards: Sequence[Sequence[float]] | None = None,
 ) -> tuple[ValueHead, TrainReport]:
     """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``.
+
+    ``action_rewards`` (one list per rollout, one reward per action: see
+    :mod:`personalize.training.shaping`) replaces the default of the final score on the last action.
 
     ``implicit`` heads are not value heads: they are fine-tuned on the best rollouts instead
     (see :mod:`personalize.training.implicit`; no checkpoints).
@@ -250,6 +258,10 @@ def train_head(
         )
     start = time.perf_counter()
     torch.manual_seed(config.seed)
+    pad, eos = base.pad_token_id, base.eos_token_ids[0]
+    paid = list(action_rewards) if action_rewards is not None else sparse_rewards(rollouts, scores, eos)
+    if len(paid) != len(rollouts):
+        raise ConfigError(f"need one list of action rewards per rollout, got {len(paid)} for {len(rollouts)}")
     returns = torch.tensor(list(scores), dtype=torch.float32)
     report = TrainReport(return_mean=float(returns.mean()), return_std=float(returns.std().clamp_min(1e-6)))
     report.rollouts = len(rollouts)
@@ -288,11 +300,10 @@ def train_head(
     trainable, optimizer = accelerator.prepare(trainable, optimizer)
     model: _Trainable = accelerator.unwrap_model(trainable)
     my_batches = batches[accelerator.process_index :: accelerator.num_processes]
-    pad, eos = base.pad_token_id, base.eos_token_ids[0]
     for epoch in range(first_epoch, config.epochs):
         total, count = 0.0, 0
         for step, idx in enumerate(my_batches):
-            batch = _collate([rollouts[i] for i in idx], [scores[i] for i in idx], pad, eos)
+            batch = _collate([rollouts[i] for i in idx], [paid[i] for i in idx], pad, eos)
             batch = _Batch(*(t.to(accelerator.device) for t in asdict_shallow(batch)))
             q = trainable(batch)  # (B, T)
             targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam)
@@ -312,7 +323,7 @@ def train_head(
     spreads = []
     for i in range(0, min(16, len(order)), 4):  # 16 responses in chunks: logits over V are large
         idx = order[i : i + 4]
-        calib = _collate([rollouts[j] for j in idx], [scores[j] for j in idx], pad, eos)
+        calib = _collate([rollouts[j] for j in idx], [paid[j] for j in idx], pad, eos)
         spreads.append(
             _calibration_scale(base, model, _Batch(*(t.to(accelerator.device) for t in asdict_shallow(calib))))
         )

@@ -371,6 +371,17 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     result = runner.invoke(app, [*train, *small, "--out", str(out_dir), "--base-model", str(model_dir)], env=env)
     assert result.exit_code == 0, result.output
     assert load_head(out_dir, tiny).meta.kind == "implicit"
+    # a value head on the same (cached) rollouts with sentence-shaped rewards; the mode is recorded
+    shaped = ["heads", "train", "--kind", "linear", "--objective", "harmless", "--reward", "harmless"]
+    dest = tmp_path / "harmless-shaped"
+    base_dir = ["--base-model", str(model_dir)]
+    result = runner.invoke(app, [*shaped, *small, "--shaping", "sentence", "--out", str(dest), *base_dir], env=env)
+    assert result.exit_code == 0, result.output
+    assert "reusing 4 rollouts" in result.output
+    assert json.loads((dest / "head.json").read_text())["training"]["shaping"] == "sentence"
+    for wrong in (["--shaping", "words"], ["--shaping", "token", "--kind", "implicit"]):
+        result = runner.invoke(app, [*shaped, *small, *wrong, "--out", str(tmp_path / "x"), *common[:2]], env=env)
+        assert result.exit_code == 2 and "--shaping" in result.output, result.output
     # eval: a second identical run decodes nothing (stored runs), and writes the same table
     run = [
         "eval", "--objectives", "harmless", "--betas", "1", "--bon", "1,2", "--ivg", "", "--aisp-samples", "",

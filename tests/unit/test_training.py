@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -140,11 +141,12 @@ def test_implicit_head_fine_tunes_on_the_best_rollouts(fresh_tiny_base: BaseMode
 
 def test_actions_end_with_eos_only_when_the_response_stopped_on_its_own() -> None:
     from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import sparse_rewards
     from personalize.training.td import _collate
 
     stopped = Rollout("p", (5, 6), (7, 8, 9), "abc", "stop", 0)
     cut = Rollout("q", (5,), (7, 8), "ab", "length", 1)
-    batch = _collate([stopped, cut], [1.0, 0.5], pad_id=0, eos=2)
+    batch = _collate([stopped, cut], sparse_rewards([stopped, cut], [1.0, 0.5], eos=2), pad_id=0, eos=2)
     assert batch.actions[0].tolist() == [7, 8, 9, 2] and batch.mask[0].tolist() == [1, 1, 1, 1]
     assert batch.actions[1, :2].tolist() == [7, 8] and batch.mask[1].tolist() == [1, 1, 0, 0]
     # EOS is chosen at the hidden state after the last response token; rewards sit on each last action
@@ -164,3 +166,107 @@ def test_lora_warm_start_loads_the_adapter(fresh_tiny_base: BaseModel) -> None:
     assert all(torch.equal(restored[k], trained[k]) for k in trained)  # not silently left at zero
     with pytest.raises(ConfigError, match="unexpected keys"):
         peft_copy(fresh_tiny_base, config, {k.replace("lora_A", "lora_X"): v for k, v in trained.items()})
+
+
+def _letters(ids: Sequence[int]) -> str:
+    """A toy decoder: token id i < 26 is the i-th lower-case letter, 26 a full stop."""
+    return "".join("." if i == 26 else chr(ord("a") + i) for i in ids)
+
+
+class _CountA:
+    """A toy reward: the number of a's in the response."""
+
+    name = "count-a"
+    description = "number of a's"
+    value_range = (0.0, float("inf"))
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        self.seen.extend(responses)
+        return torch.tensor([float(r.count("a")) for r in responses])
+
+
+def test_token_shaping_pays_each_token_its_change_and_sums_to_the_final_reward() -> None:
+    from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import shaped_rewards
+
+    stopped = Rollout("p", (1,), (0, 1, 0, 0), "abaa", "stop", 0)  # actions: a b a a EOS
+    cut = Rollout("q", (1,), (1, 0, 2), "bac", "length", 1)  # actions: b a c
+    rewards = shaped_rewards([stopped, cut], [5.0, 1.0], _CountA(), _letters, 99, mode="token")
+    # phi after the first three tokens: 1 1 2; the last token is not scored: the final reward (5) settles
+    assert rewards[0] == [1.0, 0.0, 1.0, 0.0, 3.0]
+    assert rewards[1] == [0.0, 1.0, 0.0]
+    assert [sum(r) for r in rewards] == [5.0, 1.0]
+
+
+def test_sentence_shaping_scores_prefixes_only_at_sentence_ends() -> None:
+    from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import shaped_rewards
+
+    rollout = Rollout("p", (1,), (0, 0, 26, 1, 0, 26, 2), "aa.ba.c", "length", 0)
+    reward = _CountA()
+    rewards = shaped_rewards([rollout], [10.0], reward, _letters, 99, mode="sentence")
+    assert reward.seen == ["aa.", "aa.ba."]
+    assert rewards == [[0.0, 0.0, 2.0, 0.0, 0.0, 1.0, 7.0]]
+
+
+def test_no_shaping_is_the_final_reward_on_the_last_action() -> None:
+    from personalize.errors import ConfigError
+    from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import shaped_rewards
+
+    rollouts = [Rollout("p", (1,), (0, 1), "ab", "stop", 0), Rollout("p", (1,), (), "", "stop", 1)]
+    assert shaped_rewards(rollouts, [2.0, -1.0], _CountA(), _letters, 99, mode="none") == [[0.0, 0.0, 2.0], [-1.0]]
+    with pytest.raises(ConfigError, match="shaping must be one of"):
+        shaped_rewards(rollouts, [2.0, -1.0], _CountA(), _letters, 99, mode="words")  # type: ignore[arg-type]
+
+
+def test_shaped_training_credits_the_token_that_earned_the_reward(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
+    """Reward = how often one token occurs in long random responses; the head trained on prefix-shaped
+    rewards must raise that token's probability where it was chosen."""
+    from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import shaped_rewards
+
+    base = fresh_tiny_base
+    gen = torch.Generator().manual_seed(0)
+    vocab = min(base.vocab_size, 200)
+    prompt = tuple(base.encode_prompt("say something"))
+    draws = [torch.randint(10, vocab, (12,), generator=gen).tolist() for _ in range(48)]
+    state = prompt + tuple(draws[1][:3])  # where the good token is chosen in half the rollouts, and probed
+    with torch.no_grad():
+        base_logits = base.model(torch.tensor([state])).logits[0, -1]
+    good = int(base_logits.topk(20).indices[10])  # a candidate guidance ranks, not the base's favourite
+    rollouts, scores = [], []
+    for i, tokens in enumerate(draws):
+        if i % 2 == 0:
+            tokens[3] = good
+        rollouts.append(Rollout("say something", prompt, tuple(tokens), "", "length", i))
+        scores.append(float(tokens.count(good)))
+
+    class _CountGood(_CountA):
+        def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+            return torch.tensor([float(r.split().count(str(good))) for r in responses])
+
+    def words(ids: Sequence[int]) -> str:
+        return " ".join(str(t) for t in ids)
+
+    shaped = shaped_rewards(rollouts, scores, _CountGood(), words, base.eos_token_ids[0], mode="token")
+    config = TrainConfig(kind="linear", epochs=6, head_lr=1e-2, batch_size=8)
+    gains = {}
+    for name, paid in (("shaped", shaped), ("sparse", None)):
+        head, _ = train_head(
+            base, rollouts, scores, "good", tmp_path / name, reward_name="good", config=config, action_rewards=paid
+        )
+        engine = Engine(base, [head])
+        sampling = SamplingParams(max_new_tokens=4)
+        guided, plain = engine.next_token_scores(
+            [
+                GenerationRequest(state, sampling, Personalization({"good": 1.0}, beta=1.0, method="vas")),
+                GenerationRequest(state, sampling, Personalization(method="base")),
+            ]
+        )
+        gains[name] = float(torch.log_softmax(guided, -1)[good] - torch.log_softmax(plain, -1)[good])
+    # shaped credit raises the good token's log-probability; the sparse head, fed the same data, does not
+    assert gains["shaped"] > 0.25 and gains["shaped"] > gains["sparse"], gains
