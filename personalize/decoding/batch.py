@@ -173,7 +173,7 @@ class DecodeBatch:
         return number
 
     def _rank(self, request: GenerationRequest, texts: Sequence[str]) -> list[float]:
-        return methods.rank_texts(request, texts, self.engine.base, self.reward)
+        return methods.rank_texts(request, texts, self.engine.base, self.reward, self.engine.reward_names())
 
     def _join(self) -> None:
         """Prefill the waiting sequences and merge them after the live ones."""

@@ -152,6 +152,10 @@ class Engine:
     def objectives(self) -> Mapping[str, HeadMeta]:
         return {name: head.meta for name, head in self._heads.heads.items()}
 
+    def reward_names(self) -> dict[str, str]:
+        """Objective -> the reward function its head was trained on (``head.json``'s ``reward``, else its name)."""
+        return {name: head.meta.reward or name for name, head in self._heads.heads.items()}
+
     def add_head(self, head: ValueHead, *, _rebuild: bool = True) -> None:
         """Load (or replace) the head for ``head.objective``; validated against the backbone."""
         check_compatible(head, self.base)

@@ -13,7 +13,7 @@ New methods plug in here: a :class:`~personalize.decoding.runs.RequestRun` subcl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -85,8 +85,13 @@ def streams(request: GenerationRequest) -> bool:
     return p.method in ("base", "vas") or (p.method == "ivg" and p.ivg.sequences == 1)
 
 
-def default_reward(request: GenerationRequest) -> RewardFn:
-    """The weighted sum of the request's objectives' reward functions."""
+def default_reward(request: GenerationRequest, reward_names: Mapping[str, str] | None = None) -> RewardFn:
+    """The weighted sum of the request's objectives' reward functions.
+
+    ``reward_names`` maps an objective to the reward its head names (``head.json``'s
+    ``reward``); an objective not in it uses the reward of its own name. Objectives
+    naming the same reward add their weights.
+    """
     weights = request.personalization.nonzero_weights
     if not weights:
         raise RewardError(
@@ -95,14 +100,22 @@ def default_reward(request: GenerationRequest) -> RewardFn:
         )
     from personalize.rewards import weighted_reward
 
-    return weighted_reward(weights)
+    by_reward: dict[str, float] = {}
+    for objective, weight in weights.items():
+        name = (reward_names or {}).get(objective) or objective
+        by_reward[name] = by_reward.get(name, 0.0) + weight
+    return weighted_reward(by_reward)
 
 
 def rank_texts(
-    request: GenerationRequest, texts: Sequence[str], base: BaseModel, reward: RewardFn | None
+    request: GenerationRequest,
+    texts: Sequence[str],
+    base: BaseModel,
+    reward: RewardFn | None,
+    reward_names: Mapping[str, str] | None = None,
 ) -> list[float]:
-    """Each response's reward: ``reward`` if given, else the weighted objectives' rewards."""
-    scorer = reward or default_reward(request)
+    """Each response's reward: ``reward`` if given, else the weighted rewards the objectives' heads name."""
+    scorer = reward or default_reward(request, reward_names)
     prompt = base.decode(request.prompt_ids)
     scores = scorer([prompt] * len(texts), list(texts)).float()  # (N,)
     if scores.shape != (len(texts),) or not bool(torch.isfinite(scores).all()):

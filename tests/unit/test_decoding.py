@@ -213,6 +213,32 @@ def test_best_of_n_returns_highest_reward(engine: Engine) -> None:
         engine.generate([request])  # no weights and no reward: nothing to rank by
 
 
+def test_best_of_n_ranks_by_the_reward_the_head_names(fresh_tiny_base: BaseModel) -> None:
+    """An objective whose head.json names another reward is ranked by that reward, not by its own name."""
+    from personalize.decoding.rng import derive_seed
+    from personalize.rewards import register_reward, unregister_reward
+
+    base = fresh_tiny_base
+    register_reward("test-fewest-chars", lambda p, r: [-float(len(x)) for x in r])
+    try:
+        engine = Engine(base, [new_head(base, "brevity", kind="linear", reward="test-fewest-chars")])
+        assert engine.reward_names() == {"brevity": "test-fewest-chars"}
+        request = req(base, PROMPTS[0], method="base", n=10, seed=3)
+        request = GenerationRequest(
+            request.prompt_ids, request.sampling, Personalization({"brevity": 1.0}, method="bon", best_of=6)
+        )
+        [result] = engine.generate([request])  # no reward named "brevity" exists: the head's reward ranks
+        samples = [
+            engine.generate([req(base, PROMPTS[0], method="base", n=10, seed=derive_seed(3, i))])[0].text
+            for i in range(6)
+        ]
+        shortest = min(len(s) for s in samples)
+        assert len({len(s) for s in samples}) > 1  # the ranking has something to choose
+        assert len(result.text) == shortest and result.reward == -shortest
+    finally:
+        unregister_reward("test-fewest-chars")
+
+
 def test_errors_are_clear(engine: Engine) -> None:
     base = engine.base
     with pytest.raises(UnknownObjectiveError, match="valid objectives: concise, helpful, positive"):
