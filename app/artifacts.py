@@ -42,7 +42,7 @@ class StoredHead:
     size_bytes: int
 
 
-def _bad(message: str, code: str = "invalid_upload", status: int = 400) -> APIError:
+def _bad(message: str, code: str = "invalid_upload", status: int = 422) -> APIError:
     return APIError(status, message, param="files", code=code)
 
 

@@ -78,15 +78,15 @@ def not_ready(message: str) -> APIError:
 
 # (exception class, status, code, param): the first matching class wins.
 _LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str, str | None], ...] = (
-    (UnknownObjectiveError, 400, "unknown_objective", "personalization.weights"),
-    (UnknownMethodError, 400, "unknown_method", "personalization.method"),
-    (ContextLengthError, 400, "context_length_exceeded", "messages"),
-    (UnsafeArtifactError, 400, "unsafe_artifact", "file"),
-    (BackboneMismatchError, 400, "backbone_mismatch", "file"),
-    (TokenizerMismatchError, 400, "tokenizer_mismatch", "file"),
-    (HeadError, 400, "invalid_head", "file"),
-    (RewardError, 400, "reward_error", "personalization"),
-    (ConfigError, 400, "invalid_value", None),
+    (UnknownObjectiveError, 422, "unknown_objective", "personalization.weights"),
+    (UnknownMethodError, 422, "unknown_method", "personalization.method"),
+    (ContextLengthError, 422, "context_length_exceeded", "messages"),
+    (UnsafeArtifactError, 422, "unsafe_artifact", "file"),
+    (BackboneMismatchError, 422, "backbone_mismatch", "file"),
+    (TokenizerMismatchError, 422, "tokenizer_mismatch", "file"),
+    (HeadError, 422, "invalid_head", "file"),
+    (RewardError, 422, "reward_error", "personalization"),
+    (ConfigError, 422, "invalid_value", None),
     (VersionConflictError, 409, "version_conflict", "version"),
     (AlreadyExistsError, 409, "already_exists", None),
     (NotFoundError, 404, "not_found", None),
@@ -104,7 +104,7 @@ def api_error_for(exc: PersonalizeError, param: str | None = None) -> APIError:
         if isinstance(exc, cls):
             kind = "not_found_error" if status == 404 else INVALID if status < 500 else "server_error"
             return APIError(status, str(exc), type=kind, param=param or default_param, code=code)
-    return APIError(400, str(exc), param=param, code="invalid_value")
+    return APIError(422, str(exc), param=param, code="invalid_value")
 
 
 def _json(exc: APIError) -> JSONResponse:
@@ -143,7 +143,7 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
         message += f" (got {first['input']!r})"[:300]
     if len(errors) > 1:
         message += f"; and {len(errors) - 1} more problem(s)"
-    return _json(APIError(400, message, param=param, code="invalid_value"))
+    return _json(APIError(422, message, param=param, code="invalid_value"))
 
 
 async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:

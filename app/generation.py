@@ -64,7 +64,7 @@ def _method_params(override: PersonalizationIn | None, method: str) -> MethodPar
     for name, given in (("ivg", ivg_in), ("aisp", aisp_in)):
         if given is not None and method != name:
             raise APIError(
-                400,
+                422,
                 f"personalization.{name} holds the parameters of method {name!r}, but this request's method is "
                 f"{method!r}: set personalization.method to {name!r} or leave {name} out",
                 param=f"personalization.{name}",
@@ -108,7 +108,7 @@ def merge_personalization(
         raise api_error_for(exc, "personalization") from exc
     if merged.method == "bon" and not merged.active_weights:
         raise APIError(
-            400,
+            422,
             "method 'bon' ranks samples by the weighted objectives' rewards: give non-zero weights",
             param="personalization.weights",
             code="invalid_value",
@@ -132,13 +132,13 @@ def sampling_params(services: Services, body: _GenerationParams, max_tokens: int
     wanted = max_tokens if max_tokens is not None else min(services.settings.default_max_tokens, limit)
     if wanted > limit:
         raise APIError(
-            400,
+            422,
             f"max_tokens is {wanted}; this server allows at most {limit}",
             param="max_tokens",
             code="invalid_value",
         )
     if body.n != 1:
-        raise APIError(400, f"n must be 1 on this server, got {body.n}", param="n", code="invalid_value")
+        raise APIError(422, f"n must be 1 on this server, got {body.n}", param="n", code="invalid_value")
     stop: tuple[str, ...] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     try:
         return SamplingParams(
@@ -169,7 +169,7 @@ def prepare(
     profile = services.profiles.get(target.id)
     personalization = merge_personalization(profile, body.personalization, runtime.engine.objectives)
     if not prompt_ids:
-        raise APIError(400, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
+        raise APIError(422, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
     request = GenerationRequest(tuple(prompt_ids), sampling, personalization)
     try:
         runtime.engine.validate(request)

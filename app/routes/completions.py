@@ -37,7 +37,7 @@ Kind = Literal["chat", "text"]
 CONTRIBUTION_DIGITS = 4
 STREAM_DOC = "The completion, or with `stream: true` a `text/event-stream` of chunks ending in `data: [DONE]`."
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 429, 503)
 }
 
 

@@ -82,7 +82,7 @@ async def upload_head(request: Request, admin: AdminUser, services: ServicesDep,
                 activate = value.strip().lower() not in ("0", "false", "no", "off")
         if not uploads:
             raise APIError(
-                400,
+                422,
                 "no files in the upload: send head.json and its .safetensors as multipart files",
                 param="files",
                 code="invalid_upload",

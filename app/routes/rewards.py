@@ -25,7 +25,7 @@ from personalize.rewards import RewardFunction, get_reward
 from personalize.rewards.base import as_scores
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 429)}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 422, 429)}
 
 
 def _chosen(active: Sequence[HeadVersionRecord], wanted: Sequence[str] | None) -> list[HeadVersionRecord]:
@@ -36,7 +36,7 @@ def _chosen(active: Sequence[HeadVersionRecord], wanted: Sequence[str] | None) -
     for i, name in enumerate(wanted):
         if name not in by_name:
             raise APIError(
-                400,
+                422,
                 f"objective {name!r} has no active head; active objectives: {', '.join(sorted(by_name)) or '(none)'}",
                 param=f"objectives.{i}",
                 code="unknown_objective",

@@ -37,7 +37,7 @@ def _parse_if_match(value: str | None) -> int | None:
     tag = value.strip().removeprefix("W/").strip('"')
     if not tag.isdigit():
         raise APIError(
-            400,
+            422,
             f"If-Match must be a profile version such as '\"3\"', got {value!r}",
             param="If-Match",
             code="invalid_value",
@@ -77,7 +77,7 @@ def put_profile(
     expected = _parse_if_match(if_match)
     if expected is not None and body.version is not None and expected != body.version:
         raise APIError(
-            400,
+            422,
             f"If-Match names version {expected} but the body says {body.version}",
             param="version",
             code="invalid_value",

@@ -138,26 +138,26 @@ def test_streamed_chat_has_role_deltas_finish_usage_and_done(steered: Service) -
 
 def test_best_of_n_returns_one_answer(steered: Service) -> None:
     needs_weights = chat(steered, max_tokens=4, personalization={"method": "bon", "weights": {}})
-    assert needs_weights.status_code == 400 and needs_weights.json()["error"]["param"] == "personalization.weights"
+    assert needs_weights.status_code == 422 and needs_weights.json()["error"]["param"] == "personalization.weights"
 
 
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"max_tokens": 100_000}, 400, "max_tokens"),
-        ({"max_tokens": 0}, 400, "max_tokens"),
-        ({"personalization": {"weights": {"nope": 1.0}}}, 400, "personalization.weights.nope"),
-        ({"personalization": {"beta": 1000}}, 400, "personalization.beta"),
-        ({"personalization": {"top_k": 0}}, 400, "personalization.top_k"),
-        ({"personalization": {"top_k": 5000}}, 400, "personalization.top_k"),
-        ({"personalization": {"weights": {"concise": 99}}}, 400, "personalization.weights.concise"),
-        ({"personalization": {"method": "telepathy"}}, 400, "personalization.method"),
-        ({"personalization": {"colour": "red"}}, 400, "personalization.colour"),
-        ({"temperature": -1}, 400, "temperature"),
-        ({"n": 3}, 400, "n"),
+        ({"max_tokens": 100_000}, 422, "max_tokens"),
+        ({"max_tokens": 0}, 422, "max_tokens"),
+        ({"personalization": {"weights": {"nope": 1.0}}}, 422, "personalization.weights.nope"),
+        ({"personalization": {"beta": 1000}}, 422, "personalization.beta"),
+        ({"personalization": {"top_k": 0}}, 422, "personalization.top_k"),
+        ({"personalization": {"top_k": 5000}}, 422, "personalization.top_k"),
+        ({"personalization": {"weights": {"concise": 99}}}, 422, "personalization.weights.concise"),
+        ({"personalization": {"method": "telepathy"}}, 422, "personalization.method"),
+        ({"personalization": {"colour": "red"}}, 422, "personalization.colour"),
+        ({"temperature": -1}, 422, "temperature"),
+        ({"n": 3}, 422, "n"),
         ({"model": "gpt-17"}, 404, "model"),
-        ({"messages": []}, 400, "messages"),
-        ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+        ({"messages": []}, 422, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages.0.role"),
     ],
 )
 def test_invalid_requests_are_4xx_naming_the_field(
@@ -182,14 +182,14 @@ def test_nan_weight_in_request_is_refused(steered: Service) -> None:
     response = steered.client.post(
         "/v1/chat/completions", content=raw, headers={**steered.auth(), "Content-Type": "application/json"}
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["error"]["param"] == "personalization.weights.concise"
 
 
-def test_prompt_over_context_is_400(steered: Service) -> None:
+def test_prompt_over_context_is_422(steered: Service) -> None:
     long_prompt = "The quick brown fox jumps over the lazy dog. " * 200
     response = chat(steered, messages=[{"role": "user", "content": long_prompt}], max_tokens=16)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["error"]["code"] == "context_length_exceeded"
     assert response.json()["error"]["param"] == "messages"
 

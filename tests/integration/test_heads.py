@@ -65,7 +65,7 @@ def test_deactivate_unloads_and_unknown_objective_lists_valid_ones(
     assert patched.status_code == 200 and patched.json()["active"] is False and patched.json()["loaded"] is False
 
     response = chat(service, personalization={"weights": {"concise": 1.0}})
-    assert response.status_code == 400
+    assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "unknown_objective" and error["param"] == "personalization.weights.concise"
     assert "helpful" in error["message"]
@@ -110,7 +110,7 @@ def test_unsafe_or_path_like_files_are_refused(
 ) -> None:
     files = [*head_files(tiny_head_dir("concise")), ("files", (name, b"\x80\x04junk"))]
     response = service.client.post("/v1/objectives", files=files, headers=service.auth())
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == code
     assert response.json()["error"]["param"] == "files"
     assert service.client.get("/v1/objectives", headers=service.auth()).json()["data"] == []
@@ -120,7 +120,7 @@ def test_head_for_another_backbone_is_refused(service: Service, tmp_path: Path) 
     other = build_tiny_base(backbone_id="another-llama")
     directory = save_head(new_head(other, "concise", kind="linear"), tmp_path / "other")
     response = service.client.post("/v1/objectives", files=head_files(directory), headers=service.auth())
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["error"]["code"] == "backbone_mismatch"
 
 
@@ -130,11 +130,11 @@ def test_malformed_head_json_and_missing_files_are_refused(
     directory = tiny_head_dir("concise")
     (directory / "head.json").write_text(json.dumps({"objective": "concise"}))
     bad = service.client.post("/v1/objectives", files=head_files(directory), headers=service.auth())
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_head"
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_head"
     only_json = service.client.post("/v1/objectives", files=[("files", ("head.json", b"{}"))], headers=service.auth())
-    assert only_json.status_code == 400 and "safetensors" in only_json.json()["error"]["message"]
+    assert only_json.status_code == 422 and "safetensors" in only_json.json()["error"]["message"]
     nothing = service.client.post("/v1/objectives", data={"activate": "true"}, headers=service.auth())
-    assert nothing.status_code in (400, 422) and nothing.json()["error"]["param"] in ("files", None)
+    assert nothing.status_code == 422 and nothing.json()["error"]["param"] in ("files", None)
 
 
 def test_oversize_upload_is_413(start_service: Callable[..., Service], tiny_head_dir: Callable[..., Path]) -> None:

@@ -88,11 +88,11 @@ def test_params_may_follow_the_profiles_method(rewarded: Service) -> None:
         ({"method": "aisp", "aisp": {"samples": 64, "iterations": 16}}, "personalization.aisp", "at most 256"),
     ],
 )
-def test_bad_method_params_are_400_naming_the_field_and_range(
+def test_bad_method_params_are_422_naming_the_field_and_range(
     rewarded: Service, personalization: dict[str, Any], param: str, says: str
 ) -> None:
     response = chat(rewarded, max_tokens=4, personalization={"weights": {"brevity": 1.0}, **personalization})
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
     assert says in error["message"], error["message"]

@@ -107,10 +107,10 @@ def test_users_cannot_create_users_or_register_heads(service: Service) -> None:
         ({"surprise": 1}, "surprise"),
     ],
 )
-def test_bad_profile_values_are_400_naming_the_field(service: Service, body: dict[str, object], param: str) -> None:
+def test_bad_profile_values_are_422_naming_the_field(service: Service, body: dict[str, object], param: str) -> None:
     user_id, key = service.create_user()
     response = service.client.put(f"/v1/users/{user_id}/profile", json=body, headers=service.auth(key))
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == param
 
 
@@ -141,4 +141,4 @@ def test_if_match_must_be_a_version(service: Service) -> None:
     response = service.client.put(
         f"/v1/users/{user_id}/profile", json={}, headers={**service.auth(key), "If-Match": "banana"}
     )
-    assert response.status_code == 400 and response.json()["error"]["param"] == "If-Match"
+    assert response.status_code == 422 and response.json()["error"]["param"] == "If-Match"

@@ -41,7 +41,7 @@ def test_head_registered_on_one_replica_is_served_by_the_other(
     assert deactivated.status_code == 200
     wait_until(lambda: _loaded_heads(second) == {}, what="the second replica to unload the head")
     refused = chat(second, second.admin_key, personalization={"weights": {"concise": 1.0}})
-    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unknown_objective"
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_objective"
 
 
 def test_profile_written_on_one_replica_is_read_fresh_on_the_other(start_service: Callable[..., Service]) -> None:

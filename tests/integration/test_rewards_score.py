@@ -72,25 +72,25 @@ def test_without_a_valid_key_is_401(rewarded: Service) -> None:
     assert wrong.status_code == 401
 
 
-def test_unknown_or_inactive_objective_is_400_listing_the_active_ones(rewarded: Service) -> None:
+def test_unknown_or_inactive_objective_is_422_listing_the_active_ones(rewarded: Service) -> None:
     response = score(rewarded, objectives=["brevity", "nope"])
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "unknown_objective" and error["param"] == "objectives.1"
     assert "'nope'" in error["message"] and "brevity, shouty" in error["message"]
     patch = rewarded.client.patch("/v1/objectives/shouty", json={"active": False}, headers=rewarded.auth())
     assert patch.status_code == 200, patch.text
     inactive = score(rewarded, objectives=["shouty"])
-    assert inactive.status_code == 400 and "active objectives: brevity" in inactive.json()["error"]["message"]
+    assert inactive.status_code == 422 and "active objectives: brevity" in inactive.json()["error"]["message"]
     assert list(score(rewarded).json()["objectives"]) == ["brevity"]
 
 
-def test_a_head_naming_an_unknown_reward_is_400_naming_it(
+def test_a_head_naming_an_unknown_reward_is_422_naming_it(
     rewarded: Service, tiny_head_dir: Callable[..., Path]
 ) -> None:
     register_head(rewarded, tiny_head_dir("mystery", kind="linear", seed=3, reward="no-such-reward"))
     response = score(rewarded, objectives=["mystery"])
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "reward_error" and error["param"] == "objectives.mystery"
     assert "no-such-reward" in error["message"]
@@ -108,12 +108,12 @@ def test_a_head_naming_an_unknown_reward_is_400_naming_it(
         ({"weights": {"brevity": 1.0}}, "weights"),
     ],
 )
-def test_bad_bodies_are_400_naming_the_field(rewarded: Service, body: dict[str, Any], param: str) -> None:
+def test_bad_bodies_are_422_naming_the_field(rewarded: Service, body: dict[str, Any], param: str) -> None:
     response = score(rewarded, **body)
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == param
 
 
-def test_without_a_prompt_is_400(rewarded: Service) -> None:
+def test_without_a_prompt_is_422(rewarded: Service) -> None:
     response = rewarded.client.post("/v1/rewards/score", json={"responses": ["hi"]}, headers=rewarded.auth())
-    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+    assert response.status_code == 422 and response.json()["error"]["param"] == "prompt"
