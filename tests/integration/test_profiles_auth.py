@@ -122,7 +122,7 @@ def test_nan_and_infinite_weights_are_refused(service: Service) -> None:
             content=raw,
             headers={**service.auth(key), "Content-Type": "application/json"},
         )
-        assert response.status_code == 400, (raw, response.text)
+        assert response.status_code == 422, (raw, response.text)
 
 
 def test_malformed_json_is_400(service: Service) -> None:
