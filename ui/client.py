@@ -167,6 +167,8 @@ class Delta:
     finish_reason: str | None = None
     completion_tokens: int | None = None
     personalization: Mapping[str, Any] | None = None
+    compute: Mapping[str, Any] | None = None
+    """``compute`` of the answer (forwards, flops, samples, ...), on the chunk that finishes it."""
 
 
 def _error_from(response: httpx.Response) -> ApiError:
@@ -225,6 +227,7 @@ def _delta(chunk: Mapping[str, Any]) -> Delta:
         finish_reason=choice.get("finish_reason"),
         completion_tokens=usage.get("completion_tokens"),
         personalization=chunk.get("personalization"),
+        compute=chunk.get("compute"),
     )
 
 

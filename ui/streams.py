@@ -27,6 +27,7 @@ class Answer:
     finish_reason: str | None = None
     completion_tokens: int | None = None
     personalization: Mapping[str, Any] | None = None
+    compute: Mapping[str, Any] | None = None
     error: str | None = None
     seconds: float = 0.0
     done: bool = False
@@ -40,6 +41,8 @@ class Answer:
             self.completion_tokens = delta.completion_tokens
         if delta.personalization is not None:
             self.personalization = delta.personalization
+        if delta.compute is not None:
+            self.compute = delta.compute
 
     @property
     def words(self) -> int:
@@ -48,6 +51,18 @@ class Answer:
     def length_label(self) -> str:
         tokens = f"{self.completion_tokens} tokens · " if self.completion_tokens is not None else ""
         return f"{tokens}{self.words} words · {len(self.text)} characters"
+
+    def compute_label(self) -> str:
+        """What the answer cost, from the API's ``compute``: forwards, samples and estimated GFLOPs."""
+        c = self.compute or {}
+        if not c:
+            return ""
+        parts = [f"{c['forwards']} forwards" if "forwards" in c else ""]
+        if c.get("samples", 1) != 1:
+            parts.append(f"{c['samples']} samples")
+        if "flops" in c:
+            parts.append(f"{float(c['flops']) / 1e9:.1f} GFLOPs")
+        return " · ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)

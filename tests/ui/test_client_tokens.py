@@ -166,7 +166,9 @@ def test_config_reads_the_environment() -> None:
 def test_streams_run_side_by_side_and_keep_errors() -> None:
     def ok() -> Iterator[Delta]:
         yield Delta(text="a")
-        yield Delta(text="b", finish_reason="stop", completion_tokens=2)
+        yield Delta(
+            text="b", finish_reason="stop", completion_tokens=2, compute={"forwards": 3, "samples": 4, "flops": 2.5e9}
+        )
 
     def broken() -> Iterator[Delta]:
         yield Delta(text="x")
@@ -178,6 +180,8 @@ def test_streams_run_side_by_side_and_keep_errors() -> None:
     assert answers["broken"].text == "x" and answers["broken"].error == "bad weights (personalization) [HTTP 400]"
     assert updates.count("ok") == 3 and updates.count("broken") == 2
     assert answers["ok"].length_label() == "2 tokens · 1 words · 2 characters"
+    assert answers["ok"].compute_label() == "3 forwards · 4 samples · 2.5 GFLOPs"
+    assert answers["broken"].compute_label() == ""  # the API said nothing about its cost
 
 
 def test_each_token_takes_the_colour_of_its_strongest_push() -> None:

@@ -83,6 +83,10 @@ def test_generate_sends_the_chosen_weights_and_shows_both_answers(ui_env: LiveAp
         )
         answer = again.json()["choices"][0]["message"]["content"]
         assert answer.strip() and any(m.value == answer for m in at.markdown), answer
+        cost = again.json()["compute"]  # and what it cost, as the API reports it
+        assert any(f"{cost['forwards']} forwards · {cost['flops'] / 1e9:.1f} GFLOPs" in c.value for c in at.caption), (
+            cost
+        )
     captions = [c.value for c in at.caption if "words" in c.value]
     assert len(captions) == 2  # each answer's length
     assert any("applied: vas · beta 3.0 · concise=+1, helpful=-0.5" in c for c in captions)

@@ -231,7 +231,7 @@ def _show(label: str, answer: Answer, text_slot: Any, info_slot: Any) -> None:
         text_slot.markdown(answer.text + ("" if answer.done else " ▌"))
     if answer.done and not answer.error:
         finish = {"length": "cut at max tokens", "stop": "finished"}.get(answer.finish_reason or "", "")
-        parts = [answer.length_label(), finish, f"{answer.seconds:.1f} s", _applied(answer)]
+        parts = [answer.length_label(), finish, f"{answer.seconds:.1f} s", answer.compute_label(), _applied(answer)]
         if label == "personalized" and answer.tokens:
             pushes = ", ".join(f"{k} {v:+.1f}" for k, v in sorted(total_push(answer.tokens).items()))
             parts.append(f"total push: {pushes}" if pushes else "")
