@@ -212,6 +212,24 @@ def test_sentence_shaping_scores_prefixes_only_at_sentence_ends() -> None:
     assert rewards == [[0.0, 0.0, 2.0, 0.0, 0.0, 1.0, 7.0]]
 
 
+def test_sentence_cuts_from_token_pieces_match_decoding_every_prefix(tiny_base: BaseModel) -> None:
+    """The cut points found from each token's text are those of decoding every prefix (byte-level BPE)."""
+    from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import _SENTENCE_END, _cut_points
+
+    tokenizer = tiny_base.tokenizer
+    text = "Sure! Here is how:\n1. Unplug it.  Then shake it?\tDone.\n\nCafé time: ok … fine. Last"
+    ids = tuple(tokenizer.encode(text, add_special_tokens=False))
+    rollout = Rollout("p", (1,), ids, text, "length", 0)
+
+    def decode(token_ids: Sequence[int]) -> str:
+        return str(tokenizer.decode(list(token_ids)))
+
+    slow = [t for t in range(len(ids) - 1) if decode(ids[: t + 1]).rstrip(" \t")[-1:] in _SENTENCE_END - {""}]
+    fast = _cut_points(rollout, "sentence", lambda token: decode([token]))
+    assert len(slow) >= 8 and fast == slow
+
+
 def test_no_shaping_is_the_final_reward_on_the_last_action() -> None:
     from personalize.errors import ConfigError
     from personalize.training.rollouts import Rollout
