@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Re-train the demo heads shipped in personalize/shipped_heads/ for the embedded base model, exactly as
-# they were made. The first command samples the rollouts (cached in $PERSONALIZE_DATA_DIR/rollouts/ and
-# shared by the others: same prompts, seed and rollout settings); each head records its command in head.json.
-# All four are LoRA heads on the top 8 layers, two epochs each.
+# they were made. Rollouts are sampled once per rollout setting (cached in $PERSONALIZE_DATA_DIR/rollouts/ and
+# shared by every head trained with the same prompts, seed and settings); each head records its command in
+# head.json. All four are LoRA heads on the top 8 layers, two epochs each. concise and harmless learn from
+# 480 rollouts of up to 256 tokens and the final reward; helpful and positive (version 2) from 960 rollouts of
+# up to 128 tokens, as long as the evaluation's answers, with the reward shaped on response prefixes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/personalize
 common=(--samples-per-prompt 2 --max-new-tokens 256 --seed 0)
+short=(--samples-per-prompt 4 --max-new-tokens 128 --seed 0)
 $P heads train --objective concise --reward concise --out personalize/shipped_heads/concise \
     --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "shorter answers that still answer the question"
 $P heads train --objective helpful --reward helpful --out personalize/shipped_heads/helpful \
-    --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "answers that stay on the question's topic, no refusals"
+    --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping sentence --version 2 \
+    --description "answers that stay on the question's topic, no refusals"
 $P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
-    --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "a warmer, more positive tone"
+    --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping sentence --version 2 \
+    --description "a warmer, more positive tone"
 $P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
     --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "polite, non-toxic answers"
 # The implicit head that ivg's token level uses in the README's evaluation (not shipped: it is not an objective
