@@ -64,7 +64,7 @@ def test_openai_sdk_chat_stream_and_completion(service: Service, tiny_head_dir: 
         assert isinstance(completion.choices[0].text, str)
         assert (completion.model_extra or {})["personalization"]["weights"] == {"concise": -1.0}
 
-        with pytest.raises(openai.BadRequestError) as bad:
+        with pytest.raises(openai.UnprocessableEntityError) as bad:
             client.chat.completions.create(
                 model="default",
                 messages=[{"role": "user", "content": "hi"}],
