@@ -455,7 +455,7 @@ def evaluate(
         missing = wanted - {h.objective for h in loaded}
         if missing:
             raise typer.BadParameter(f"no head found for {sorted(missing)}; pass --heads")
-        by_objective = {h.objective: h.meta.reward or h.objective for h in loaded}
+        by_objective = {h.objective: h.meta.reward_name for h in loaded}
         rewards = {name: get_reward(by_objective[name]) for name in names}  # the reward each head names
         prompts = [p.prompt for p in load_prompts("eval")]
         prompts = prompts[:limit] if limit else prompts

@@ -114,6 +114,11 @@ class HeadMeta:
     training: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    @property
+    def reward_name(self) -> str:
+        """The reward function the head was trained on: ``reward``, else the objective's own name."""
+        return self.reward or self.objective
+
     def __post_init__(self) -> None:
         check_objective_name(self.objective)
         if self.kind not in HEAD_KINDS:

@@ -154,7 +154,7 @@ class Engine:
 
     def reward_names(self) -> dict[str, str]:
         """Objective -> the reward function its head was trained on (``head.json``'s ``reward``, else its name)."""
-        return {name: head.meta.reward or name for name, head in self._heads.heads.items()}
+        return {name: head.meta.reward_name for name, head in self._heads.heads.items()}
 
     def add_head(self, head: ValueHead, *, _rebuild: bool = True) -> None:
         """Load (or replace) the head for ``head.objective``; validated against the backbone."""
