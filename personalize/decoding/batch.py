@@ -397,6 +397,7 @@ class DecodeBatch:
         streams = self.runs[index].streams
         if token in self._eos and not spec.ignore_eos:
             out.finish_reason = "stop"
+            out.stop_token_id = token
             tail = out.text.finish()
             return StreamEvent(index, token, tail, "stop", logprob, pushes) if streams else None
         delta = out.text.push(token)
@@ -436,6 +437,7 @@ class DecodeBatch:
                     compute=self._compute(index),
                     reward=answer.reward,
                     logprobs=tuple(out.logprobs),
+                    stop_token_id=out.stop_token_id,
                 )
             )
         return results

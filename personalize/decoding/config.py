@@ -295,6 +295,9 @@ class GenerationResult:
     """Best-of-N and AISP: the returned sample's weighted reward."""
     logprobs: tuple[float, ...] = ()
     """Log-probability of each sampled token (EOS included) under its final scores (see ``StreamEvent.logprob``)."""
+    stop_token_id: int | None = None
+    """The end-of-sequence token that ended the response (left out of ``token_ids``); None when it ended
+    otherwise (length, a stop string). A model may have several (e.g. end of turn and end of text)."""
 
     @property
     def completion_tokens(self) -> int:

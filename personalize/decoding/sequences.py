@@ -65,6 +65,8 @@ class SequenceOutput:
     value: float = 0.0
     """Chunk-level score of its last sampled token (weighted explicit values; ivg only)."""
     logprobs: list[float] = field(default_factory=list)
+    stop_token_id: int | None = None
+    """The end-of-sequence token that finished it (None: not finished by one)."""
 
     @property
     def token_ids(self) -> list[int]:

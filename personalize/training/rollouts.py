@@ -36,15 +36,22 @@ class Rollout:
     response: str
     finish_reason: str
     seed: int
+    stop_token_id: int | None = None
+    """The end-of-sequence token the policy sampled to stop (None: cut at the length limit, or a rollout
+    file written before this field existed)."""
 
 
 def actions(rollout: Rollout, eos: int) -> list[int]:
-    """The tokens the policy chose: the response, plus EOS when it stopped on its own.
+    """The tokens the policy chose: the response, plus the EOS it sampled when it stopped on its own.
 
     Results leave the EOS out of ``response_ids``; training must not, or the value (and
-    likelihood) of ending the answer is never learned.
+    likelihood) of ending the answer is never learned. The EOS is the one recorded in the
+    rollout (a model can have several: end of turn, end of text); ``eos`` is used for
+    rollouts that did not record it.
     """
-    return list(rollout.response_ids) + ([eos] if rollout.finish_reason == "stop" else [])
+    if rollout.finish_reason != "stop":
+        return list(rollout.response_ids)
+    return [*rollout.response_ids, rollout.stop_token_id if rollout.stop_token_id is not None else eos]
 
 
 def sample_rollouts(
@@ -70,7 +77,15 @@ def sample_rollouts(
             requests.append(GenerationRequest(ids, sampling, Personalization(method="base")))
         for (prompt, _), request, seed, result in zip(chunk, requests, seeds, engine.generate(requests), strict=True):
             rollouts.append(
-                Rollout(prompt, request.prompt_ids, result.token_ids, result.text, result.finish_reason, seed)
+                Rollout(
+                    prompt,
+                    request.prompt_ids,
+                    result.token_ids,
+                    result.text,
+                    result.finish_reason,
+                    seed,
+                    result.stop_token_id,
+                )
             )
         if on_batch is not None:
             on_batch(len(chunk))

@@ -154,6 +154,55 @@ def test_actions_end_with_eos_only_when_the_response_stopped_on_its_own() -> Non
     assert batch.rewards.tolist() == [[0.0, 0.0, 0.0, 1.0], [0.0, 0.5, 0.0, 0.0]]
 
 
+def test_actions_end_with_the_eos_the_rollout_sampled() -> None:
+    from personalize.training.rollouts import Rollout, actions
+
+    # a model can end on several tokens (end of turn, end of text): the one sampled is the action
+    assert actions(Rollout("p", (5,), (7, 8), "ab", "stop", 0, stop_token_id=0), eos=2) == [7, 8, 0]
+    assert actions(Rollout("p", (5,), (7, 8), "ab", "stop", 0), eos=2) == [7, 8, 2]  # older rollout files
+    assert actions(Rollout("p", (5,), (7, 8), "ab", "length", 0, stop_token_id=None), eos=2) == [7, 8]
+
+
+def test_rollouts_record_the_eos_they_stopped_on(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
+    from personalize.training import load_rollouts, save_rollouts
+
+    base = fresh_tiny_base
+    ends = list(range(3, base.vocab_size, 2))  # many end tokens: most rollouts stop within a few steps
+    base.model.generation_config.eos_token_id = ends
+    rollouts = sample_rollouts(
+        Engine(base),
+        ["How do I clean my keyboard?", "Water boils at"],
+        RolloutConfig(samples_per_prompt=4, max_new_tokens=8, batch_size=8),
+    )
+    stopped = [r for r in rollouts if r.finish_reason == "stop"]
+    assert stopped and all(r.stop_token_id in ends and r.stop_token_id not in r.response_ids for r in stopped)
+    assert all(r.stop_token_id is None for r in rollouts if r.finish_reason == "length")
+    assert len({r.stop_token_id for r in stopped}) > 1  # not one fixed EOS
+    save_rollouts(rollouts, tmp_path / "r.jsonl")
+    assert load_rollouts(tmp_path / "r.jsonl") == rollouts
+    old = tmp_path / "old.jsonl"  # a file written before stop tokens were recorded
+    old.write_text(
+        '{"prompt": "p", "prompt_ids": [5], "response_ids": [7], "response": "a", "finish_reason": "stop", "seed": 0}\n'
+    )
+    assert load_rollouts(old)[0].stop_token_id is None
+
+
+def test_a_head_trains_on_a_base_an_engine_decoded_with_lora_heads(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
+    base = fresh_tiny_base
+    engine = Engine(base)
+    prompts = ["How do I clean my keyboard?", "Water boils at"]
+    rollouts = sample_rollouts(engine, prompts, RolloutConfig(samples_per_prompt=2, max_new_tokens=6, batch_size=4))
+    scores = [float(len(r.response_ids)) for r in rollouts]
+    config = TrainConfig(kind="lora", epochs=1, batch_size=4, seed=0)
+    train_head(base, rollouts, scores, "first", tmp_path / "first", reward_name="test:len", config=config)
+    engine.add_head(load_head(tmp_path / "first", base))  # wraps the base's q/v projections in place
+    sampling = SamplingParams(max_new_tokens=4, seed=1)
+    engine.generate([GenerationRequest(rollouts[0].prompt_ids, sampling, Personalization({"first": 1.0}))])
+    _, report = train_head(base, rollouts, scores, "second", tmp_path / "second", reward_name="test:len", config=config)
+    assert len(report.epoch_losses) == 1
+    assert load_head(tmp_path / "second", base).adapter
+
+
 def test_lora_warm_start_loads_the_adapter(fresh_tiny_base: BaseModel) -> None:
     from personalize.errors import ConfigError
     from personalize.training.td import adapter_state, peft_copy
