@@ -215,12 +215,34 @@ def load_base_model(
     return from_pretrained_objects(model, tokenizer, backbone_id=_backbone_id_for(source, folder))
 
 
+def _align_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the tokenizer's EOS a token the model's generation config ends on, when the two disagree.
+
+    Conversions can disagree: transformers 5.17 reads the embedded GGUF's EOS as ``<|im_start|>``
+    while the generation config (and later releases) say ``<|im_end|>``. Left alone, the tokenizer
+    fingerprint (which covers the special tokens) would differ between releases for the same
+    vocabulary, and padding would use a token that starts a turn.
+    """
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else [int(i) for i in configured or []]
+    if not ids or tokenizer.eos_token_id in ids:
+        return
+    token = tokenizer.convert_ids_to_tokens(ids[0])
+    if not isinstance(token, str):
+        return
+    log.info("tokenizer EOS %r is not one the model ends on %s; using %r", tokenizer.eos_token, ids, token)
+    if tokenizer.pad_token is not None and tokenizer.pad_token == tokenizer.eos_token:
+        tokenizer.pad_token = token
+    tokenizer.eos_token = token
+
+
 def from_pretrained_objects(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, backbone_id: str
 ) -> BaseModel:
     """Wrap an already built model + tokenizer (tests and embedding applications)."""
     model.eval()
     model.requires_grad_(False)
+    _align_eos(model, tokenizer)
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return BaseModel(model, tokenizer, backbone_id, tokenizer_fingerprint(tokenizer))

@@ -69,6 +69,17 @@ def test_wrong_tokenizer_is_refused(tiny_base: BaseModel, tmp_path: Path) -> Non
         load_head(folder, tiny_base)
 
 
+def test_tokenizer_eos_follows_the_generation_config(tiny_base: BaseModel, tmp_path: Path) -> None:
+    # A conversion that names another special token as EOS (transformers 5.17 reads the embedded GGUF's
+    # EOS as <|im_start|>) gives the same EOS, stop tokens and fingerprint as one that names <|im_end|>.
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.eos_token = "<|im_start|>"
+    other = from_pretrained_objects(tiny_base.model, tokenizer, backbone_id=tiny_base.backbone_id)
+    assert other.tokenizer.eos_token == "<|im_end|>" and other.eos_token_ids == tiny_base.eos_token_ids
+    assert other.tokenizer_hash == tiny_base.tokenizer_hash
+    load_head(save_head(new_head(other, "concise"), tmp_path / "h"), tiny_base)  # accepted
+
+
 def test_malformed_files_give_clear_errors(tiny_base: BaseModel, tmp_path: Path) -> None:
     folder = save_head(new_head(tiny_base, "concise"), tmp_path / "h")
     broken = tmp_path / "broken"
