@@ -119,6 +119,17 @@ def wrap_targets(model: nn.Module, target_modules: Sequence[str]) -> dict[str, M
     return wrapped
 
 
+def unwrap_targets(model: nn.Module) -> int:
+    """Put every wrapped linear layer back in place of its :class:`MultiLoRALinear` (on a copy of a model
+    an engine decoded with, before peft adapts it); returns how many were unwrapped."""
+    found = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, MultiLoRALinear)]
+    for name, module in found:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.base)
+    return len(found)
+
+
 def adapter_pairs(
     weights: Mapping[str, torch.Tensor], spec: LoraSpec, module_names: Sequence[str]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

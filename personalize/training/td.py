@@ -25,7 +25,7 @@ from torch import nn
 
 from personalize.errors import ConfigError
 from personalize.heads import HEAD_KINDS, Calibration, HeadKind, ValueHead, load_head, new_head, save_head
-from personalize.lora import PEFT_PREFIX, LoraSpec
+from personalize.lora import PEFT_PREFIX, LoraSpec, unwrap_targets
 from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
 from personalize.training.rollouts import Rollout, actions
@@ -172,6 +172,7 @@ def peft_copy(base: BaseModel, config: TrainConfig, adapter: dict[str, torch.Ten
         layers_to_transform=transform,
     )
     model = copy.deepcopy(base.model).float()
+    unwrap_targets(model)  # an engine that decoded with LoRA heads wrapped the base's linears in place
     model.requires_grad_(False)
     peft_model = get_peft_model(model, lora)
     if adapter is not None:  # resume or warm start: keys are in peft's on-disk format, prefix included
