@@ -2,18 +2,23 @@
 # Re-train the demo heads shipped in personalize/shipped_heads/ for the embedded base model, exactly as
 # they were made. Rollouts are sampled once per rollout setting (cached in $PERSONALIZE_DATA_DIR/rollouts/ and
 # shared by every head trained with the same prompts, seed and settings); each head records its command in
-# head.json. All four are LoRA heads on the top 8 layers, two epochs each. concise and harmless learn from
-# 480 rollouts of up to 256 tokens and the final reward; helpful and positive (version 2) from 960 rollouts of
-# up to 128 tokens, as long as the evaluation's answers, with the reward shaped on response prefixes.
+# head.json. All four are LoRA heads on the top 8 layers, two epochs each.
+# - concise and helpful (version 3): 3840 rollouts (240 prompts x 16, up to 128 tokens, the evaluation's
+#   length); made on one NVIDIA H200 (rollouts 70 s, each head ~70 s). On 2 CPU cores expect ~40 min for the
+#   rollouts and ~30 min per head; CPU and GPU sample the same rollouts (counter-based randomness, float32).
+# - positive (version 2): 960 rollouts (240 x 4, up to 128 tokens), reward shaped at sentence ends.
+# - harmless (version 1): 480 rollouts (240 x 2, up to 256 tokens), final reward.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/personalize
 common=(--samples-per-prompt 2 --max-new-tokens 256 --seed 0)
 short=(--samples-per-prompt 4 --max-new-tokens 128 --seed 0)
+many=(--samples-per-prompt 16 --max-new-tokens 128 --rollout-batch 256 --seed 0)
 $P heads train --objective concise --reward concise --out personalize/shipped_heads/concise \
-    --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "shorter answers that still answer the question"
+    --kind lora --lora-layers 8 --lora-rank 8 --epochs 2 "${many[@]}" --shaping none --version 3 \
+    --description "shorter answers that still answer the question"
 $P heads train --objective helpful --reward helpful --out personalize/shipped_heads/helpful \
-    --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping sentence --version 2 \
+    --kind lora --lora-layers 8 --lora-rank 8 --epochs 2 "${many[@]}" --shaping sentence --version 3 \
     --description "answers that stay on the question's topic, no refusals"
 $P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
     --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping sentence --version 2 \
@@ -23,5 +28,5 @@ $P heads train --objective harmless --reward harmless --out personalize/shipped_
 # The implicit head that ivg's token level uses in the README's evaluation (not shipped: it is not an objective
 # a user would weigh; `personalize eval` finds it in $PERSONALIZE_DATA_DIR/heads/).
 $P heads train --kind implicit --objective concise-sft --reward concise --out "${PERSONALIZE_DATA_DIR:-$HOME/.local/share/personalize}/heads/concise-sft" \
-    --lora-layers 8 --lora-targets q_proj,k_proj,v_proj,o_proj --epochs 1 "${common[@]}" \
+    --lora-layers 8 --lora-targets q_proj,k_proj,v_proj,o_proj --epochs 1 "${many[@]}" \
     --description "the policy fine-tuned on the most concise rollouts (ivg's token level)"
