@@ -119,15 +119,11 @@ def wrap_targets(model: nn.Module, target_modules: Sequence[str]) -> dict[str, M
     return wrapped
 
 
-def unwrap_targets(model: nn.Module) -> int:
+def unwrap_targets(model: nn.Module) -> None:
     """Put every wrapped linear layer back in place of its :class:`MultiLoRALinear` (on a copy of a model
-    an engine decoded with, before peft adapts it); returns how many were unwrapped."""
-    found = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, MultiLoRALinear)]
-    for name, module in found:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, module.base)
-    return len(found)
+    an engine decoded with, before peft adapts it)."""
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, MultiLoRALinear)]:
+        model.set_submodule(name, module.base)
 
 
 def adapter_pairs(

@@ -72,14 +72,7 @@ class BaseModel:
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        ids: set[int] = set()
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        for value in (eos, self.tokenizer.eos_token_id):
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, Sequence):
-                ids.update(int(v) for v in value)
-        return tuple(sorted(ids))
+        return tuple(sorted({*_configured_eos(self.model), *_token_ids(self.tokenizer.eos_token_id)}))
 
     @property
     def pad_token_id(self) -> int:
@@ -215,6 +208,18 @@ def load_base_model(
     return from_pretrained_objects(model, tokenizer, backbone_id=_backbone_id_for(source, folder))
 
 
+def _token_ids(value: object) -> list[int]:
+    """An EOS setting (one id, a list of ids, or None) as a list of ids."""
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value] if isinstance(value, Sequence) else []
+
+
+def _configured_eos(model: PreTrainedModel) -> list[int]:
+    """The end-of-sequence ids of the model's generation config, in its order."""
+    return _token_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+
+
 def _align_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Make the tokenizer's EOS a token the model's generation config ends on, when the two disagree.
 
@@ -223,8 +228,7 @@ def _align_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> No
     fingerprint (which covers the special tokens) would differ between releases for the same
     vocabulary, and padding would use a token that starts a turn.
     """
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [configured] if isinstance(configured, int) else [int(i) for i in configured or []]
+    ids = _configured_eos(model)
     if not ids or tokenizer.eos_token_id in ids:
         return
     token = tokenizer.convert_ids_to_tokens(ids[0])

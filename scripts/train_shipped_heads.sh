@@ -4,8 +4,9 @@
 # shared by every head trained with the same prompts, seed and settings); each head records its command in
 # head.json. All four are LoRA heads on the top 8 layers, two epochs each.
 # - concise and helpful (version 3): 3840 rollouts (240 prompts x 16, up to 128 tokens, the evaluation's
-#   length); made on one NVIDIA H200 (rollouts 70 s, each head ~70 s). On 2 CPU cores expect (estimated) ~40 min for the
-#   rollouts and ~30 min per head; CPU and GPU sample the same rollouts (counter-based randomness, float32).
+#   length); made on one NVIDIA H200 (rollouts 70 s, each head ~70 s). On 2 CPU cores expect (estimated)
+#   ~40 min for the rollouts and ~30 min per head; CPU and GPU sample the same rollouts (counter-based
+#   randomness, float32).
 # - positive (version 3): 960 rollouts (240 x 4, up to 128 tokens), reward shaped at every token (2 CPU cores:
 #   rollouts ~9 min, head ~9 min).
 # - harmless (version 1): 480 rollouts (240 x 2, up to 256 tokens), final reward.
