@@ -15,6 +15,7 @@ perturbed samples (``aisp.py``). Dimension letters are listed in ``sampling.py``
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,19 @@ from personalize.errors import ConfigError, ContextLengthError, RewardError, Unk
 from personalize.heads import ADAPTER_KINDS, HeadMeta, ValueHead, check_compatible
 from personalize.lora import MultiLoRALinear, wrap_targets
 from personalize.models import BaseModel
+
+
+def cache_keyword(fn: Any) -> str:
+    """The name under which ``fn`` takes the KV cache: ``cache`` (newer transformers) or
+    ``past_key_values`` (older ones, and deprecated in between)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and C callables have no signature
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+_MASK_CACHE_KW = cache_keyword(create_causal_mask)
 
 
 class StepOutput(NamedTuple):
@@ -137,6 +151,9 @@ class Engine:
         self.base = base
         self._share_layers = share_layers
         self._decoder: Any = base.model.get_decoder()  # transformers modules are dynamically typed
+        self._decoder_cache_kw = cache_keyword(self._decoder.forward)
+        layers = getattr(self._decoder, "layers", None)
+        self._layer_cache_kw = cache_keyword(layers[0].forward) if layers else "past_key_values"
         self._lm_head: nn.Module = base.model.get_output_embeddings()
         self._embedding: torch.Tensor = self._lm_head.weight  # (V, H), frozen
         self._wrappers: dict[str, MultiLoRALinear] = {}
@@ -365,8 +382,8 @@ class Engine:
                 input_ids=input_ids[rows],
                 attention_mask=mask[rows],
                 position_ids=positions[rows],
-                past_key_values=cache,
                 use_cache=True,
+                **{self._decoder_cache_kw: cache},
             )
             return out.last_hidden_state[:, -1]  # (R, H)
         decoder = self._decoder
@@ -393,9 +410,9 @@ class Engine:
             config=decoder.config,
             inputs_embeds=hidden,
             attention_mask=mask,
-            past_key_values=cache,
             position_ids=positions,
             layer_idx=start,
+            **{_MASK_CACHE_KW: cache},
         )
         rotary = decoder.rotary_emb(hidden, position_ids=positions)
         for layer in decoder.layers[start:stop]:
@@ -404,8 +421,8 @@ class Engine:
                 attention_mask=causal,
                 position_embeddings=rotary,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._layer_cache_kw: cache},
             )
         return hidden
 

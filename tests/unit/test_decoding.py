@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
 
 from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
+from personalize.decoding.engine import cache_keyword
 from personalize.decoding.sampling import ValueEntries, ValueStack, guide_scores
 from personalize.errors import ConfigError, ContextLengthError, RewardError, UnknownObjectiveError
 from personalize.heads import load_head, new_head
@@ -300,6 +302,27 @@ def test_shared_lower_layers_equal_every_row_every_layer(tiny_base: BaseModel) -
     # and a head that adapts layer 0 turns sharing off
     shared.add_head(randomize_head(new_head(shared.base, "positive"), 3))
     assert shared._split == 0
+
+
+def test_cache_is_passed_under_the_name_the_callee_takes() -> None:
+    def new_style(hidden, cache=None, use_cache=False): ...
+    def old_style(hidden, past_key_values=None, use_cache=False): ...
+
+    assert cache_keyword(new_style) == "cache"
+    assert cache_keyword(old_style) == "past_key_values"
+    assert cache_keyword(len) == "past_key_values"  # no inspectable signature: the long-standing name
+
+
+def test_decoding_uses_no_deprecated_cache_argument(tiny_base: BaseModel) -> None:
+    """Both the shared-layer path and the plain decoder call, with FutureWarnings as errors."""
+    from tests.tiny import build_tiny_base
+
+    head = randomize_head(new_head(tiny_base, "concise"), 1)
+    for share in (True, False):
+        engine = Engine(build_tiny_base(), [head], share_layers=share)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            engine.generate([req(engine.base, PROMPTS[0], {"concise": 1.0}, n=4)])
 
 
 def test_two_engines_on_one_model_keep_their_own_heads(fresh_tiny_base: BaseModel, tiny_head_dir) -> None:
