@@ -387,7 +387,10 @@ def evaluate(
     aisp_iterations: Annotated[int, typer.Option("--aisp-iterations", help="aisp I.")] = 4,
     aisp_sigma: Annotated[float, typer.Option("--aisp-sigma", help="aisp noise std.")] = 0.5,
     aisp_lam: Annotated[float, typer.Option("--aisp-lam", help="aisp importance temperature.")] = 0.1,
-    sweep: Annotated[str, typer.Option(help="Two objectives for the weight sweep, or '' to skip.")] = "concise,helpful",
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="Two objectives to sweep the weight between ('a,b'); repeat for more sweeps, '' for none."),
+    ] = None,
     sweep_steps: Annotated[int, typer.Option("--sweep-steps")] = 5,
     sweep_beta: Annotated[float, typer.Option("--sweep-beta")] = 2.0,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
@@ -429,12 +432,16 @@ def evaluate(
 
     try:
         names = tuple(x.strip() for x in objectives.split(",") if x.strip())
-        pair = tuple(x.strip() for x in sweep.split(",") if x.strip())
+        pairs = [tuple(x.strip() for x in text.split(",") if x.strip()) for text in sweep or ["concise,helpful"]]
+        pairs = [pair for pair in pairs if pair]
+        bad = [",".join(pair) for pair in pairs if len(pair) != 2]
+        if bad:
+            raise ConfigError(f"--sweep takes two objectives as 'a,b', got {bad}")
         config = EvalConfig(
             objectives=names,
             betas=floats(betas),
             bon_sizes=tuple(int(x) for x in floats(bon)),
-            sweep=(pair[0], pair[1]) if len(pair) == 2 else None,
+            sweeps=tuple((a, b) for a, b in pairs),
             sweep_steps=sweep_steps,
             sweep_beta=sweep_beta,
             max_new_tokens=max_new_tokens,

@@ -44,7 +44,8 @@ class EvalConfig:
     objectives: tuple[str, ...]
     betas: tuple[float, ...] = (1.0, 2.0, 4.0)
     bon_sizes: tuple[int, ...] = (2, 4, 8, 16)
-    sweep: tuple[str, str] | None = ("concise", "helpful")
+    sweeps: tuple[tuple[str, str], ...] = (("concise", "helpful"),)
+    """Objective pairs to sweep the weight between, one sweep each (empty: none)."""
     sweep_steps: int = 5
     sweep_beta: float = 2.0
     max_new_tokens: int = 128
@@ -66,8 +67,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.objectives:
             raise ConfigError("evaluation needs at least one objective")
-        if self.sweep is not None and any(o not in self.objectives for o in self.sweep):
-            raise ConfigError(f"sweep objectives {self.sweep} must be among {self.objectives}")
+        for pair in self.sweeps:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ConfigError(f"a sweep needs two different objectives, got {list(pair)}")
+            if any(o not in self.objectives for o in pair):
+                raise ConfigError(f"sweep objectives {list(pair)} must be among {list(self.objectives)}")
         unknown = sorted(set(self.implicit) - set(self.objectives))
         if unknown:
             raise ConfigError(f"implicit heads are mapped to {unknown}, which are not among {self.objectives}")
@@ -96,7 +100,7 @@ class MethodRow:
     beta: float
     best_of: int = 1
     objective: str = ""
-    """The objective the row optimises ('' for base and the sweep)."""
+    """The objective the row optimises ('' for base and the sweeps)."""
     rewards: dict[str, Stat] = field(default_factory=dict)
     length: Stat = Stat(0.0, 0.0)
     seconds_per_response: float = 0.0
@@ -117,7 +121,12 @@ class EvalReport:
     prompts: int
     rows: list[MethodRow]
     sweep: list[MethodRow]
+    """The sweeps' rows, one sweep after the other (``sweep_rows`` picks one)."""
     head_versions: dict[str, str]
+
+    def sweep_rows(self, pair: tuple[str, str]) -> list[MethodRow]:
+        """The rows of the sweep from ``pair[0]`` to ``pair[1]``, in weight order."""
+        return [r for r in self.sweep if list(r.weights) == list(pair)]
 
     def to_json(self) -> dict[str, object]:
         def row(r: MethodRow) -> dict[str, object]:
@@ -403,8 +412,7 @@ class Evaluator:
                 rows.append(self._ivg_row(objective, c.ivg))
             rows.extend(self._aisp_row(objective, n) for n in c.aisp_samples)
         sweep = []
-        if c.sweep is not None:
-            a, b = c.sweep
+        for a, b in c.sweeps:
             for step in range(c.sweep_steps):
                 alpha = step / max(c.sweep_steps - 1, 1)
                 weights = {a: round(1.0 - alpha, 4), b: round(alpha, 4)}

@@ -3,43 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from personalize.evaluation import EvalReport, MethodRow
 
 
 def plot_report(report: EvalReport, path: Path) -> Path:
-    """Left: the two-objective weight sweep (Pareto view). Right: each objective's reward by method."""
+    """Left: one panel per two-objective weight sweep (Pareto view). Right: each objective's reward by method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     objectives = list(report.config.objectives)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
-    if report.sweep and report.config.sweep is not None:
-        a, b = report.config.sweep
-        xs = [r.rewards[a].mean for r in report.sweep]
-        ys = [r.rewards[b].mean for r in report.sweep]
-        left.errorbar(
-            xs,
-            ys,
-            xerr=[r.rewards[a].ci95 for r in report.sweep],
-            yerr=[r.rewards[b].ci95 for r in report.sweep],
-            fmt="-o",
-            capsize=3,
-            label="vas sweep",
-        )
-        for r, x, y in zip(report.sweep, xs, ys, strict=True):
-            left.annotate(f"{a}={r.weights[a]:g}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        base = report.rows[0]
-        left.scatter([base.rewards[a].mean], [base.rewards[b].mean], marker="s", color="black", label="base", zorder=3)
-        for r in report.rows:
-            if r.method == "bon" and r.best_of == max(report.config.bon_sizes) and set(r.weights) & {a, b}:
-                left.scatter([r.rewards[a].mean], [r.rewards[b].mean], marker="^", label=r.label, zorder=3)
-        left.set_xlabel(f"{a} reward")
-        left.set_ylabel(f"{b} reward")
-        left.set_title(f"weight sweep {a} → {b} (beta={report.config.sweep_beta:g})")
-        left.legend(fontsize=8)
+    pairs = [pair for pair in report.config.sweeps if report.sweep_rows(pair)]
+    fig, axes = plt.subplots(1, len(pairs) + 1, figsize=(6.5 * (len(pairs) + 1), 5.2), squeeze=False)
+    for left, pair in zip(axes[0], pairs, strict=False):
+        _plot_sweep(report, pair, left)
+    right = axes[0][-1]
     width = 0.8 / max(len(objectives), 1)
     labels = [r.label for r in report.rows if r.method != "bon" or r.best_of in (4, max(report.config.bon_sizes))]
     rows = [r for r in report.rows if r.label in labels]
@@ -65,6 +46,34 @@ def plot_report(report: EvalReport, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _plot_sweep(report: EvalReport, pair: tuple[str, str], ax: Any) -> None:
+    """One sweep's rewards (Pareto view) with base and the largest Best-of-N of either objective."""
+    a, b = pair
+    sweep = report.sweep_rows(pair)
+    xs = [r.rewards[a].mean for r in sweep]
+    ys = [r.rewards[b].mean for r in sweep]
+    ax.errorbar(
+        xs,
+        ys,
+        xerr=[r.rewards[a].ci95 for r in sweep],
+        yerr=[r.rewards[b].ci95 for r in sweep],
+        fmt="-o",
+        capsize=3,
+        label="vas sweep",
+    )
+    for r, x, y in zip(sweep, xs, ys, strict=True):
+        ax.annotate(f"{a}={r.weights[a]:g}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    base = report.rows[0]
+    ax.scatter([base.rewards[a].mean], [base.rewards[b].mean], marker="s", color="black", label="base", zorder=3)
+    for r in report.rows:
+        if r.method == "bon" and r.best_of == max(report.config.bon_sizes) and set(r.weights) & {a, b}:
+            ax.scatter([r.rewards[a].mean], [r.rewards[b].mean], marker="^", label=r.label, zorder=3)
+    ax.set_xlabel(f"{a} reward")
+    ax.set_ylabel(f"{b} reward")
+    ax.set_title(f"weight sweep {a} → {b} (beta={report.config.sweep_beta:g})")
+    ax.legend(fontsize=8)
 
 
 _CURVES = (  # method, label, marker: one curve per method, ordered by compute within it

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from personalize.decoding import Engine
 from personalize.decoding.config import AISPParams, IVGParams
+from personalize.errors import ConfigError
 from personalize.evaluation import EvalConfig, Evaluator, RunCache, Stat, markdown_table
 from personalize.heads import load_head
 from personalize.models import BaseModel
@@ -40,7 +42,7 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
         objectives=("short", "vowels"),
         betas=(1.0, 4.0),
         bon_sizes=(1, 2, 4),
-        sweep=("short", "vowels"),
+        sweeps=(("short", "vowels"), ("vowels", "short")),
         sweep_steps=3,
         max_new_tokens=8,
         batch_size=4,
@@ -64,7 +66,12 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
     ).run()
     labels = [r.label for r in report.rows]
     assert labels[0] == "base" and "vas short=1 beta=4" in labels and "bon N=4 (vowels)" in labels
-    assert len(report.sweep) == 3 and report.sweep[0].weights == {"short": 1.0, "vowels": 0.0}
+    assert len(report.sweep) == 6 and report.sweep[0].weights == {"short": 1.0, "vowels": 0.0}
+    there, back = report.sweep_rows(("short", "vowels")), report.sweep_rows(("vowels", "short"))
+    assert [r.weights["vowels"] for r in there] == [0.0, 0.5, 1.0]
+    assert [r.weights["short"] for r in back] == [0.0, 0.5, 1.0]
+    # the same weight vector gives the same rows whichever sweep it is in
+    assert there[1].rewards == back[1].rewards and there[0].samples == back[2].samples
     for objective in ("short", "vowels"):  # Best-of-N over nested sample sets can only improve its own reward
         means = [
             next(r for r in report.rows if r.label == f"bon N={n} ({objective})").rewards[objective].mean
@@ -102,7 +109,7 @@ def test_run_cache_reuses_runs_and_decodes_only_new_ones(
     ]
     engine = Engine(base, heads)
     prompts = ["How do I clean my keyboard?", "Explain photosynthesis.", "I love sunny days"]
-    common = dict(betas=(2.0,), bon_sizes=(1, 2), sweep=None, max_new_tokens=6, batch_size=2, ivg=None, aisp_samples=())
+    common = dict(betas=(2.0,), bon_sizes=(1, 2), sweeps=(), max_new_tokens=6, batch_size=2, ivg=None, aisp_samples=())
     rewards = {"short": length_reward, "vowels": vowel_reward}
     cache = RunCache(tmp_path / "cache")
     first = Evaluator(
@@ -149,3 +156,11 @@ def test_run_cache_reuses_runs_and_decodes_only_new_ones(
 
     (tmp_path / "cache" / "garbage.json").write_text("{not json")
     assert RunCache(tmp_path / "cache").get("garbage") is None  # a file cut off mid-write is decoded again
+
+
+def test_sweeps_must_pair_two_evaluated_objectives() -> None:
+    with pytest.raises(ConfigError, match="must be among"):
+        EvalConfig(objectives=("short", "vowels"), sweeps=(("short", "helpful"),))
+    with pytest.raises(ConfigError, match="two different objectives"):
+        EvalConfig(objectives=("short", "vowels"), sweeps=(("short", "short"),))
+    assert EvalConfig(objectives=("short",), sweeps=()).sweeps == ()
