@@ -9,7 +9,7 @@ Built-in rewards (see each class for the formula):
 
     concise    ConciseReward    [0, 1]   short, complete, on-topic answers
     helpful    HelpfulReward    [-1, 1]  relevance minus refusal/empty/dangling penalties
-    harmless   HarmlessReward   (0, 1]   no profanity, insults or harmful instructions
+    harmless   HarmlessReward   [0, 1]   no profanity, insults, harmful instructions or offensive tone
     positive   PositiveReward   [-1, 1]  VADER sentiment
     hf:<dir>   HFReward         logit    a local safetensors sequence-classification model
 

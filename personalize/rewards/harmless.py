@@ -1,6 +1,6 @@
 """``harmless``: no profanity, slurs, insults or harmful instructions.
 
-Two offline signals, neither of which loads a pickle:
+Three offline signals:
 
 - profanity: the plain-text word list shipped in the ``better-profanity`` package
   (read as text; the library's own matcher is not used because it is ~1 ms per word),
@@ -13,17 +13,30 @@ Two offline signals, neither of which loads a pickle:
   ("you're an idiot", "shut up"). A cue in a sentence that also negates or warns
   ("never", "don't", "I can't help", "illegal") does not count, so refusals and
   safety advice stay harmless.
+- offensiveness: the probability that the text is offensive under the linear classifier
+  (TF-IDF words + calibrated linear SVM, trained on toxic comments) shipped in the
+  ``alt-profanity-check`` package. It grades every response, not only the rare one that
+  trips a word list, so a value head has a signal to learn from on ordinary prompts. It
+  judges words, not meaning: "you're not stupid" scores as offensive, and clinical or
+  technical words ("breast", "kill -9") raise it a little. The classifier is read with
+  ``joblib`` from the two pickle files bundled in that package (``data/vectorizer.joblib``
+  and ``data/model.joblib``): it is trusted as much as the installed package's own code,
+  and nothing else is ever unpickled. ``classifier_weight=0`` turns it off (and never
+  loads it).
 
-Both lists are English; profanity in other languages goes undetected.
+The lists and the classifier are English; offensiveness in other languages goes
+undetected.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import io
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -33,6 +46,8 @@ from personalize.rewards.text import word_set
 
 PROFANITY_PACKAGE = "better_profanity"
 PROFANITY_WORDLIST = "profanity_wordlist.txt"
+CLASSIFIER_PACKAGE = "profanity_check"  # import name of alt-profanity-check
+CLASSIFIER_FILES = ("data/vectorizer.joblib", "data/model.joblib")
 
 # Entries of the better-profanity list that are ordinary words in neutral answers.
 ALLOWED_WORDS = word_set(
@@ -121,6 +136,38 @@ def profanity_words() -> frozenset[str]:
     return frozenset(w for w in words if w not in ALLOWED_WORDS)
 
 
+@functools.cache
+def offensive_classifier() -> tuple[Any, Any]:
+    """The (vectorizer, model) pair of ``alt-profanity-check``, loaded once.
+
+    Read from the package's files without importing it (its import would load them again).
+    """
+    try:
+        import joblib
+
+        root = importlib.resources.files(CLASSIFIER_PACKAGE)
+        vectorizer, model = (joblib.load(io.BytesIO(root.joinpath(name).read_bytes())) for name in CLASSIFIER_FILES)
+    except (ImportError, ModuleNotFoundError, FileNotFoundError) as exc:
+        raise RewardError(
+            "the harmless reward's offensiveness classifier needs `alt-profanity-check` (and scikit-learn, "
+            "joblib); install it with `pip install alt-profanity-check`, or build the reward with "
+            "classifier_weight=0 to score with the word lists alone"
+        ) from exc
+    return vectorizer, model
+
+
+def offensive_probability(texts: Sequence[str]) -> list[float]:
+    """P(offensive) for each text under the bundled classifier; 0 for blank text."""
+    vectorizer, model = offensive_classifier()
+    out = [0.0] * len(texts)
+    idx = [i for i, t in enumerate(texts) if t.strip()]
+    if idx:
+        probs = model.predict_proba(vectorizer.transform([texts[i] for i in idx]))[:, 1]
+        for i, p in zip(idx, probs, strict=True):
+            out[i] = float(p)
+    return out
+
+
 def _variants(token: str) -> set[str]:
     """The token as written, without inner punctuation, and with leetspeak undone."""
     bare = token.strip(".-!*")
@@ -162,31 +209,44 @@ def count_harm_cues(text: str) -> int:
 
 
 class HarmlessReward:
-    """No profanity, slurs, insults or harmful instructions. Range (0, 1], higher = more harmless.
+    """No profanity, slurs, insults or harmful instructions. Range [0, 1], higher = more harmless.
 
-    ``score = exp(-(profanity_weight * p + harm_weight * h))`` with ``p`` the number of
-    profane words/phrases and ``h`` the number of harm cues (see the module docstring).
-    With the defaults (ln 2 and ln 4) each profane word halves the score and each harm
-    cue quarters it; a clean response, a refusal and an empty response score 1.
-    Independent of the prompt.
+    ``score = (1 - q) ** classifier_weight * exp(-(profanity_weight * p + harm_weight * h))``
+    with ``p`` the number of profane words/phrases, ``h`` the number of harm cues and
+    ``q`` the classifier's probability that the response is offensive (see the module
+    docstring). With the defaults (ln 2, ln 4, 1) each profane word halves the score,
+    each harm cue quarters it, and a plain factual answer scores about 0.95-0.99; an
+    empty response scores 1. Independent of the prompt.
     """
 
     name = "harmless"
-    description = "absence of profanity, slurs, insults and harmful instructions (word lists)"
+    description = "absence of profanity, insults and harmful instructions (word lists, offensive-language classifier)"
     value_range = (0.0, 1.0)
 
-    def __init__(self, profanity_weight: float = math.log(2.0), harm_weight: float = math.log(4.0)) -> None:
-        if profanity_weight < 0 or harm_weight < 0:
+    def __init__(
+        self,
+        profanity_weight: float = math.log(2.0),
+        harm_weight: float = math.log(4.0),
+        classifier_weight: float = 1.0,
+    ) -> None:
+        if profanity_weight < 0 or harm_weight < 0 or classifier_weight < 0:
             raise ConfigError(
-                f"harmless: weights must be >= 0, got profanity_weight={profanity_weight}, harm_weight={harm_weight}"
+                f"harmless: weights must be >= 0, got profanity_weight={profanity_weight}, "
+                f"harm_weight={harm_weight}, classifier_weight={classifier_weight}"
             )
         self._profanity_weight = profanity_weight
         self._harm_weight = harm_weight
-        profanity_words()  # fail at build time, not while scoring, if the list is missing
+        self._classifier_weight = classifier_weight
+        profanity_words()  # fail at build time, not while scoring, if a signal is missing
+        if classifier_weight > 0:
+            offensive_classifier()
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         check_batch(self.name, prompts, responses)
         profane = torch.tensor([count_profanity(r) for r in responses], dtype=torch.float32)
         harmful = torch.tensor([count_harm_cues(r) for r in responses], dtype=torch.float32)
         energy = self._profanity_weight * profane + self._harm_weight * harmful  # (N,)
+        if self._classifier_weight > 0 and responses:
+            offensive = torch.tensor(offensive_probability(responses), dtype=torch.float32)  # (N,)
+            energy = energy - self._classifier_weight * torch.log1p(-offensive.clamp(max=1.0 - 1e-6))
         return torch.exp(-energy).float()

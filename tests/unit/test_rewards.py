@@ -19,7 +19,7 @@ from personalize.rewards import (
     unregister_reward,
     weighted_reward,
 )
-from personalize.rewards.harmless import count_harm_cues, count_profanity
+from personalize.rewards.harmless import count_harm_cues, count_profanity, offensive_probability
 from personalize.rewards.text import count_tokens, is_dangling, is_refusal
 
 KEYBOARD = "How do I clean my laptop keyboard?"
@@ -271,10 +271,28 @@ def test_harmless_profanity_and_abuse_lower_the_score(harmless: RewardFunction) 
             "To make a pipe bomb, take a steel pipe and fill it with powder.",
         ],
     )
-    assert clean == 1.0
-    assert swearing == pytest.approx(0.25)  # two profane words: halved twice
-    assert 0.0 < leet < clean
+    assert 0.9 < clean <= 1.0
+    assert 0.0 <= swearing < 0.25  # two profane words halve it twice, and the classifier agrees
+    assert 0.0 <= leet < clean
     assert abuse < clean and instructions < clean
+    lists_only = get_reward("harmless", classifier_weight=0)
+    clean, swearing = score(lists_only, "Say something.", ["Have a lovely day.", "What the fuck is this bullshit?"])
+    assert clean == 1.0 and swearing == pytest.approx(0.25)
+
+
+def test_harmless_classifier_grades_ordinary_text(harmless: RewardFunction) -> None:
+    """Between clean and abusive there are degrees, which the word lists alone do not see."""
+    kind, snide, hostile = score(
+        harmless,
+        "What do you think of my essay?",
+        [
+            "Thank you for sharing it; the second paragraph reads really well.",
+            "Honestly it is dull and a bit pathetic, but whatever.",
+            "This is garbage written by a brainless loser.",
+        ],
+    )
+    assert 1.0 >= kind > snide > hostile >= 0.0
+    assert offensive_probability(["", "   "]) == [0.0, 0.0]
 
 
 def test_harmless_does_not_flag_refusals_safety_advice_or_neutral_words(
@@ -290,7 +308,12 @@ def test_harmless_does_not_flag_refusals_safety_advice_or_neutral_words(
         "",
         LONG_TEXT,
     ]
-    assert score(harmless, "Help me.", texts) == [1.0] * len(texts)
+    lists_only = get_reward("harmless", classifier_weight=0)
+    assert score(lists_only, "Help me.", texts) == [1.0] * len(texts)
+    # the classifier judges words: "not stupid" and "kill -9" cost something, the rest little
+    graded = score(harmless, "Help me.", texts)
+    assert all(0.0 < g <= 1.0 for g in graded)
+    assert [g > 0.7 for g in graded] == [True, True, False, False, True, True, True, True]
 
 
 def test_harmless_counters() -> None:
