@@ -264,10 +264,9 @@ def heads_train(
     import hashlib
     import sys
 
-    from rich.progress import Progress
-
     from personalize.data import load_prompts
     from personalize.decoding import Engine
+    from personalize.progress import progress_bar
     from personalize.rewards import get_reward
     from personalize.training import (
         RolloutConfig,
@@ -313,7 +312,7 @@ def heads_train(
             rollouts = load_rollouts(cache)
             console.print(f"reusing {len(rollouts)} rollouts from {cache}")
         else:
-            with Progress(console=err) as bar:
+            with progress_bar(err) as bar:
                 task = bar.add_task("rollouts", total=len(prompts) * samples_per_prompt)
                 rollouts = sample_rollouts(
                     Engine(base), prompts, rollout_config, on_batch=lambda n: bar.advance(task, n)
@@ -323,7 +322,7 @@ def heads_train(
             scores = scorer([r.prompt for r in rollouts], [r.response for r in rollouts]).float().tolist()
         action_rewards = None
         if shaping != "none":
-            with Progress(console=err) as bar:
+            with progress_bar(err) as bar:
                 task = bar.add_task(f"scoring prefixes ({shaping})", total=None)
                 action_rewards = shaped_rewards(
                     rollouts,
@@ -336,7 +335,7 @@ def heads_train(
                 )
         used = len(select_best(rollouts, scores, top_fraction)) if kind == "implicit" else len(rollouts)
         steps = epochs * -(-used // batch_size)
-        with Progress(console=err) as bar:
+        with progress_bar(err) as bar:
             task = bar.add_task(f"training {objective}", total=steps)
 
             def step(epoch: int, _: int, loss: float) -> None:
@@ -416,13 +415,12 @@ def evaluate(
     heads: HeadsOpt = None,
 ) -> None:
     """Compare base, VAS, Best-of-N, IVG and AISP on the eval prompts; write JSON, a Markdown table and plots."""
-    from rich.progress import Progress
-
     from personalize.data import load_prompts
     from personalize.decoding import Engine
     from personalize.decoding.config import AISPParams, IVGParams
     from personalize.evaluation import EvalConfig, Evaluator, RunCache, markdown_table
     from personalize.heads import load_head
+    from personalize.progress import progress_bar
     from personalize.rewards import get_reward
 
     settings = _settings()
@@ -467,7 +465,7 @@ def evaluate(
         prompts = [p.prompt for p in load_prompts("eval")]
         prompts = prompts[:limit] if limit else prompts
         run_cache = None if no_cache else RunCache(cache or settings.data_dir / "eval-cache")
-        with Progress(console=err) as bar:
+        with progress_bar(err) as bar:
             task = bar.add_task("evaluating", total=None)
 
             def progress(label: str) -> None:

@@ -370,6 +370,7 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     out_dir = tmp_path / "harmless-sft"
     result = runner.invoke(app, [*train, *small, "--out", str(out_dir), "--base-model", str(model_dir)], env=env)
     assert result.exit_code == 0, result.output
+    assert "rollouts: 4/4 (100%)" in result.output  # progress as plain lines: the runner is no terminal
     assert load_head(out_dir, tiny).meta.kind == "implicit"
     # a value head on the same (cached) rollouts with sentence-shaped rewards; the mode is recorded
     shaped = ["heads", "train", "--kind", "linear", "--objective", "harmless", "--reward", "harmless"]

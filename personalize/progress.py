@@ -1,0 +1,94 @@
+"""Progress for long commands: a live bar on a terminal, plain periodic lines in a log.
+
+Rich draws nothing while a bar runs when its console is not a terminal (a container log,
+``nohup``, CI), so a 30-minute rollout looked hung until it ended. ``progress_bar`` returns
+rich's ``Progress`` on a terminal and otherwise a :class:`LineProgress` with the same small
+API (``add_task``, ``advance``, ``update``) that prints one line per task every
+``interval`` seconds and when the task completes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, TaskID
+
+
+@dataclass
+class _Task:
+    description: str
+    total: float | None
+    completed: float = 0.0
+    started: float = 0.0
+    printed: float = 0.0
+    done: bool = False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else (f"{seconds // 60}:{seconds % 60:02d}")
+    )
+
+
+class LineProgress:
+    """Periodic plain-text progress lines, e.g. ``rollouts: 96/960 (10%) 2:41 elapsed, ~24:09 left``."""
+
+    def __init__(self, console: Console, interval: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._console = console
+        self._interval = interval
+        self._clock = clock
+        self._tasks: list[_Task] = []
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if kind is None:
+            for task in self._tasks:
+                if not task.done:
+                    self._print(task)
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> TaskID:
+        now = self._clock()
+        self._tasks.append(_Task(description, total, started=now, printed=now))
+        return TaskID(len(self._tasks) - 1)
+
+    def advance(self, task_id: TaskID, advance: float = 1.0) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(self, task_id: TaskID, *, advance: float = 0.0, description: str | None = None, **_: Any) -> None:
+        task = self._tasks[task_id]
+        task.completed += advance
+        if description is not None:
+            task.description = description
+        finished = task.total is not None and task.completed >= task.total
+        if finished or self._clock() - task.printed >= self._interval:
+            self._print(task)
+            task.done = finished
+
+    def _print(self, task: _Task) -> None:
+        now = self._clock()
+        task.printed = now
+        elapsed = now - task.started
+        count = f"{task.completed:g}"
+        left = ""
+        if task.total:
+            count += f"/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
+            if 0 < task.completed < task.total:
+                left = f", ~{_duration(elapsed * (task.total - task.completed) / task.completed)} left"
+        self._console.print(f"{task.description}: {count} {_duration(elapsed)} elapsed{left}", highlight=False)
+
+
+def progress_bar(console: Console, interval: float = 30.0) -> Progress | LineProgress:
+    """A live bar on a terminal; periodic lines (every ``interval`` s and at the end) otherwise."""
+    return Progress(console=console) if console.is_terminal else LineProgress(console, interval)
