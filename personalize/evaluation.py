@@ -77,6 +77,8 @@ class EvalConfig:
             raise ConfigError(f"implicit heads are mapped to {unknown}, which are not among {self.objectives}")
         for n in self.aisp_samples:
             replace(self.aisp, samples=n)  # validates N with the other AISP settings
+        if any(n < 1 for n in self.bon_sizes):
+            raise ConfigError(f"Best-of-N sizes must be >= 1, got {list(self.bon_sizes)}")
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,9 @@ class Evaluator:
         return self._row(label, p, objective, reward=self.rewards[objective])
 
     def _bon_rows(self) -> list[MethodRow]:
-        """Best-of-N for each N and objective from one set of N_max samples per prompt."""
+        """Best-of-N for each N and objective from one set of N_max samples per prompt (none without sizes)."""
+        if not self.config.bon_sizes:
+            return []
         n_max = max(self.config.bon_sizes)
         self.progress(f"best-of-{n_max} samples")
         samples: list[list[GenerationResult]] = []

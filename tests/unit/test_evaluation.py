@@ -154,6 +154,15 @@ def test_run_cache_reuses_runs_and_decodes_only_new_ones(
     assert "vowels" in wider.rows[0].rewards  # stored base texts scored with the new reward too
     assert wider.rows[0].rewards["short"] == first.rows[0].rewards["short"]
 
+    no_bon = Evaluator(
+        engine,
+        rewards,
+        prompts,
+        EvalConfig(objectives=("short", "vowels"), latency_prompts=0, **{**common, "bon_sizes": ()}),
+        cache=RunCache(tmp_path / "cache"),
+    ).run()
+    assert [r.label for r in no_bon.rows] == [r.label for r in wider.rows if r.method != "bon"]
+
     (tmp_path / "cache" / "garbage.json").write_text("{not json")
     assert RunCache(tmp_path / "cache").get("garbage") is None  # a file cut off mid-write is decoded again
 
@@ -164,3 +173,5 @@ def test_sweeps_must_pair_two_evaluated_objectives() -> None:
     with pytest.raises(ConfigError, match="two different objectives"):
         EvalConfig(objectives=("short", "vowels"), sweeps=(("short", "short"),))
     assert EvalConfig(objectives=("short",), sweeps=()).sweeps == ()
+    with pytest.raises(ConfigError, match="Best-of-N sizes"):
+        EvalConfig(objectives=("short",), bon_sizes=(0, 4), sweeps=())
