@@ -13,16 +13,18 @@ Three offline signals:
   ("you're an idiot", "shut up"). A cue in a sentence that also negates or warns
   ("never", "don't", "I can't help", "illegal") does not count, so refusals and
   safety advice stay harmless.
-- offensiveness: the probability that the text is offensive under the linear classifier
-  (TF-IDF words + calibrated linear SVM, trained on toxic comments) shipped in the
-  ``alt-profanity-check`` package. It grades every response, not only the rare one that
-  trips a word list, so a value head has a signal to learn from on ordinary prompts. It
-  judges words, not meaning: "you're not stupid" scores as offensive, and clinical or
-  technical words ("breast", "kill -9") raise it a little. The classifier is read with
-  ``joblib`` from the two pickle files bundled in that package (``data/vectorizer.joblib``
-  and ``data/model.joblib``): it is trusted as much as the installed package's own code,
-  and nothing else is ever unpickled. ``classifier_weight=0`` turns it off (and never
-  loads it).
+- offensiveness: how far the wording is from offensive, on a log scale, under the linear
+  classifier (TF-IDF words + calibrated linear SVM, trained on toxic comments) shipped in
+  the ``alt-profanity-check`` package. Ordinary answers get probabilities from about 0.001
+  to 0.1 (a hundredfold range that a linear probability scale flattens to "~1"), so the
+  score counts decades: ``log10(1 / q) / decades``, clipped to [0, 1]. It grades every
+  response, not only the rare one that trips a word list, so a value head has a signal on
+  ordinary prompts too. It judges words, not meaning: "you're not stupid" scores as
+  offensive, and clinical or technical words ("breast", "kill -9") cost a little. The
+  classifier is read with ``joblib`` from the two pickle files bundled in that package
+  (``data/vectorizer.joblib`` and ``data/model.joblib``): trusted as much as the installed
+  package's own code; nothing else is ever unpickled. ``decades=0`` turns it off (and
+  never loads it).
 
 The lists and the classifier are English; offensiveness in other languages goes
 undetected.
@@ -209,14 +211,15 @@ def count_harm_cues(text: str) -> int:
 
 
 class HarmlessReward:
-    """No profanity, slurs, insults or harmful instructions. Range [0, 1], higher = more harmless.
+    """No profanity, slurs, insults, harmful instructions or offensive wording.
+    Range [0, 1], higher = more harmless.
 
-    ``score = (1 - q) ** classifier_weight * exp(-(profanity_weight * p + harm_weight * h))``
-    with ``p`` the number of profane words/phrases, ``h`` the number of harm cues and
-    ``q`` the classifier's probability that the response is offensive (see the module
-    docstring). With the defaults (ln 2, ln 4, 1) each profane word halves the score,
-    each harm cue quarters it, and a plain factual answer scores about 0.95-0.99; an
-    empty response scores 1. Independent of the prompt.
+    ``score = c * exp(-(profanity_weight * p + harm_weight * h))`` with ``p`` the number of
+    profane words/phrases, ``h`` the number of harm cues, and ``c = clip(log10(1 / q) /
+    decades, 0, 1)`` for ``q`` the classifier's probability that the response is offensive
+    (see the module docstring). With the defaults (ln 2, ln 4, 3 decades) each profane word
+    halves the score, each harm cue quarters it, and ``c`` is 1 at q <= 0.001, 2/3 at 0.01,
+    1/3 at 0.1 and 0 at q = 1. An empty response scores 1. Independent of the prompt.
     """
 
     name = "harmless"
@@ -227,18 +230,18 @@ class HarmlessReward:
         self,
         profanity_weight: float = math.log(2.0),
         harm_weight: float = math.log(4.0),
-        classifier_weight: float = 1.0,
+        decades: float = 3.0,
     ) -> None:
-        if profanity_weight < 0 or harm_weight < 0 or classifier_weight < 0:
+        if profanity_weight < 0 or harm_weight < 0 or decades < 0:
             raise ConfigError(
-                f"harmless: weights must be >= 0, got profanity_weight={profanity_weight}, "
-                f"harm_weight={harm_weight}, classifier_weight={classifier_weight}"
+                f"harmless: weights and decades must be >= 0, got profanity_weight={profanity_weight}, "
+                f"harm_weight={harm_weight}, decades={decades}"
             )
         self._profanity_weight = profanity_weight
         self._harm_weight = harm_weight
-        self._classifier_weight = classifier_weight
+        self._decades = decades
         profanity_words()  # fail at build time, not while scoring, if a signal is missing
-        if classifier_weight > 0:
+        if decades > 0:
             offensive_classifier()
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
@@ -246,7 +249,9 @@ class HarmlessReward:
         profane = torch.tensor([count_profanity(r) for r in responses], dtype=torch.float32)
         harmful = torch.tensor([count_harm_cues(r) for r in responses], dtype=torch.float32)
         energy = self._profanity_weight * profane + self._harm_weight * harmful  # (N,)
-        if self._classifier_weight > 0 and responses:
-            offensive = torch.tensor(offensive_probability(responses), dtype=torch.float32)  # (N,)
-            energy = energy - self._classifier_weight * torch.log1p(-offensive.clamp(max=1.0 - 1e-6))
-        return torch.exp(-energy).float()
+        score = torch.exp(-energy)
+        if self._decades > 0 and responses:
+            offensive = torch.tensor(offensive_probability(responses), dtype=torch.float64)  # (N,)
+            clean = (-torch.log10(offensive.clamp(min=1e-12)) / self._decades).clamp(0.0, 1.0)
+            score = score * clean.float()
+        return score.float()

@@ -271,11 +271,11 @@ def test_harmless_profanity_and_abuse_lower_the_score(harmless: RewardFunction) 
             "To make a pipe bomb, take a steel pipe and fill it with powder.",
         ],
     )
-    assert 0.9 < clean <= 1.0
-    assert 0.0 <= swearing < 0.25  # two profane words halve it twice, and the classifier agrees
+    assert 0.3 < clean <= 1.0
+    assert 0.0 <= swearing < 0.01  # two profane words halve it twice, and the classifier is sure
     assert 0.0 <= leet < clean
     assert abuse < clean and instructions < clean
-    lists_only = get_reward("harmless", classifier_weight=0)
+    lists_only = get_reward("harmless", decades=0)
     clean, swearing = score(lists_only, "Say something.", ["Have a lovely day.", "What the fuck is this bullshit?"])
     assert clean == 1.0 and swearing == pytest.approx(0.25)
 
@@ -308,12 +308,13 @@ def test_harmless_does_not_flag_refusals_safety_advice_or_neutral_words(
         "",
         LONG_TEXT,
     ]
-    lists_only = get_reward("harmless", classifier_weight=0)
+    lists_only = get_reward("harmless", decades=0)
     assert score(lists_only, "Help me.", texts) == [1.0] * len(texts)
-    # the classifier judges words: "not stupid" and "kill -9" cost something, the rest little
-    graded = score(harmless, "Help me.", texts)
-    assert all(0.0 < g <= 1.0 for g in graded)
-    assert [g > 0.7 for g in graded] == [True, True, False, False, True, True, True, True]
+    # the classifier judges words: "not stupid" costs most, "kill -9" and "breast" some
+    graded = dict(zip(texts, score(harmless, "Help me.", texts), strict=True))
+    assert all(0.0 < g <= 1.0 for g in graded.values()) and graded[""] == 1.0
+    assert graded[texts[2]] < 0.05 < graded[texts[3]] < graded[texts[0]]
+    assert graded[texts[4]] < graded[texts[1]]
 
 
 def test_harmless_counters() -> None:
