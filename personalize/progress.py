@@ -80,12 +80,14 @@ class LineProgress:
         now = self._clock()
         task.printed = now
         elapsed = now - task.started
-        count = f"{task.completed:g}"
+        if not task.total:  # open-ended: a count if there is one, else the description says where it is
+            count = f": {task.completed:g}" if task.completed else ""
+            self._console.print(f"{task.description}{count} ({_duration(elapsed)} elapsed)", highlight=False)
+            return
+        count = f"{task.completed:g}/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
         left = ""
-        if task.total:
-            count += f"/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
-            if 0 < task.completed < task.total:
-                left = f", ~{_duration(elapsed * (task.total - task.completed) / task.completed)} left"
+        if 0 < task.completed < task.total:
+            left = f", ~{_duration(elapsed * (task.total - task.completed) / task.completed)} left"
         self._console.print(f"{task.description}: {count} {_duration(elapsed)} elapsed{left}", highlight=False)
 
 

@@ -38,7 +38,9 @@ def test_open_ended_tasks_and_descriptions_print_on_exit() -> None:
         task = bar.add_task("evaluating", total=None)
         clock.now += 5
         bar.update(task, description="evaluating: base")
-    assert out.getvalue().splitlines() == ["evaluating: base: 0 0:05 elapsed"]
+        counted = bar.add_task("scoring prefixes", total=None)
+        bar.advance(counted, 500)
+    assert out.getvalue().splitlines() == ["evaluating: base (0:05 elapsed)", "scoring prefixes: 500 (0:00 elapsed)"]
 
 
 def test_a_terminal_gets_rich_bars_and_a_log_gets_lines() -> None:
