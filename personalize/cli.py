@@ -262,6 +262,7 @@ def heads_train(
 ) -> None:
     """Train a head: rollouts (cached, shared by objectives) → reward → TD(lambda) (lora/linear) or SFT (implicit)."""
     import hashlib
+    import shlex
     import sys
 
     from personalize.data import load_prompts
@@ -342,7 +343,7 @@ def heads_train(
                 bar.update(task, advance=1, description=f"training {objective} epoch {epoch + 1} loss {loss:.4f}")
 
             meta = {
-                "command": "personalize " + " ".join(sys.argv[1:]),
+                "command": shlex.join(["personalize", *sys.argv[1:]]),  # quoted: copy-pasteable
                 "rollouts_file": cache.name,
                 "rollout_config": rollout_config.__dict__,
                 "prompts": len(prompts),
