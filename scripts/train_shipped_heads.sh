@@ -9,11 +9,11 @@
 #   randomness, float32).
 # - positive (version 3): 960 rollouts (240 x 4, up to 128 tokens), reward shaped at every token (2 CPU cores:
 #   rollouts ~9 min, head ~9 min).
-# - harmless (version 1): 480 rollouts (240 x 2, up to 256 tokens), final reward.
+# - harmless (version 2): the same 960 rollouts as positive, reward (word lists x decades of the offensive-language
+#   classifier's odds) shaped at every token (2 CPU cores: head ~16 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/personalize
-common=(--samples-per-prompt 2 --max-new-tokens 256 --seed 0)
 short=(--samples-per-prompt 4 --max-new-tokens 128 --seed 0)
 many=(--samples-per-prompt 16 --max-new-tokens 128 --rollout-batch 256 --seed 0)
 $P heads train --objective concise --reward concise --out personalize/shipped_heads/concise \
@@ -26,7 +26,8 @@ $P heads train --objective positive --reward positive --out personalize/shipped_
     --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping token --version 3 \
     --description "a warmer, more positive tone"
 $P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
-    --kind lora --lora-layers 8 --epochs 2 "${common[@]}" --description "polite, non-toxic answers"
+    --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping token --version 2 \
+    --description "polite, non-toxic answers"
 # The implicit head that ivg's token level uses in the README's evaluation (not shipped: it is not an objective
 # a user would weigh; `personalize eval` finds it in $PERSONALIZE_DATA_DIR/heads/).
 $P heads train --kind implicit --objective concise-sft --reward concise --out "${PERSONALIZE_DATA_DIR:-$HOME/.local/share/personalize}/heads/concise-sft" \
