@@ -72,7 +72,12 @@ class BaseModel:
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        return tuple(sorted({*_configured_eos(self.model), *_token_ids(self.tokenizer.eos_token_id)}))
+        """Every id that ends a response: the generation config's, in its order, then the tokenizer's.
+
+        The first is the primary end token (the pad fallback, and the stop action of rollouts that
+        did not record the one they sampled).
+        """
+        return tuple(dict.fromkeys([*_configured_eos(self.model), *_token_ids(self.tokenizer.eos_token_id)]))
 
     @property
     def pad_token_id(self) -> int:

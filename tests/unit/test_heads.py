@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import shutil
@@ -78,6 +79,15 @@ def test_tokenizer_eos_follows_the_generation_config(tiny_base: BaseModel, tmp_p
     assert other.tokenizer.eos_token == "<|im_end|>" and other.eos_token_ids == tiny_base.eos_token_ids
     assert other.tokenizer_hash == tiny_base.tokenizer_hash
     load_head(save_head(new_head(other, "concise"), tmp_path / "h"), tiny_base)  # accepted
+
+
+def test_the_primary_end_token_is_the_generation_configs_first(tiny_base: BaseModel) -> None:
+    model = copy.deepcopy(tiny_base.model)
+    end, start = tiny_base.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    model.generation_config.eos_token_id = [end, start] if end > start else [start, end]  # the larger id first
+    other = from_pretrained_objects(model, build_tiny_tokenizer(), backbone_id=tiny_base.backbone_id)
+    first = model.generation_config.eos_token_id[0]
+    assert other.eos_token_ids[0] == first and set(other.eos_token_ids) == {end, start}
 
 
 def test_malformed_files_give_clear_errors(tiny_base: BaseModel, tmp_path: Path) -> None:
