@@ -153,7 +153,7 @@ def offensive_classifier() -> tuple[Any, Any]:
         raise RewardError(
             "the harmless reward's offensiveness classifier needs `alt-profanity-check` (and scikit-learn, "
             "joblib); install it with `pip install alt-profanity-check`, or build the reward with "
-            "classifier_weight=0 to score with the word lists alone"
+            "decades=0 to score with the word lists alone"
         ) from exc
     return vectorizer, model
 
