@@ -26,16 +26,16 @@ class _Task:
     completed: float = 0.0
     started: float = 0.0
     printed: float = 0.0
-    done: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.completed >= self.total
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else (f"{seconds // 60}:{seconds % 60:02d}")
-    )
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class LineProgress:
@@ -53,9 +53,9 @@ class LineProgress:
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if kind is None:
+        if kind is None:  # a finished task printed its last line when it finished
             for task in self._tasks:
-                if not task.done:
+                if not task.finished:
                     self._print(task)
 
     def add_task(self, description: str, total: float | None = None, **_: Any) -> TaskID:
@@ -71,10 +71,8 @@ class LineProgress:
         task.completed += advance
         if description is not None:
             task.description = description
-        finished = task.total is not None and task.completed >= task.total
-        if finished or self._clock() - task.printed >= self._interval:
+        if task.finished or self._clock() - task.printed >= self._interval:
             self._print(task)
-            task.done = finished
 
     def _print(self, task: _Task) -> None:
         now = self._clock()
