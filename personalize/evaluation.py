@@ -113,6 +113,11 @@ class MethodRow:
     samples_per_response: float = 1.0
     latency_s: float | None = None
     """One request at a time, median over the latency prompts."""
+    gain: Stat | None = None
+    """Paired gain over base on the row's own objective: the mean and 95% half-width of the per-prompt
+    differences (this row's reward minus base's on the same prompt); None for base and the sweeps.
+    Prompts differ far more from each other than methods do, so this interval is much narrower than
+    the difference of the two rows' own intervals suggests."""
     samples: list[str] = field(default_factory=list)
 
 
@@ -216,6 +221,8 @@ class Evaluator:
         self.prompt_ids = [tuple(engine.base.encode_prompt(p)) for p in self.prompts]
         self.plans: dict[str, tuple[Personalization, RewardFn | None]] = {}
         """Each row's personalization and ranking reward (replayed for latency)."""
+        self.scores: dict[str, dict[str, list[float]]] = {}
+        """Each row's rewards, objective -> one score per prompt (for the paired gains)."""
 
     def _cache_key(
         self, kind: str, personalization: Personalization, prompt_ids: Sequence[tuple[int, ...]], **extra: object
@@ -297,7 +304,7 @@ class Evaluator:
         self.plans[label] = (personalization, reward)
         results, seconds = self._run(personalization, reward=reward)
         texts = [r.text for r in results]
-        scores = _score(self.rewards, self.prompts, texts)
+        scores = self.scores[label] = _score(self.rewards, self.prompts, texts)
         return MethodRow(
             label=label,
             method=personalization.method,
@@ -349,6 +356,7 @@ class Evaluator:
                 picks = [_argmax([scored[k][objective][i] for k in range(n)]) for i in range(len(self.prompts))]
                 chosen = [samples[k][i] for i, k in enumerate(picks)]
                 label = f"bon N={n} ({objective})"
+                self.scores[label] = {name: [scored[k][name][i] for i, k in enumerate(picks)] for name in self.rewards}
                 self.plans[label] = (
                     Personalization({objective: 1.0}, method="bon", best_of=n),
                     self.rewards[objective],
@@ -361,9 +369,7 @@ class Evaluator:
                         beta=0.0,
                         best_of=n,
                         objective=objective,
-                        rewards={
-                            name: Stat.of([scored[k][name][i] for i, k in enumerate(picks)]) for name in self.rewards
-                        },
+                        rewards={name: Stat.of(values) for name, values in self.scores[label].items()},
                         length=Stat.of([float(r.completion_tokens) for r in chosen]),
                         seconds_per_response=n * per_sample_s,
                         flops_per_response=statistics.fmean(
@@ -377,6 +383,11 @@ class Evaluator:
                     )
                 )
         return rows
+
+    def _gain(self, label: str, objective: str) -> Stat:
+        """``label``'s reward on ``objective`` minus base's, prompt by prompt."""
+        base, mine = self.scores["base"][objective], self.scores[label][objective]
+        return Stat.of([m - b for m, b in zip(mine, base, strict=True)])
 
     def _bon_flops(self, results: Sequence[GenerationResult]) -> float:
         """FLOPs of a real Best-of-N request over these samples: its N sequences share one prompt prefill."""
@@ -425,6 +436,9 @@ class Evaluator:
                         f"sweep {a}={weights[a]:g},{b}={weights[b]:g}", Personalization(weights, beta=c.sweep_beta)
                     )
                 )
+        for row in rows:
+            if row.objective:
+                row.gain = self._gain(row.label, row.objective)
         if c.latency_prompts:
             first = c.objectives[0]
             for row in rows:
@@ -441,6 +455,7 @@ def markdown_table(report: EvalReport) -> str:
     head = [
         "method",
         *objectives,
+        "own-objective gain over base (paired)",
         "length (tokens)",
         "s/response (batched)",
         "latency s (alone)",
@@ -452,6 +467,7 @@ def markdown_table(report: EvalReport) -> str:
         cells = [r.label]
         cells += [f"{r.rewards[o].mean:.3f} ± {r.rewards[o].ci95:.3f}" for o in objectives]
         cells += [
+            "" if r.gain is None else f"{r.gain.mean:+.3f} ± {r.gain.ci95:.3f}",
             f"{r.length.mean:.1f}",
             f"{r.seconds_per_response:.2f}",
             "" if r.latency_s is None else f"{r.latency_s:.2f}",

@@ -91,8 +91,16 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
     assert aisp[0].forwards_per_response > report.rows[0].forwards_per_response  # two rounds one after the other
     assert aisp[0].latency_s is not None and ivg["vowels"].latency_s is None  # latency for the first objective only
     assert any("latency" in s for s in seen)
+    # paired gains: the mean of per-prompt differences is the difference of the means; none for base and sweeps
+    assert report.rows[0].gain is None and all(r.gain is None for r in report.sweep)
+    for row in report.rows[1:]:
+        assert row.gain is not None, row.label
+        expected = row.rewards[row.objective].mean - report.rows[0].rewards[row.objective].mean
+        assert row.gain.mean == pytest.approx(expected, abs=1e-9)
     table = markdown_table(report)
     assert table.count("\n") == 2 + len(report.rows) + len(report.sweep)
+    bon4_line = next(line for line in table.splitlines() if line.startswith("| bon N=4 (short) |"))
+    assert f"{bon4.gain.mean:+.3f} ± {bon4.gain.ci95:.3f}" in bon4_line
     out = plot_report(report, tmp_path / "eval.png")
     assert out.stat().st_size > 10_000
     assert plot_reward_vs_compute(report, tmp_path / "compute.png").stat().st_size > 10_000
