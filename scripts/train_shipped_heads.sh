@@ -4,11 +4,10 @@
 # shared by every head trained with the same prompts, seed and settings); each head records its command in
 # head.json. All four are LoRA heads on the top 8 layers, two epochs each.
 # - concise and helpful (version 3): 3840 rollouts (240 prompts x 16, up to 128 tokens, the evaluation's
-#   length); made on one NVIDIA H200 (rollouts 70 s, each head ~70 s). On 2 CPU cores expect (estimated)
-#   ~40 min for the rollouts and ~30 min per head; CPU and GPU sample the same rollouts (counter-based
-#   randomness, float32).
-# - positive (version 3): 960 rollouts (240 x 4, up to 128 tokens), reward shaped at every token (2 CPU cores:
-#   rollouts ~9 min, head ~9 min).
+#   length); made on one NVIDIA H200 (rollouts 70 s, each head ~70 s). On 2 CPU cores the rollouts took 21 min
+#   (measured) and a head takes ~30 min; CPU and GPU sample the same rollouts (counter-based randomness, float32).
+# - positive (version 4): concise's 3840 rollouts, reward shaped at every token (2 CPU cores: rollouts 21 min,
+#   head 35 min).
 # - harmless (version 2): the same 960 rollouts as positive, reward (word lists x decades of the offensive-language
 #   classifier's odds) shaped at every token (2 CPU cores: head ~16 min).
 set -euo pipefail
@@ -23,7 +22,7 @@ $P heads train --objective helpful --reward helpful --out personalize/shipped_he
     --kind lora --lora-layers 8 --lora-rank 8 --epochs 2 "${many[@]}" --shaping sentence --version 3 \
     --description "answers that stay on the question's topic, no refusals"
 $P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
-    --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping token --version 3 \
+    --kind lora --lora-layers 8 --epochs 2 "${many[@]}" --shaping token --version 4 \
     --description "a warmer, more positive tone"
 $P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
     --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping token --version 2 \
