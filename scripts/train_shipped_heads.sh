@@ -8,12 +8,11 @@
 #   (measured) and a head takes ~30 min; CPU and GPU sample the same rollouts (counter-based randomness, float32).
 # - positive (version 4): concise's 3840 rollouts, reward shaped at every token (2 CPU cores: rollouts 21 min,
 #   head 35 min).
-# - harmless (version 2): the same 960 rollouts as positive, reward (word lists x decades of the offensive-language
-#   classifier's odds) shaped at every token (2 CPU cores: head ~16 min).
+# - harmless (version 3): the same 3840 rollouts, reward (word lists x decades of the offensive-language
+#   classifier's odds) shaped at every token (2 CPU cores: head 35 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/personalize
-short=(--samples-per-prompt 4 --max-new-tokens 128 --seed 0)
 many=(--samples-per-prompt 16 --max-new-tokens 128 --rollout-batch 256 --seed 0)
 $P heads train --objective concise --reward concise --out personalize/shipped_heads/concise \
     --kind lora --lora-layers 8 --lora-rank 8 --epochs 2 "${many[@]}" --shaping none --version 3 \
@@ -25,7 +24,7 @@ $P heads train --objective positive --reward positive --out personalize/shipped_
     --kind lora --lora-layers 8 --epochs 2 "${many[@]}" --shaping token --version 4 \
     --description "a warmer, more positive tone"
 $P heads train --objective harmless --reward harmless --out personalize/shipped_heads/harmless \
-    --kind lora --lora-layers 8 --epochs 2 "${short[@]}" --shaping token --version 2 \
+    --kind lora --lora-layers 8 --epochs 2 "${many[@]}" --shaping token --version 3 \
     --description "polite, non-toxic answers"
 # The implicit head that ivg's token level uses in the README's evaluation (not shipped: it is not an objective
 # a user would weigh; `personalize eval` finds it in $PERSONALIZE_DATA_DIR/heads/).
