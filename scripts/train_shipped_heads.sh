@@ -5,9 +5,9 @@
 # head.json. All four are LoRA heads on the top 8 layers, two epochs each.
 # - concise and helpful (version 3): 3840 rollouts (240 prompts x 16, up to 128 tokens, the evaluation's
 #   length); made on one NVIDIA H200 (rollouts 70 s, each head ~70 s). On 2 CPU cores the rollouts took 21 min
-#   (measured) and a head takes ~30 min; CPU and GPU sample the same rollouts (counter-based randomness, float32).
-# - positive (version 4): concise's 3840 rollouts, reward shaped at every token (2 CPU cores: rollouts 21 min,
-#   head 35 min).
+#   (measured) and each of these heads should take ~30 min (estimated); CPU and GPU sample the same rollouts
+#   (counter-based randomness, float32).
+# - positive (version 4): the same 3840 rollouts, reward shaped at every token (2 CPU cores: head 35 min).
 # - harmless (version 3): the same 3840 rollouts, reward (word lists x decades of the offensive-language
 #   classifier's odds) shaped at every token (2 CPU cores: head 35 min).
 set -euo pipefail
