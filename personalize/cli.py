@@ -252,7 +252,8 @@ def heads_train(
         str,
         typer.Option(
             help="lora/linear: reward per action. none: the final reward on the last token; sentence: "
-            "the change in the reward of the response so far at each sentence or line end; token: at every token."
+            "the change in the reward of the response so far at each sentence or line end; token: at every token. "
+            "A reward with a prefix_score (helpful) scores the unfinished text with it."
         ),
     ] = "none",
     seed: Annotated[int, typer.Option()] = 0,

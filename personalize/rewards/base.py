@@ -34,6 +34,21 @@ class RewardFunction(Protocol):
         ...
 
 
+PrefixScoreFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+
+
+def prefix_scorer(reward: RewardFunction) -> PrefixScoreFn:
+    """How to score unfinished responses (response prefixes) for reward shaping.
+
+    A reward may define ``prefix_score(prompts, prefixes)``: the same kind of score for text
+    that is still being written, without the terms that only make sense for a finished
+    answer (a penalty for stopping mid-sentence would be charged at nearly every prefix and
+    refunded one token later). Without it, prefixes are scored like finished responses.
+    """
+    method = getattr(reward, "prefix_score", None)
+    return method if callable(method) else reward
+
+
 def check_batch(name: str, prompts: Sequence[str], responses: Sequence[str]) -> None:
     """Raise RewardError unless ``prompts`` and ``responses`` are equally long lists of str."""
     if isinstance(prompts, str) or isinstance(responses, str):

@@ -29,6 +29,11 @@ class HelpfulReward:
     - ``echo`` is 1 when it adds no content word beyond the prompt's own words.
 
     Penalties default to 0.5, 0.5 and 0.6 (an echo of the question has cosine near 1).
+
+    :meth:`prefix_score` scores an unfinished response for reward shaping: the cosine
+    minus the refusal penalty (a refusal shows from its first words), 0 for a blank
+    prefix; the dangling and echo penalties, which nearly every half-written answer
+    would earn, are left to the finished response.
     """
 
     name = "helpful"
@@ -69,6 +74,18 @@ class HelpfulReward:
         blank = torch.tensor([is_blank(r) for r in responses], dtype=torch.bool)  # (N,)
         scores = (cosine - penalty).clamp(-1.0, 1.0)
         return torch.where(blank, torch.full_like(scores, -1.0), scores).float()
+
+    def prefix_score(self, prompts: Sequence[str], prefixes: Sequence[str]) -> torch.Tensor:
+        """Potential of unfinished responses (class docstring), float32 of shape (N,), in [-1, 1]."""
+        check_batch(self.name, prompts, prefixes)
+        if not prefixes:
+            return torch.zeros(0, dtype=torch.float32)
+        embedder = self._embedder or load_embedder(self._device)
+        cosine = embedder.similarity(prompts, prefixes)  # (N,)
+        refusal = torch.tensor([is_refusal(p) for p in prefixes], dtype=torch.float32)  # (N,)
+        blank = torch.tensor([is_blank(p) for p in prefixes], dtype=torch.bool)  # (N,)
+        scores = (cosine - self._refusal_penalty * refusal).clamp(-1.0, 1.0)
+        return torch.where(blank, torch.zeros_like(scores), scores).float()
 
     def _penalty(self, prompt: str, response: str) -> float:
         if is_blank(response):

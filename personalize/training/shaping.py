@@ -14,7 +14,9 @@ calibration are unchanged in total), and the learned ``Q(s, a)`` differs from th
 unshaped one by ``phi(s)``, a function of the state alone: centring over the top-k
 candidates at ``s`` (DESIGN.md §1) removes it, so guidance ranks tokens the same way
 in expectation while the credit lands on the token that earned it. Here ``phi`` is
-the objective's own reward function, scored on response prefixes; ``phi`` of the empty
+the objective's own reward function scored on response prefixes, through its
+``prefix_score`` where it has one (:func:`personalize.rewards.base.prefix_scorer`: the
+``helpful`` reward leaves out its penalty for an unfinished answer); ``phi`` of the empty
 prefix is taken as 0 (a per-prompt constant, which centring also removes).
 
 ``sentence`` mode scores the prefix only where it ends a sentence or a line (plus the
@@ -29,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from personalize.errors import ConfigError
-from personalize.rewards.base import RewardFunction
+from personalize.rewards.base import RewardFunction, prefix_scorer
 from personalize.training.rollouts import Rollout, actions
 
 ShapingMode = Literal["none", "token", "sentence"]
@@ -98,6 +100,7 @@ def shaped_rewards(
             pieces[token] = decode([token])
         return pieces[token]
 
+    potential = prefix_scorer(reward)
     cuts = [_cut_points(r, mode, piece) for r in rollouts]
     jobs = [(i, t) for i, points in enumerate(cuts) for t in points]
     potentials: dict[tuple[int, int], float] = {}
@@ -105,7 +108,7 @@ def shaped_rewards(
         chunk = jobs[start : start + batch_size]
         prompts = [rollouts[i].prompt for i, _ in chunk]
         texts = [decode(rollouts[i].response_ids[: t + 1]) for i, t in chunk]
-        values = reward(prompts, texts).float().tolist()
+        values = potential(prompts, texts).float().tolist()
         potentials.update(zip(chunk, (float(v) for v in values), strict=True))
         if on_scored is not None:
             on_scored(len(chunk))

@@ -19,6 +19,7 @@ from personalize.rewards import (
     unregister_reward,
     weighted_reward,
 )
+from personalize.rewards.embedding import load_embedder
 from personalize.rewards.harmless import count_harm_cues, count_profanity, offensive_probability
 from personalize.rewards.text import count_tokens, is_dangling, is_refusal
 
@@ -246,6 +247,17 @@ def test_helpful_penalises_refusals_empty_dangling_and_echo(helpful: RewardFunct
     assert answer > as_ai > refusal > empty
     assert answer > dangling + 0.3
     assert answer > echo
+
+
+def test_helpful_prefix_score_leaves_unfinished_answers_unpenalised(helpful: RewardFunction) -> None:
+    """Shaping's potential: a half-written answer is not charged as dangling; a refusal still is."""
+    prefixes = ["Here's how to clean your laptop keyboard:", "I'm sorry, but I can't help with that.", "  "]
+    finished = score(helpful, KEYBOARD, prefixes)
+    cosine = load_embedder().similarity([KEYBOARD] * 3, prefixes).tolist()
+    potential = helpful.prefix_score([KEYBOARD] * 3, prefixes).tolist()  # type: ignore[attr-defined]
+    assert potential[0] == pytest.approx(cosine[0], abs=1e-6) and potential[0] > finished[0] + 0.4
+    assert potential[1] == pytest.approx(cosine[1] - 0.5, abs=1e-6)
+    assert potential[2] == 0.0 and finished[2] == -1.0
 
 
 def test_is_refusal() -> None:

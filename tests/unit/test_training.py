@@ -250,6 +250,25 @@ def test_token_shaping_pays_each_token_its_change_and_sums_to_the_final_reward()
     assert [sum(r) for r in rewards] == [5.0, 1.0]
 
 
+class _CountAPrefix(_CountA):
+    """_CountA whose unfinished responses count double (a reward with its own prefix_score)."""
+
+    def prefix_score(self, prompts: Sequence[str], prefixes: Sequence[str]) -> torch.Tensor:
+        return 2.0 * torch.tensor([float(p.count("a")) for p in prefixes])
+
+
+def test_shaping_uses_the_rewards_prefix_score_when_it_has_one() -> None:
+    from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import shaped_rewards
+
+    stopped = Rollout("p", (1,), (0, 1, 0, 0), "abaa", "stop", 0)  # actions: a b a a EOS
+    reward = _CountAPrefix()
+    rewards = shaped_rewards([stopped], [5.0], reward, _letters, 99, mode="token")
+    assert reward.seen == []  # prefixes went to prefix_score, not __call__
+    # phi after the first three tokens: 2 2 4; the final reward (5) settles at EOS
+    assert rewards == [[2.0, 0.0, 2.0, 0.0, 1.0]]
+
+
 def test_sentence_shaping_scores_prefixes_only_at_sentence_ends() -> None:
     from personalize.training.rollouts import Rollout
     from personalize.training.shaping import shaped_rewards
