@@ -3,10 +3,12 @@
 # they were made. Rollouts are sampled once per rollout setting (cached in $PERSONALIZE_DATA_DIR/rollouts/ and
 # shared by every head trained with the same prompts, seed and settings); each head records its command in
 # head.json. All four are LoRA heads on the top 8 layers, two epochs each.
-# - concise and helpful (version 3): 3840 rollouts (240 prompts x 16, up to 128 tokens, the evaluation's
-#   length); made on one NVIDIA H200 (rollouts 70 s, each head ~70 s). On 2 CPU cores the rollouts took 21 min
-#   (measured) and each of these heads should take ~30 min (estimated); CPU and GPU sample the same rollouts
-#   (counter-based randomness, float32).
+# - concise (version 3): 3840 rollouts (240 prompts x 16, up to 128 tokens, the evaluation's length); made
+#   on one NVIDIA H200 (rollouts 70 s, head ~70 s). On 2 CPU cores the rollouts took 21-29 min (measured)
+#   and this head should take ~30 min (estimated); CPU and GPU sample the same rollouts (counter-based
+#   randomness, float32).
+# - helpful (version 4): the same 3840 rollouts, reward shaped at each sentence end by the reward's prefix
+#   score (relevance without the unfinished-answer penalties; 2 CPU cores: prefix scoring 8 min, head 45 min).
 # - positive (version 4): the same 3840 rollouts, reward shaped at every token (2 CPU cores: head 35 min).
 # - harmless (version 3): the same 3840 rollouts, reward (word lists x decades of the offensive-language
 #   classifier's odds) shaped at every token (2 CPU cores: head 35 min).
@@ -18,7 +20,7 @@ $P heads train --objective concise --reward concise --out personalize/shipped_he
     --kind lora --lora-layers 8 --lora-rank 8 --epochs 2 "${many[@]}" --shaping none --version 3 \
     --description "shorter answers that still answer the question"
 $P heads train --objective helpful --reward helpful --out personalize/shipped_heads/helpful \
-    --kind lora --lora-layers 8 --lora-rank 8 --epochs 2 "${many[@]}" --shaping sentence --version 3 \
+    --kind lora --lora-layers 8 --lora-rank 8 --epochs 2 "${many[@]}" --shaping sentence --version 4 \
     --description "answers that stay on the question's topic, no refusals"
 $P heads train --objective positive --reward positive --out personalize/shipped_heads/positive \
     --kind lora --lora-layers 8 --epochs 2 "${many[@]}" --shaping token --version 4 \
