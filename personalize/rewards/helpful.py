@@ -62,35 +62,32 @@ class HelpfulReward:
         self._device = device
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        check_batch(self.name, prompts, responses)
-        if not responses:
-            return torch.zeros(0, dtype=torch.float32)
-        embedder = self._embedder or load_embedder(self._device)
-        cosine = embedder.similarity(prompts, responses)  # (N,)
-        penalty = torch.tensor(
-            [self._penalty(p, r) for p, r in zip(prompts, responses, strict=True)],
-            dtype=torch.float32,
-        )  # (N,)
-        blank = torch.tensor([is_blank(r) for r in responses], dtype=torch.bool)  # (N,)
-        scores = (cosine - penalty).clamp(-1.0, 1.0)
-        return torch.where(blank, torch.full_like(scores, -1.0), scores).float()
+        return self._score(prompts, responses, finished=True)
 
     def prefix_score(self, prompts: Sequence[str], prefixes: Sequence[str]) -> torch.Tensor:
         """Potential of unfinished responses (class docstring), float32 of shape (N,), in [-1, 1]."""
-        check_batch(self.name, prompts, prefixes)
-        if not prefixes:
+        return self._score(prompts, prefixes, finished=False)
+
+    def _score(self, prompts: Sequence[str], texts: Sequence[str], *, finished: bool) -> torch.Tensor:
+        check_batch(self.name, prompts, texts)
+        if not texts:
             return torch.zeros(0, dtype=torch.float32)
         embedder = self._embedder or load_embedder(self._device)
-        cosine = embedder.similarity(prompts, prefixes)  # (N,)
-        refusal = torch.tensor([is_refusal(p) for p in prefixes], dtype=torch.float32)  # (N,)
-        blank = torch.tensor([is_blank(p) for p in prefixes], dtype=torch.bool)  # (N,)
-        scores = (cosine - self._refusal_penalty * refusal).clamp(-1.0, 1.0)
-        return torch.where(blank, torch.zeros_like(scores), scores).float()
+        cosine = embedder.similarity(prompts, texts)  # (N,)
+        penalty = torch.tensor(
+            [self._penalty(p, t, finished) for p, t in zip(prompts, texts, strict=True)],
+            dtype=torch.float32,
+        )  # (N,)
+        blank = torch.tensor([is_blank(t) for t in texts], dtype=torch.bool)  # (N,)
+        scores = (cosine - penalty).clamp(-1.0, 1.0)
+        # a blank finished response scores -1 outright; a blank prefix is the empty prefix's potential, 0
+        return torch.where(blank, torch.full_like(scores, -1.0 if finished else 0.0), scores).float()
 
-    def _penalty(self, prompt: str, response: str) -> float:
-        if is_blank(response):
-            return 0.0  # scored -1 outright
-        penalty = self._refusal_penalty if is_refusal(response) else 0.0
-        penalty += self._dangling_penalty if is_dangling(response) else 0.0
-        penalty += self._echo_penalty if novel_word_count(prompt, response) == 0 else 0.0
+    def _penalty(self, prompt: str, text: str, finished: bool) -> float:
+        if is_blank(text):
+            return 0.0  # scored outright
+        penalty = self._refusal_penalty if is_refusal(text) else 0.0
+        if finished:
+            penalty += self._dangling_penalty if is_dangling(text) else 0.0
+            penalty += self._echo_penalty if novel_word_count(prompt, text) == 0 else 0.0
         return penalty
