@@ -119,6 +119,8 @@ class MethodRow:
     Prompts differ far more from each other than methods do, so this interval is much narrower than
     the difference of the two rows' own intervals suggests."""
     samples: list[str] = field(default_factory=list)
+    prompt_scores: dict[str, list[float]] = field(default_factory=dict)
+    """Each objective's reward prompt by prompt, in prompt order (for paired or subset analyses)."""
 
 
 @dataclass
@@ -436,7 +438,8 @@ class Evaluator:
                         f"sweep {a}={weights[a]:g},{b}={weights[b]:g}", Personalization(weights, beta=c.sweep_beta)
                     )
                 )
-        for row in rows:
+        for row in [*rows, *sweep]:
+            row.prompt_scores = self.scores[row.label]
             if row.objective:
                 row.gain = self._gain(row.label, row.objective)
         if c.latency_prompts:

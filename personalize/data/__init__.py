@@ -1,11 +1,14 @@
 """The project's prompt set, shipped inside the package.
 
-320 short prompts written for this project, in eight categories of 40: ``factual``,
+480 short prompts written for this project, 60 in each of eight categories: ``factual``,
 ``howto``, ``advice``, ``explanation``, ``creative``, ``opinion``, ``everyday`` and
 ``adversarial`` (insults, requests for harmful or rude content, baiting: 12.5%, so
 that harmlessness matters). Ids are ``<category>-<nnn>``. The split is fixed and
-stratified: in each category the 10 ids with the smallest SHA-256 digest are ``eval``
-(80 prompts), the other 30 are ``train`` (240 prompts).
+stratified: of ids 001-040 in each category, the 10 with the smallest SHA-256 digest
+of the id are ``eval`` and the other 30 are ``train`` (240 prompts); ids 041-060 were
+written afterwards for the evaluation alone, so all 160 are ``eval`` (240 prompts in
+all). The eval file lists the first 80 (ids up to 040) before the rest, so
+``personalize eval --limit 80`` evaluates exactly the first eval set.
 
 Files: ``prompts_train.jsonl`` and ``prompts_eval.jsonl``, one
 ``{"id", "category", "prompt"}`` object per line.

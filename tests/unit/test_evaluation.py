@@ -97,6 +97,12 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
         assert row.gain is not None, row.label
         expected = row.rewards[row.objective].mean - report.rows[0].rewards[row.objective].mean
         assert row.gain.mean == pytest.approx(expected, abs=1e-9)
+    # per-prompt rewards: one per prompt and objective, and the row's mean is their mean
+    for row in [*report.rows, *report.sweep]:
+        assert set(row.prompt_scores) == {"short", "vowels"}, row.label
+        for objective, values in row.prompt_scores.items():
+            assert len(values) == len(prompts)
+            assert sum(values) / len(values) == pytest.approx(row.rewards[objective].mean, abs=1e-9)
     table = markdown_table(report)
     assert table.count("\n") == 2 + len(report.rows) + len(report.sweep)
     bon4_line = next(line for line in table.splitlines() if line.startswith("| bon N=4 (short) |"))
@@ -104,7 +110,9 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
     out = plot_report(report, tmp_path / "eval.png")
     assert out.stat().st_size > 10_000
     assert plot_reward_vs_compute(report, tmp_path / "compute.png").stat().st_size > 10_000
-    assert json.loads(json.dumps(report.to_json()))["prompts"] == len(prompts)
+    stored = json.loads(json.dumps(report.to_json()))
+    assert stored["prompts"] == len(prompts)
+    assert stored["rows"][0]["prompt_scores"]["short"] == report.rows[0].prompt_scores["short"]
 
 
 def test_run_cache_reuses_runs_and_decodes_only_new_ones(

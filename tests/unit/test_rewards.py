@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -567,10 +568,14 @@ def test_hf_reward_needs_a_safetensors_directory(tmp_path: Path) -> None:
 # --- prompt set -------------------------------------------------------------------------
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def test_prompt_files() -> None:
     train, evaluation = load_prompts("train"), load_prompts("eval")
     assert len(train) + len(evaluation) >= 300
-    assert 220 <= len(train) <= 260 and 70 <= len(evaluation) <= 90
+    assert len(train) == 240 and len(evaluation) == 240
     everything = train + evaluation
     assert all(isinstance(p, Prompt) for p in everything)
     ids = [p.id for p in everything]
@@ -585,5 +590,15 @@ def test_prompt_files() -> None:
         share = sum(p.category == "adversarial" for p in split) / len(split)
         assert 0.10 <= share <= 0.15
     assert load_prompts("train") == train  # deterministic
+    # the split rule of the module docstring: ids 001-040 split by digest, 041-060 all eval, listed last
+    number = {p.id: int(p.id.rsplit("-", 1)[1]) for p in everything}
+    for category in CATEGORIES:
+        first = sorted((p.id for p in everything if p.category == category and number[p.id] <= 40), key=_digest)
+        assert len(first) == 40
+        assert {p.id for p in evaluation if p.category == category and number[p.id] <= 40} == set(first[:10])
+        assert sorted(number[p.id] for p in evaluation if p.category == category and number[p.id] > 40) == list(
+            range(41, 61)
+        )
+    assert [number[p.id] <= 40 for p in evaluation] == [True] * 80 + [False] * 160
     with pytest.raises(ConfigError, match="train, eval"):
         load_prompts("test")  # type: ignore[arg-type]
