@@ -141,6 +141,7 @@ class EvalReport:
         def row(r: MethodRow) -> dict[str, object]:
             d = asdict(r)
             d["samples"] = r.samples[:3]
+            d["prompt_scores"] = {k: [round(x, 6) for x in v] for k, v in r.prompt_scores.items()}  # ample for [-1, 1]
             return d
 
         return {

@@ -112,7 +112,7 @@ def test_evaluator_rows_bon_monotone_and_outputs(fresh_tiny_base: BaseModel, tin
     assert plot_reward_vs_compute(report, tmp_path / "compute.png").stat().st_size > 10_000
     stored = json.loads(json.dumps(report.to_json()))
     assert stored["prompts"] == len(prompts)
-    assert stored["rows"][0]["prompt_scores"]["short"] == report.rows[0].prompt_scores["short"]
+    assert stored["rows"][0]["prompt_scores"]["short"] == pytest.approx(report.rows[0].prompt_scores["short"], abs=1e-6)
 
 
 def test_run_cache_reuses_runs_and_decodes_only_new_ones(
