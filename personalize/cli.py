@@ -259,15 +259,27 @@ def heads_train(
     seed: Annotated[int, typer.Option()] = 0,
     version: Annotated[str, typer.Option()] = "1",
     description: Annotated[str, typer.Option()] = "",
+    rollout_weights: Annotated[
+        str,
+        typer.Option(
+            "--rollout-weights",
+            help="Sample the rollouts from the base model steered by these heads (VAS), e.g. helpful=1: "
+            "a second round, whose values are those of the steered policy. '' (default): the plain base model.",
+        ),
+    ] = "",
+    rollout_beta: Annotated[float, typer.Option("--rollout-beta", help="Beta of the steered rollout policy.")] = 1.0,
+    heads: HeadsOpt = None,
     base_model: BaseModelOpt = None,
 ) -> None:
     """Train a head: rollouts (cached, shared by objectives) → reward → TD(lambda) (lora/linear) or SFT (implicit)."""
     import hashlib
     import shlex
     import sys
+    from dataclasses import asdict
 
     from personalize.data import load_prompts
-    from personalize.decoding import Engine
+    from personalize.decoding import Engine, Personalization
+    from personalize.heads import load_head
     from personalize.progress import progress_bar
     from personalize.rewards import get_reward
     from personalize.training import (
@@ -302,22 +314,40 @@ def heads_train(
             seed=seed,
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
+        policy = Personalization(parse_weights(rollout_weights), beta=rollout_beta)
+        steered = any(w != 0 for w in policy.weights.values())
         scorer = get_reward(reward)
         base = _load_base(settings, base_model)
+        steering = []
+        if steered:
+            found = (load_head(folder, base) for folder in _head_dirs(heads, settings.data_dir))
+            steering = [h for h in found if h.objective in policy.weights]
+            missing = sorted(set(policy.weights) - {h.objective for h in steering})
+            if missing:
+                raise ConfigError(f"--rollout-weights names {missing}, for which no head was found; pass --heads")
+        engine = Engine(base, steering)
         prompts = [p.prompt for p in load_prompts("train")]
         prompts = prompts[:limit] if limit else prompts
-        key = hashlib.sha256(
-            json.dumps([base.backbone_id, prompts, rollout_config.__dict__], sort_keys=True).encode()
-        ).hexdigest()[:16]
+        material: list[object] = [base.backbone_id, prompts, rollout_config.__dict__]
+        rollout_policy: dict[str, object] | None = None
+        if steered:  # the base policy's key is left as it was, so stored base rollouts stay valid
+            rollout_policy = {
+                "weights": dict(policy.weights),
+                "beta": policy.beta,
+                "heads": {name: meta.version for name, meta in engine.objectives.items()},
+            }
+            material.append({**rollout_policy, "meta": {n: asdict(m) for n, m in engine.objectives.items()}})
+        key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
         cache = settings.data_dir / "rollouts" / f"{key}.jsonl"
         if cache.is_file():
             rollouts = load_rollouts(cache)
             console.print(f"reusing {len(rollouts)} rollouts from {cache}")
         else:
+            label = "rollouts" + (f" steered by {rollout_weights}" if steered else "")
             with progress_bar(err) as bar:
-                task = bar.add_task("rollouts", total=len(prompts) * samples_per_prompt)
+                task = bar.add_task(label, total=len(prompts) * samples_per_prompt)
                 rollouts = sample_rollouts(
-                    Engine(base), prompts, rollout_config, on_batch=lambda n: bar.advance(task, n)
+                    engine, prompts, rollout_config, policy=policy, on_batch=lambda n: bar.advance(task, n)
                 )
             save_rollouts(rollouts, cache)
         with console.status(f"scoring {len(rollouts)} responses with reward {reward!r}"):
@@ -349,6 +379,7 @@ def heads_train(
                 "rollout_config": rollout_config.__dict__,
                 "prompts": len(prompts),
                 "shaping": shaping,
+                **({"rollout_policy": rollout_policy} if rollout_policy is not None else {}),
             }
             _, report = train_head(
                 base,

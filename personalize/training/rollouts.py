@@ -1,4 +1,9 @@
-"""Rollouts: responses sampled from the base model for training prompts, batched and seeded."""
+"""Rollouts: responses sampled for training prompts, batched and seeded.
+
+The policy is the plain base model, or, for a second round (DESIGN.md §4), the base model
+steered by heads already trained (VAS): values learned on those rollouts are the values of
+the steered policy, which is where decoding with the heads actually goes.
+"""
 
 from __future__ import annotations
 
@@ -59,9 +64,18 @@ def sample_rollouts(
     prompts: Sequence[str],
     config: RolloutConfig = RolloutConfig(),
     *,
+    policy: Personalization | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Rollout]:
-    """``samples_per_prompt`` responses per prompt from the plain base policy, in batches."""
+    """``samples_per_prompt`` responses per prompt, in batches, from the plain base policy or from
+    ``policy``: a ``vas`` personalization over heads the engine holds (a steered second round)."""
+    policy = policy or Personalization(method="base")
+    if policy.method not in ("base", "vas"):
+        raise ConfigError(f"rollouts sample from the base or a vas-steered policy, not {policy.method!r}")
+    missing = sorted(name for name, w in policy.weights.items() if w != 0 and name not in engine.objectives)
+    if missing:
+        loaded = sorted(engine.objectives)
+        raise ConfigError(f"the rollout policy weighs {missing}, which have no head; loaded: {loaded}")
     jobs = [(p, i) for p in prompts for i in range(config.samples_per_prompt)]
     rollouts: list[Rollout] = []
     for start in range(0, len(jobs), config.batch_size):
@@ -74,7 +88,7 @@ def sample_rollouts(
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, seed=seed
             )
             ids = tuple(engine.base.encode_prompt(prompt))
-            requests.append(GenerationRequest(ids, sampling, Personalization(method="base")))
+            requests.append(GenerationRequest(ids, sampling, policy))
         for (prompt, _), request, seed, result in zip(chunk, requests, seeds, engine.generate(requests), strict=True):
             rollouts.append(
                 Rollout(

@@ -383,6 +383,20 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     for wrong in (["--shaping", "words"], ["--shaping", "token", "--kind", "implicit"]):
         result = runner.invoke(app, [*shaped, *small, *wrong, "--out", str(tmp_path / "x"), *common[:2]], env=env)
         assert result.exit_code == 2 and "--shaping" in result.output, result.output
+    # a second round: rollouts from the base steered by the harmless head, stored apart from the base ones
+    steered = [*shaped, *small, "--rollout-weights", "harmless=1", "--rollout-beta", "2", *common]
+    result = runner.invoke(app, [*steered, "--out", str(tmp_path / "round2")], env=env)
+    assert result.exit_code == 0, result.output
+    assert "rollouts steered by harmless=1: 4/4" in result.output and "reusing" not in result.output
+    training = json.loads((tmp_path / "round2" / "head.json").read_text())["training"]
+    assert training["rollout_policy"] == {"weights": {"harmless": 1.0}, "beta": 2.0, "heads": {"harmless": "1"}}
+    assert training["rollouts_file"] != json.loads((dest / "head.json").read_text())["training"]["rollouts_file"]
+    assert "rollout_policy" not in json.loads((dest / "head.json").read_text())["training"]
+    result = runner.invoke(app, [*steered, "--out", str(tmp_path / "round2b")], env=env)
+    assert result.exit_code == 0 and "reusing 4 rollouts" in result.output, result.output
+    nohead = [*shaped, *small, "--rollout-weights", "concise=1", "--out", str(tmp_path / "y"), *common]
+    result = runner.invoke(app, nohead, env=env)
+    assert result.exit_code == 2 and "no head was found" in result.output, result.output
     # eval: a second identical run decodes nothing (stored runs), and writes the same table
     run = [
         "eval", "--objectives", "harmless", "--betas", "1", "--bon", "1,2", "--ivg", "", "--aisp-samples", "",

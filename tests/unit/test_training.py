@@ -187,6 +187,25 @@ def test_rollouts_record_the_eos_they_stopped_on(fresh_tiny_base: BaseModel, tmp
     assert load_rollouts(old)[0].stop_token_id is None
 
 
+def test_rollouts_from_a_steered_policy(fresh_tiny_base: BaseModel, tiny_head_dir) -> None:
+    from personalize.errors import ConfigError
+
+    base = fresh_tiny_base
+    engine = Engine(base, [load_head(tiny_head_dir("short", kind="lora", seed=1), base)])
+    prompts = ["How do I clean my keyboard?", "Water boils at"]
+    config = RolloutConfig(samples_per_prompt=3, max_new_tokens=8, batch_size=4)
+    plain = sample_rollouts(engine, prompts, config)
+    # weight 0 is the base policy exactly; a real weight changes what is sampled, from the same seeds
+    assert sample_rollouts(engine, prompts, config, policy=Personalization({"short": 0.0})) == plain
+    steered = sample_rollouts(engine, prompts, config, policy=Personalization({"short": 1.0}, beta=8.0))
+    assert [r.seed for r in steered] == [r.seed for r in plain]
+    assert [r.response_ids for r in steered] != [r.response_ids for r in plain]
+    with pytest.raises(ConfigError, match="no head"):
+        sample_rollouts(engine, prompts, config, policy=Personalization({"long": 1.0}))
+    with pytest.raises(ConfigError, match="base or a vas-steered policy"):
+        sample_rollouts(engine, prompts, config, policy=Personalization({"short": 1.0}, method="bon", best_of=2))
+
+
 def test_a_head_trains_on_a_base_an_engine_decoded_with_lora_heads(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
     base = fresh_tiny_base
     engine = Engine(base)
