@@ -82,6 +82,14 @@ def _head_dirs(heads: list[Path] | None, data_dir: Path) -> list[Path]:
     return discover_heads(list(heads) if heads else [SHIPPED_HEADS_DIR, data_dir / "heads"])
 
 
+def _load_heads(base: Any, wanted: set[str], heads: list[Path] | None, data_dir: Path) -> tuple[list[Any], list[str]]:
+    """The heads found (as :func:`_head_dirs` finds them) whose objective is wanted, and the wanted ones missing."""
+    from personalize.heads import load_head
+
+    loaded = [h for h in (load_head(f, base) for f in _head_dirs(heads, data_dir)) if h.objective in wanted]
+    return loaded, sorted(wanted - {h.objective for h in loaded})
+
+
 def _fail(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}")
     return typer.Exit(code=2)
@@ -120,7 +128,6 @@ def generate(
 
     from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
     from personalize.decoding.methods import streams
-    from personalize.heads import load_head
 
     settings = _settings()
     ivg = {"candidates": candidates, "chunk_tokens": chunk_tokens, "beams": beams, "implicit_weight": implicit_weight}
@@ -139,12 +146,7 @@ def generate(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
         )
         base = _load_base(settings, base_model)
-        needed = set(personalization.weights)
-        loaded = []
-        for folder in _head_dirs(heads, settings.data_dir):
-            head = load_head(folder, base)
-            if head.objective in needed:
-                loaded.append(head)
+        loaded, _ = _load_heads(base, set(personalization.weights), heads, settings.data_dir)
         engine = Engine(base, loaded)
         request = GenerationRequest(tuple(base.encode_prompt(prompt, chat=not raw)), sampling, personalization)
         start = time.perf_counter()
@@ -279,7 +281,6 @@ def heads_train(
 
     from personalize.data import load_prompts
     from personalize.decoding import Engine, Personalization
-    from personalize.heads import load_head
     from personalize.progress import progress_bar
     from personalize.rewards import get_reward
     from personalize.training import (
@@ -318,11 +319,9 @@ def heads_train(
         steered = any(w != 0 for w in policy.weights.values())
         scorer = get_reward(reward)
         base = _load_base(settings, base_model)
-        steering = []
+        steering: list[Any] = []
         if steered:
-            found = (load_head(folder, base) for folder in _head_dirs(heads, settings.data_dir))
-            steering = [h for h in found if h.objective in policy.weights]
-            missing = sorted(set(policy.weights) - {h.objective for h in steering})
+            steering, missing = _load_heads(base, set(policy.weights), heads, settings.data_dir)
             if missing:
                 raise ConfigError(f"--rollout-weights names {missing}, for which no head was found; pass --heads")
         engine = Engine(base, steering)
@@ -452,7 +451,6 @@ def evaluate(
     from personalize.decoding import Engine
     from personalize.decoding.config import AISPParams, IVGParams
     from personalize.evaluation import EvalConfig, Evaluator, RunCache, markdown_table
-    from personalize.heads import load_head
     from personalize.progress import progress_bar
     from personalize.rewards import get_reward
 
@@ -487,12 +485,9 @@ def evaluate(
         )
         base = _load_base(settings, base_model)
         wanted = set(names) | set(config.implicit.values())
-        loaded = [
-            h for h in (load_head(f, base) for f in _head_dirs(heads, settings.data_dir)) if h.objective in wanted
-        ]
-        missing = wanted - {h.objective for h in loaded}
+        loaded, missing = _load_heads(base, wanted, heads, settings.data_dir)
         if missing:
-            raise typer.BadParameter(f"no head found for {sorted(missing)}; pass --heads")
+            raise typer.BadParameter(f"no head found for {missing}; pass --heads")
         by_objective = {h.objective: h.meta.reward_name for h in loaded}
         rewards = {name: get_reward(by_objective[name]) for name in names}  # the reward each head names
         prompts = [p.prompt for p in load_prompts("eval")]
