@@ -270,6 +270,13 @@ def heads_train(
         ),
     ] = "",
     rollout_beta: Annotated[float, typer.Option("--rollout-beta", help="Beta of the steered rollout policy.")] = 1.0,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Warm-start from this trained head (same kind, value rank and LoRA shape) instead of from zero.",
+        ),
+    ] = None,
     heads: HeadsOpt = None,
     base_model: BaseModelOpt = None,
 ) -> None:
@@ -281,6 +288,7 @@ def heads_train(
 
     from personalize.data import load_prompts
     from personalize.decoding import Engine, Personalization
+    from personalize.heads import load_head
     from personalize.progress import progress_bar
     from personalize.rewards import get_reward
     from personalize.training import (
@@ -324,6 +332,11 @@ def heads_train(
             steering, missing = _load_heads(base, set(policy.weights), heads, settings.data_dir)
             if missing:
                 raise ConfigError(f"--rollout-weights names {missing}, for which no head was found; pass --heads")
+        start_from = None
+        if init is not None:
+            if kind == "implicit":
+                raise ConfigError("--init applies to value heads (lora, linear); implicit heads are fine-tuned")
+            start_from = load_head(init, base)
         engine = Engine(base, steering)
         prompts = [p.prompt for p in load_prompts("train")]
         prompts = prompts[:limit] if limit else prompts
@@ -379,6 +392,7 @@ def heads_train(
                 "prompts": len(prompts),
                 "shaping": shaping,
                 **({"rollout_policy": rollout_policy} if rollout_policy is not None else {}),
+                **({"init": {"path": str(init), "version": start_from.meta.version}} if start_from else {}),
             }
             _, report = train_head(
                 base,
@@ -393,6 +407,7 @@ def heads_train(
                 extra_meta=meta,
                 on_step=step,
                 action_rewards=action_rewards,
+                init=start_from,
             )
     except PersonalizeError as exc:
         raise _fail(exc) from exc

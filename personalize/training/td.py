@@ -228,11 +228,14 @@ def train_head(
     resume: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
     action_rewards: Sequence[Sequence[float]] | None = None,
+    init: ValueHead | None = None,
 ) -> tuple[ValueHead, TrainReport]:
     """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``.
 
     ``action_rewards`` (one list per rollout, one reward per action: see
     :mod:`personalize.training.shaping`) replaces the default of the final score on the last action.
+    ``init`` warm-starts from a trained head of the same kind and shape (its value output and
+    adapter; a checkpoint to resume from takes precedence); the epochs are counted afresh.
 
     ``implicit`` heads are not value heads: they are fine-tuned on the best rollouts instead
     (see :mod:`personalize.training.implicit`; no checkpoints).
@@ -280,6 +283,10 @@ def train_head(
         seed=config.seed,
     )
     head.adapter = None  # peft initialises its own adapter (B = 0: the head starts as the base model)
+    if init is not None:
+        _check_init(init, head)
+        head.output.load_state_dict(init.output.state_dict())
+        head.adapter = init.adapter
     checkpoint = checkpoint_dir(Path(out_dir))
     first_epoch = 0
     if resume and (checkpoint / "state.json").is_file():
@@ -334,6 +341,24 @@ def train_head(
     if accelerator.is_main_process:
         shutil.rmtree(checkpoint, ignore_errors=True)
     return final, report
+
+
+def _check_init(init: ValueHead, head: ValueHead) -> None:
+    """A warm start must have the kind, value rank and LoRA shape of the head being trained."""
+    got, want = init.meta, head.meta
+    if got.kind != want.kind:
+        raise ConfigError(f"--init head is a {got.kind!r} head; training a {want.kind!r} head")
+    if got.value_rank != want.value_rank or got.hidden_size != want.hidden_size:
+        raise ConfigError(
+            f"--init head's value output (hidden {got.hidden_size}, rank {got.value_rank}) does not match "
+            f"this head's (hidden {want.hidden_size}, rank {want.value_rank})"
+        )
+
+    def shape(spec: LoraSpec | None) -> tuple[int, float, tuple[str, ...]] | None:
+        return None if spec is None else (spec.rank, float(spec.alpha), tuple(spec.target_modules))
+
+    if shape(got.lora) != shape(want.lora):
+        raise ConfigError(f"--init head's LoRA {got.lora} does not match the one configured, {want.lora}")
 
 
 def asdict_shallow(batch: _Batch) -> tuple[torch.Tensor, ...]:

@@ -380,6 +380,17 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     assert result.exit_code == 0, result.output
     assert "reusing 4 rollouts" in result.output
     assert json.loads((dest / "head.json").read_text())["training"]["shaping"] == "sentence"
+    # a warm start from that head: recorded in head.json; a head of another kind is refused with exit 2
+    warm = [*shaped, *small, "--init", str(dest), *base_dir]
+    result = runner.invoke(app, [*warm, "--out", str(tmp_path / "warm")], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "warm" / "head.json").read_text())["training"]["init"] == {
+        "path": str(dest),
+        "version": "1",
+    }
+    mismatch = [*shaped, *small, "--init", str(heads[0]), "--out", str(tmp_path / "z"), *base_dir]
+    result = runner.invoke(app, mismatch, env=env)
+    assert result.exit_code == 2 and "--init head is a 'lora' head" in result.output, result.output
     for wrong in (["--shaping", "words"], ["--shaping", "token", "--kind", "implicit"]):
         result = runner.invoke(app, [*shaped, *small, *wrong, "--out", str(tmp_path / "x"), *common[:2]], env=env)
         assert result.exit_code == 2 and "--shaping" in result.output, result.output

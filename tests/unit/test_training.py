@@ -222,6 +222,33 @@ def test_a_head_trains_on_a_base_an_engine_decoded_with_lora_heads(fresh_tiny_ba
     assert load_head(tmp_path / "second", base).adapter
 
 
+def test_training_warm_starts_from_a_trained_head(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
+    from personalize.errors import ConfigError
+
+    base = fresh_tiny_base
+    rollouts = sample_rollouts(Engine(base), ["Explain photosynthesis."], RolloutConfig(4, 8, batch_size=4))
+    scores = [0.0, 1.0, 0.0, 1.0]
+    config = TrainConfig(kind="lora", epochs=5, batch_size=2, lora_layers=1, lr=1e-3, head_lr=1e-2)
+    first, _ = train_head(base, rollouts, scores, "long", tmp_path / "a", reward_name="len", config=config)
+    warm = TrainConfig(kind="lora", epochs=1, batch_size=2, lora_layers=1, lr=1e-12, head_lr=1e-12)
+    second, again = train_head(
+        base, rollouts, scores, "long", tmp_path / "b", reward_name="len", config=warm, init=load_head(tmp_path / "a")
+    )
+    # a learning rate of ~0 keeps the warm start: the trained head's weights and its loss level, not a fresh head's
+    assert first.adapter is not None and second.adapter is not None
+    assert all(torch.allclose(second.adapter[k], first.adapter[k], atol=1e-6) for k in first.adapter)
+    assert torch.allclose(second.output.down.weight, first.output.down.weight, atol=1e-6)
+    cold, fresh = train_head(base, rollouts, scores, "long", tmp_path / "c", reward_name="len", config=warm)
+    assert again.epoch_losses[0] < fresh.epoch_losses[0]
+    assert not torch.allclose(cold.output.down.weight, first.output.down.weight)
+    with pytest.raises(ConfigError, match="LoRA"):
+        other = TrainConfig(kind="lora", epochs=1, batch_size=2, lora_layers=1, lora_rank=4)
+        train_head(base, rollouts, scores, "long", tmp_path / "d", reward_name="len", config=other, init=first)
+    with pytest.raises(ConfigError, match="'linear' head"):
+        linear = TrainConfig(kind="linear", epochs=1, batch_size=2)
+        train_head(base, rollouts, scores, "long", tmp_path / "e", reward_name="len", config=linear, init=first)
+
+
 def test_lora_warm_start_loads_the_adapter(fresh_tiny_base: BaseModel) -> None:
     from personalize.errors import ConfigError
     from personalize.training.td import adapter_state, peft_copy
