@@ -84,9 +84,16 @@ def _head_dirs(heads: list[Path] | None, data_dir: Path) -> list[Path]:
 
 def _load_heads(base: Any, wanted: set[str], heads: list[Path] | None, data_dir: Path) -> tuple[list[Any], list[str]]:
     """The heads found (as :func:`_head_dirs` finds them) whose objective is wanted, and the wanted ones missing."""
-    from personalize.heads import load_head
+    from personalize.heads import HEAD_JSON, load_head
 
-    loaded = [h for h in (load_head(f, base) for f in _head_dirs(heads, data_dir)) if h.objective in wanted]
+    def objective_of(folder: Path) -> str | None:  # from head.json alone: weights are read only for wanted heads
+        try:
+            return str(json.loads((folder / HEAD_JSON).read_text())["objective"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable: load_head below says what is wrong with it
+
+    folders = [f for f in _head_dirs(heads, data_dir) if objective_of(f) in (*wanted, None)]
+    loaded = [h for h in (load_head(f, base) for f in folders) if h.objective in wanted]
     return loaded, sorted(wanted - {h.objective for h in loaded})
 
 
@@ -323,13 +330,14 @@ def heads_train(
             seed=seed,
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
-        policy = Personalization(parse_weights(rollout_weights), beta=rollout_beta)
-        steered = any(w != 0 for w in policy.weights.values())
+        steer_by = {name: w for name, w in parse_weights(rollout_weights).items() if w != 0}  # 0 needs no head
+        policy = Personalization(steer_by, beta=rollout_beta)
+        steered = bool(steer_by)
         scorer = get_reward(reward)
         base = _load_base(settings, base_model)
         steering: list[Any] = []
         if steered:
-            steering, missing = _load_heads(base, set(policy.weights), heads, settings.data_dir)
+            steering, missing = _load_heads(base, set(steer_by), heads, settings.data_dir)
             if missing:
                 raise ConfigError(f"--rollout-weights names {missing}, for which no head was found; pass --heads")
         start_from = None

@@ -132,3 +132,21 @@ def test_adapter_matches_peft(tmp_path: Path) -> None:
     assert torch.allclose(got[0], want[0], atol=1e-5)  # adapter row == peft
     assert torch.allclose(got[1], plain[0], atol=1e-5)  # base row == no adapter
     assert not torch.allclose(want[0], plain[0], atol=1e-3)  # and the adapter really changes something
+
+
+def test_commands_read_the_weights_of_the_wanted_heads_only(
+    tiny_base: BaseModel, tmp_path: Path, tiny_head_dir
+) -> None:
+    from personalize.cli import _load_heads
+
+    folder = tmp_path / "heads"
+    for objective in ("harmless", "positive"):
+        shutil.copytree(tiny_head_dir(objective), folder / objective)
+    (folder / "positive" / "value_head.safetensors").write_bytes(b"not safetensors")
+    loaded, missing = _load_heads(tiny_base, {"harmless", "concise"}, [folder], tmp_path / "data")
+    assert [h.objective for h in loaded] == ["harmless"] and missing == ["concise"]
+    with pytest.raises(HeadFormatError):  # a wanted head that is broken still says so
+        _load_heads(tiny_base, {"positive"}, [folder], tmp_path / "data")
+    (folder / "harmless" / "head.json").write_text("{")
+    with pytest.raises(HeadFormatError, match="not valid JSON"):  # unreadable metadata: loaded to say why
+        _load_heads(tiny_base, {"concise"}, [folder], tmp_path / "data")

@@ -408,6 +408,9 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     nohead = [*shaped, *small, "--rollout-weights", "concise=1", "--out", str(tmp_path / "y"), *common]
     result = runner.invoke(app, nohead, env=env)
     assert result.exit_code == 2 and "no head was found" in result.output, result.output
+    unused = [*shaped, *small, "--rollout-weights", "harmless=1,concise=0", "--rollout-beta", "2", *common]
+    result = runner.invoke(app, [*unused, "--out", str(tmp_path / "w0")], env=env)  # weight 0 needs no head
+    assert result.exit_code == 0 and "reusing 4 rollouts" in result.output, result.output
     # eval: a second identical run decodes nothing (stored runs), and writes the same table
     run = [
         "eval", "--objectives", "harmless", "--betas", "1", "--bon", "1,2", "--ivg", "", "--aisp-samples", "",
