@@ -277,6 +277,14 @@ def heads_train(
         ),
     ] = "",
     rollout_beta: Annotated[float, typer.Option("--rollout-beta", help="Beta of the steered rollout policy.")] = 1.0,
+    with_base_rollouts: Annotated[
+        bool,
+        typer.Option(
+            "--with-base-rollouts",
+            help="With --rollout-weights: train on the base model's rollouts as well as the steered ones "
+            "(both sampled, or reused, with the same prompts and settings).",
+        ),
+    ] = False,
     init: Annotated[
         Path | None,
         typer.Option(
@@ -288,7 +296,6 @@ def heads_train(
     base_model: BaseModelOpt = None,
 ) -> None:
     """Train a head: rollouts (cached, shared by objectives) → reward → TD(lambda) (lora/linear) or SFT (implicit)."""
-    import hashlib
     import shlex
     import sys
     from dataclasses import asdict
@@ -301,9 +308,6 @@ def heads_train(
     from personalize.training import (
         RolloutConfig,
         TrainConfig,
-        load_rollouts,
-        sample_rollouts,
-        save_rollouts,
         train_head,
     )
     from personalize.training.implicit import select_best
@@ -333,6 +337,10 @@ def heads_train(
         steer_by = {name: w for name, w in parse_weights(rollout_weights).items() if w != 0}  # 0 needs no head
         policy = Personalization(steer_by, beta=rollout_beta)
         steered = bool(steer_by)
+        if with_base_rollouts and not steered:
+            raise ConfigError(
+                "--with-base-rollouts adds the base model's rollouts to steered ones: give --rollout-weights"
+            )
         scorer = get_reward(reward)
         base = _load_base(settings, base_model)
         steering: list[Any] = []
@@ -348,28 +356,22 @@ def heads_train(
         engine = Engine(base, steering)
         prompts = [p.prompt for p in load_prompts("train")]
         prompts = prompts[:limit] if limit else prompts
-        material: list[object] = [base.backbone_id, prompts, rollout_config.__dict__]
         rollout_policy: dict[str, object] | None = None
-        if steered:  # the base policy's key is left as it was, so stored base rollouts stay valid
+        steering_key: dict[str, object] | None = None
+        if steered:
             rollout_policy = {
                 "weights": dict(policy.weights),
                 "beta": policy.beta,
                 "heads": {name: meta.version for name, meta in engine.objectives.items()},
             }
-            material.append({**rollout_policy, "meta": {n: asdict(m) for n, m in engine.objectives.items()}})
-        key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        cache = settings.data_dir / "rollouts" / f"{key}.jsonl"
-        if cache.is_file():
-            rollouts = load_rollouts(cache)
-            console.print(f"reusing {len(rollouts)} rollouts from {cache}")
-        else:
-            label = "rollouts" + (f" steered by {rollout_weights}" if steered else "")
-            with progress_bar(err) as bar:
-                task = bar.add_task(label, total=len(prompts) * samples_per_prompt)
-                rollouts = sample_rollouts(
-                    engine, prompts, rollout_config, policy=policy, on_batch=lambda n: bar.advance(task, n)
-                )
-            save_rollouts(rollouts, cache)
+            steering_key = {**rollout_policy, "meta": {n: asdict(m) for n, m in engine.objectives.items()}}
+        rollouts, cache = _stored_rollouts(engine, prompts, rollout_config, policy, steering_key, settings.data_dir)
+        base_cache = None
+        if with_base_rollouts:  # the base policy's rollouts too: its states and the steered policy's
+            base_rollouts, base_cache = _stored_rollouts(
+                engine, prompts, rollout_config, Personalization({}), None, settings.data_dir
+            )
+            rollouts = base_rollouts + rollouts
         with console.status(f"scoring {len(rollouts)} responses with reward {reward!r}"):
             scores = scorer([r.prompt for r in rollouts], [r.response for r in rollouts]).float().tolist()
         action_rewards = None
@@ -396,6 +398,7 @@ def heads_train(
             meta = {
                 "command": shlex.join(["personalize", *sys.argv[1:]]),  # quoted: copy-pasteable
                 "rollouts_file": cache.name,
+                **({"base_rollouts_file": base_cache.name} if base_cache is not None else {}),
                 "rollout_config": rollout_config.__dict__,
                 "prompts": len(prompts),
                 "shaping": shaping,
@@ -423,6 +426,37 @@ def heads_train(
         f"head {objective!r} v{version} → {out}  losses {[round(x, 4) for x in report.epoch_losses]}  "
         f"return {report.return_mean:.3f}±{report.return_std:.3f}  scale {report.scale:.4f}  {report.seconds:.0f}s"
     )
+
+
+def _stored_rollouts(
+    engine: Any, prompts: list[str], config: Any, policy: Any, steering: dict[str, object] | None, data_dir: Path
+) -> tuple[list[Any], Path]:
+    """Rollouts of ``policy`` (the base model when ``steering`` is None), sampled once and then read back.
+
+    They are stored under a key of the model, prompts and settings, plus ``steering`` (the steering
+    heads' weights and metadata) for a steered policy: the base policy's key is left as it always was.
+    """
+    import hashlib
+
+    from personalize.progress import progress_bar
+    from personalize.training import load_rollouts, sample_rollouts, save_rollouts
+
+    material: list[object] = [engine.base.backbone_id, prompts, config.__dict__]
+    if steering is not None:
+        material.append(steering)
+    key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = data_dir / "rollouts" / f"{key}.jsonl"
+    if cache.is_file():
+        rollouts = load_rollouts(cache)
+        console.print(f"reusing {len(rollouts)} rollouts from {cache}")
+        return rollouts, cache
+    weights = ",".join(f"{name}={weight:g}" for name, weight in policy.weights.items())
+    label = "rollouts" + (f" steered by {weights}" if steering is not None else "")
+    with progress_bar(err) as bar:
+        task = bar.add_task(label, total=len(prompts) * config.samples_per_prompt)
+        rollouts = sample_rollouts(engine, prompts, config, policy=policy, on_batch=lambda n: bar.advance(task, n))
+    save_rollouts(rollouts, cache)
+    return rollouts, cache
 
 
 @app.command("eval")

@@ -405,6 +405,14 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     assert "rollout_policy" not in json.loads((dest / "head.json").read_text())["training"]
     result = runner.invoke(app, [*steered, "--out", str(tmp_path / "round2b")], env=env)
     assert result.exit_code == 0 and "reusing 4 rollouts" in result.output, result.output
+    # the base model's rollouts as well as the steered ones: both reused, both recorded
+    result = runner.invoke(app, [*steered, "--with-base-rollouts", "--out", str(tmp_path / "mixed")], env=env)
+    assert result.exit_code == 0 and result.output.count("reusing 4 rollouts") == 2, result.output
+    mixed = json.loads((tmp_path / "mixed" / "head.json").read_text())["training"]
+    assert mixed["rollouts_file"] == training["rollouts_file"] and mixed["rollouts"] == 8
+    assert mixed["base_rollouts_file"] == json.loads((dest / "head.json").read_text())["training"]["rollouts_file"]
+    result = runner.invoke(app, [*shaped, *small, "--with-base-rollouts", "--out", str(tmp_path / "v"), *common])
+    assert result.exit_code == 2 and "--with-base-rollouts adds" in result.output, result.output
     nohead = [*shaped, *small, "--rollout-weights", "concise=1", "--out", str(tmp_path / "y"), *common]
     result = runner.invoke(app, nohead, env=env)
     assert result.exit_code == 2 and "no head was found" in result.output, result.output
