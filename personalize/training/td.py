@@ -213,6 +213,24 @@ def _calibration_scale(base: BaseModel, trainable: _Trainable, batch: _Batch, to
     return value if math.isfinite(value) and value > 1e-6 else 1.0
 
 
+def _scale(
+    base: BaseModel,
+    model: _Trainable,
+    rollouts: Sequence[Rollout],
+    paid: Sequence[Sequence[float]],
+    order: Sequence[int],
+    device: torch.device,
+) -> float:
+    """The calibration scale on the first 16 rollouts of the training order, in chunks (logits over V are large)."""
+    pad, eos = base.pad_token_id, base.eos_token_ids[0]
+    spreads = []
+    for i in range(0, min(16, len(order)), 4):
+        idx = order[i : i + 4]
+        calib = _collate([rollouts[j] for j in idx], [paid[j] for j in idx], pad, eos)
+        spreads.append(_calibration_scale(base, model, _Batch(*(t.to(device) for t in asdict_shallow(calib)))))
+    return sum(spreads) / len(spreads)
+
+
 def train_head(
     base: BaseModel,
     rollouts: Sequence[Rollout],
@@ -324,18 +342,13 @@ def train_head(
             if on_step is not None:
                 on_step(epoch, step, float(loss.detach()))
         report.epoch_losses.append(total / max(count, 1))
-        if accelerator.is_main_process:
+        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device)
+        if accelerator.is_main_process:  # a checkpoint is a calibrated head too: it can be evaluated as it stands
             _save(head, model, checkpoint / "head", report, config, extra_meta)
             state = {"epoch": epoch + 1, "losses": report.epoch_losses}
             (checkpoint / "state.json").write_text(json.dumps(state))
-    spreads = []
-    for i in range(0, min(16, len(order)), 4):  # 16 responses in chunks: logits over V are large
-        idx = order[i : i + 4]
-        calib = _collate([rollouts[j] for j in idx], [paid[j] for j in idx], pad, eos)
-        spreads.append(
-            _calibration_scale(base, model, _Batch(*(t.to(accelerator.device) for t in asdict_shallow(calib))))
-        )
-    report.scale = sum(spreads) / len(spreads)
+    if first_epoch >= config.epochs:  # resumed after the last epoch: nothing was trained or calibrated in this run
+        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device)
     report.seconds = time.perf_counter() - start
     final = _save(head, model, Path(out_dir), report, config, extra_meta)
     if accelerator.is_main_process:

@@ -72,7 +72,7 @@ def test_short_training_run_loss_falls_and_head_steers(fresh_tiny_base: BaseMode
 def test_training_resumes_from_checkpoint(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
     base = fresh_tiny_base
     rollouts = sample_rollouts(Engine(base), ["Explain photosynthesis."], RolloutConfig(4, 8, batch_size=4))
-    scores = [float(len(r.response_ids)) for r in rollouts]
+    scores = [0.0, 1.0, 0.0, 1.0]  # varied: the head learns, so its values spread and get a scale
     out = tmp_path / "h"
     calls: list[int] = []
     config = TrainConfig(kind="linear", epochs=2, batch_size=2)
@@ -85,6 +85,8 @@ def test_training_resumes_from_checkpoint(fresh_tiny_base: BaseModel, tmp_path: 
     with pytest.raises(KeyboardInterrupt):
         train_head(base, rollouts, scores, "long", out, reward_name="len", config=config, on_step=interrupt)
     assert (checkpoint_dir(out) / "state.json").is_file()
+    saved = load_head(checkpoint_dir(out) / "head").meta.calibration
+    assert saved is not None and saved.scale != 1.0 and saved.scale > 0  # calibrated: usable as it stands
     calls.clear()
     _, report = train_head(
         base,
