@@ -312,6 +312,7 @@ def heads_train(
     )
     from personalize.training.implicit import select_best
     from personalize.training.shaping import SHAPING_MODES, shaped_rewards
+    from personalize.training.td import check_init
 
     settings = _settings()
     try:
@@ -349,10 +350,9 @@ def heads_train(
             if missing:
                 raise ConfigError(f"--rollout-weights names {missing}, for which no head was found; pass --heads")
         start_from = None
-        if init is not None:
-            if kind == "implicit":
-                raise ConfigError("--init applies to value heads (lora, linear); implicit heads are fine-tuned")
+        if init is not None:  # checked before any rollout is sampled
             start_from = load_head(init, base)
+            check_init(start_from, config, base.hidden_size)
         engine = Engine(base, steering)
         prompts = [p.prompt for p in load_prompts("train")]
         prompts = prompts[:limit] if limit else prompts

@@ -262,6 +262,8 @@ def train_head(
 
     if len(rollouts) != len(scores) or not rollouts:
         raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
+    if init is not None:
+        check_init(init, config, base.hidden_size)
     if config.kind == "implicit":
         from personalize.training.implicit import train_implicit_head
 
@@ -302,7 +304,6 @@ def train_head(
     )
     head.adapter = None  # peft initialises its own adapter (B = 0: the head starts as the base model)
     if init is not None:
-        _check_init(init, head)
         head.output.load_state_dict(init.output.state_dict())
         head.adapter = init.adapter
     checkpoint = checkpoint_dir(Path(out_dir))
@@ -356,22 +357,25 @@ def train_head(
     return final, report
 
 
-def _check_init(init: ValueHead, head: ValueHead) -> None:
-    """A warm start must have the kind, value rank and LoRA shape of the head being trained."""
-    got, want = init.meta, head.meta
-    if got.kind != want.kind:
-        raise ConfigError(f"--init head is a {got.kind!r} head; training a {want.kind!r} head")
-    if got.value_rank != want.value_rank or got.hidden_size != want.hidden_size:
+def check_init(init: ValueHead, config: TrainConfig, hidden_size: int) -> None:
+    """A warm start must be a value head of the kind, value rank and LoRA shape configured (ConfigError)."""
+    got = init.meta
+    if config.kind == "implicit":  # fine-tuned from the base model: a warm start would be ignored
+        raise ConfigError("--init applies to value heads (lora, linear); implicit heads are fine-tuned")
+    if got.kind != config.kind:
+        raise ConfigError(f"--init head is a {got.kind!r} head; training a {config.kind!r} head")
+    if got.value_rank != config.value_rank or got.hidden_size != hidden_size:
         raise ConfigError(
             f"--init head's value output (hidden {got.hidden_size}, rank {got.value_rank}) does not match "
-            f"this head's (hidden {want.hidden_size}, rank {want.value_rank})"
+            f"this head's (hidden {hidden_size}, rank {config.value_rank})"
         )
+    want = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_targets) if config.kind == "lora" else None
 
     def shape(spec: LoraSpec | None) -> tuple[int, float, tuple[str, ...]] | None:
         return None if spec is None else (spec.rank, float(spec.alpha), tuple(spec.target_modules))
 
-    if shape(got.lora) != shape(want.lora):
-        raise ConfigError(f"--init head's LoRA {got.lora} does not match the one configured, {want.lora}")
+    if shape(got.lora) != shape(want):
+        raise ConfigError(f"--init head's LoRA {got.lora} does not match the one configured, {want}")
 
 
 def asdict_shallow(batch: _Batch) -> tuple[torch.Tensor, ...]:

@@ -391,6 +391,7 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     mismatch = [*shaped, *small, "--init", str(heads[0]), "--out", str(tmp_path / "z"), *base_dir]
     result = runner.invoke(app, mismatch, env=env)
     assert result.exit_code == 2 and "--init head is a 'lora' head" in result.output, result.output
+    assert "rollouts" not in result.output  # refused before any rollout is read or sampled
     for wrong in (["--shaping", "words"], ["--shaping", "token", "--kind", "implicit"]):
         result = runner.invoke(app, [*shaped, *small, *wrong, "--out", str(tmp_path / "x"), *common[:2]], env=env)
         assert result.exit_code == 2 and "--shaping" in result.output, result.output

@@ -249,6 +249,9 @@ def test_training_warm_starts_from_a_trained_head(fresh_tiny_base: BaseModel, tm
     with pytest.raises(ConfigError, match="'linear' head"):
         linear = TrainConfig(kind="linear", epochs=1, batch_size=2)
         train_head(base, rollouts, scores, "long", tmp_path / "e", reward_name="len", config=linear, init=first)
+    with pytest.raises(ConfigError, match="value heads"):  # an implicit head would silently ignore it
+        implicit = TrainConfig(kind="implicit", epochs=1, batch_size=2, lora_layers=1)
+        train_head(base, rollouts, scores, "long", tmp_path / "f", reward_name="len", config=implicit, init=first)
 
 
 def test_lora_warm_start_loads_the_adapter(fresh_tiny_base: BaseModel) -> None:
