@@ -311,7 +311,7 @@ def heads_train(
         train_head,
     )
     from personalize.training.implicit import select_best
-    from personalize.training.shaping import SHAPING_MODES, shaped_rewards
+    from personalize.training.shaping import SHAPING_MODES
     from personalize.training.td import check_init
 
     settings = _settings()
@@ -376,17 +376,8 @@ def heads_train(
             scores = scorer([r.prompt for r in rollouts], [r.response for r in rollouts]).float().tolist()
         action_rewards = None
         if shaping != "none":
-            with progress_bar(err) as bar:
-                task = bar.add_task(f"scoring prefixes ({shaping})", total=None)
-                action_rewards = shaped_rewards(
-                    rollouts,
-                    scores,
-                    scorer,
-                    base.decode,
-                    base.eos_token_ids[0],
-                    mode=shaping,  # type: ignore[arg-type]  # checked above
-                    on_scored=lambda n: bar.advance(task, n),
-                )
+            files = [cache] if base_cache is None else [base_cache, cache]
+            action_rewards = _stored_shaping(rollouts, scores, scorer, base, shaping, files)
         used = len(select_best(rollouts, scores, top_fraction)) if kind == "implicit" else len(rollouts)
         steps = epochs * -(-used // batch_size)
         with progress_bar(err) as bar:
@@ -457,6 +448,48 @@ def _stored_rollouts(
         rollouts = sample_rollouts(engine, prompts, config, policy=policy, on_batch=lambda n: bar.advance(task, n))
     save_rollouts(rollouts, cache)
     return rollouts, cache
+
+
+def _stored_shaping(
+    rollouts: list[Any], scores: list[float], scorer: Any, base: Any, mode: str, files: list[Path]
+) -> list[list[float]]:
+    """Shaped per-action rewards of ``rollouts`` (read from ``files``), computed once and then read back.
+
+    Scoring every sentence-end prefix takes minutes on a CPU, and training several heads (or the same
+    head with other epochs or learning rates) on the same rollouts needs the same rewards. They are
+    stored beside the rollouts under a key of those files, the reward's name and description, the
+    shaping mode, the package version and the final scores themselves, so a reward that scores
+    differently is never served another reward's rewards.
+    """
+    import hashlib
+
+    from personalize import __version__
+    from personalize.progress import progress_bar
+    from personalize.training.shaping import shaped_rewards
+
+    material = [[f.name for f in files], scorer.name, scorer.description, mode, __version__, scores]
+    key = hashlib.sha256(json.dumps(material).encode()).hexdigest()[:16]
+    stored = files[-1].parent / f"shaping-{key}.json"
+    if stored.is_file():
+        rewards: list[list[float]] = json.loads(stored.read_text())
+        if len(rewards) == len(rollouts):
+            console.print(f"reusing {mode}-shaped rewards from {stored}")
+            return rewards
+    with progress_bar(err) as bar:
+        task = bar.add_task(f"scoring prefixes ({mode})", total=None)
+        rewards = shaped_rewards(
+            rollouts,
+            scores,
+            scorer,
+            base.decode,
+            base.eos_token_ids[0],
+            mode=mode,  # type: ignore[arg-type]  # checked by the caller
+            on_scored=lambda n: bar.advance(task, n),
+        )
+    tmp = stored.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rewards))
+    tmp.replace(stored)  # whole or absent: an interrupted write is not read back
+    return rewards
 
 
 @app.command("eval")

@@ -380,6 +380,15 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     assert result.exit_code == 0, result.output
     assert "reusing 4 rollouts" in result.output
     assert json.loads((dest / "head.json").read_text())["training"]["shaping"] == "sentence"
+    assert "scoring prefixes (sentence)" in result.output
+    # the same head again: the shaped rewards are read back, not rescored, and it trains the same
+    again = tmp_path / "harmless-shaped-again"
+    result = runner.invoke(app, [*shaped, *small, "--shaping", "sentence", "--out", str(again), *base_dir], env=env)
+    assert result.exit_code == 0, result.output
+    assert "reusing sentence-shaped rewards" in result.output and "scoring prefixes" not in result.output
+    first, second = (json.loads((d / "head.json").read_text()) for d in (dest, again))
+    assert first["training"]["epoch_losses"] == second["training"]["epoch_losses"]
+    assert first["calibration"] == second["calibration"]
     # a warm start from that head: recorded in head.json; a head of another kind is refused with exit 2
     warm = [*shaped, *small, "--init", str(dest), *base_dir]
     result = runner.invoke(app, [*warm, "--out", str(tmp_path / "warm")], env=env)
