@@ -419,6 +419,13 @@ def heads_train(
     )
 
 
+def _cache_key(material: object) -> str:
+    """A short stable key of JSON-able ``material``: the file name of what is stored under it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _stored_rollouts(
     engine: Any, prompts: list[str], config: Any, policy: Any, steering: dict[str, object] | None, data_dir: Path
 ) -> tuple[list[Any], Path]:
@@ -427,16 +434,13 @@ def _stored_rollouts(
     They are stored under a key of the model, prompts and settings, plus ``steering`` (the steering
     heads' weights and metadata) for a steered policy: the base policy's key is left as it always was.
     """
-    import hashlib
-
     from personalize.progress import progress_bar
     from personalize.training import load_rollouts, sample_rollouts, save_rollouts
 
     material: list[object] = [engine.base.backbone_id, prompts, config.__dict__]
     if steering is not None:
         material.append(steering)
-    key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = data_dir / "rollouts" / f"{key}.jsonl"
+    cache = data_dir / "rollouts" / f"{_cache_key(material)}.jsonl"
     if cache.is_file():
         rollouts = load_rollouts(cache)
         console.print(f"reusing {len(rollouts)} rollouts from {cache}")
@@ -461,20 +465,16 @@ def _stored_shaping(
     shaping mode, the package version and the final scores themselves, so a reward that scores
     differently is never served another reward's rewards.
     """
-    import hashlib
-
     from personalize import __version__
     from personalize.progress import progress_bar
     from personalize.training.shaping import shaped_rewards
 
     material = [[f.name for f in files], scorer.name, scorer.description, mode, __version__, scores]
-    key = hashlib.sha256(json.dumps(material).encode()).hexdigest()[:16]
-    stored = files[-1].parent / f"shaping-{key}.json"
-    if stored.is_file():
+    stored = files[-1].parent / f"shaping-{_cache_key(material)}.json"
+    if stored.is_file():  # the key holds the scores, one per rollout: a stored file has one reward list each
         rewards: list[list[float]] = json.loads(stored.read_text())
-        if len(rewards) == len(rollouts):
-            console.print(f"reusing {mode}-shaped rewards from {stored}")
-            return rewards
+        console.print(f"reusing {mode}-shaped rewards from {stored}")
+        return rewards
     with progress_bar(err) as bar:
         task = bar.add_task(f"scoring prefixes ({mode})", total=None)
         rewards = shaped_rewards(
