@@ -52,6 +52,17 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def _parse_floats(option: str, text: str) -> tuple[float, ...]:
+    """``1,4,16`` -> ``(1.0, 4.0, 16.0)``; a clear error naming ``option`` for anything else."""
+    values = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise typer.BadParameter(f"{option} takes numbers separated by commas, got {part!r}") from None
+    return tuple(values)
+
+
 def _pairs(text: str) -> dict[str, str]:
     """``concise=concise-sft,helpful=helpful-sft`` -> ``{"concise": "concise-sft", ...}``."""
     pairs: dict[str, str] = {}
@@ -292,6 +303,14 @@ def heads_train(
             help="Warm-start from this trained head (same kind, value rank and LoRA shape) instead of from zero.",
         ),
     ] = None,
+    budget_scales: Annotated[
+        str,
+        typer.Option(
+            "--budget-scales",
+            help="lora/linear: make the head aware of the tokens left before --max-new-tokens, through "
+            "features exp(-left / scale) with these decay lengths in tokens, e.g. 1,4,16,64 ('' : off).",
+        ),
+    ] = "",
     heads: HeadsOpt = None,
     base_model: BaseModelOpt = None,
 ) -> None:
@@ -333,6 +352,7 @@ def heads_train(
             lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
             top_fraction=top_fraction,
             seed=seed,
+            budget_scales=_parse_floats("--budget-scales", budget_scales),
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
         steer_by = {name: w for name, w in parse_weights(rollout_weights).items() if w != 0}  # 0 needs no head
@@ -410,6 +430,7 @@ def heads_train(
                 on_step=step,
                 action_rewards=action_rewards,
                 init=start_from,
+                horizon=max_new_tokens,
             )
     except PersonalizeError as exc:
         raise _fail(exc) from exc

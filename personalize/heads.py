@@ -11,6 +11,17 @@ state-value vector and ``b`` a bias. ``v·h + b`` is the same for every candidat
 token, so it cancels when the decoder centres values over the top-k; it is kept
 because training regresses absolute returns.
 
+A *budget-aware* head (``budget_scales`` in ``head.json``) also sees how many
+tokens the response may still take after ``a`` (``n`` = max_new_tokens minus the
+tokens so far, ``a`` included), through features ``φ_k(n) = exp(-n / τ_k)``:
+
+    Q(s, a, n) = v · h + E[a] · (U(D h) + Σ_k φ_k(n) c_k) + b + Σ_k φ_k(n) b_k
+
+A response cut by the token limit is scored as cut; a value that knows the limit
+is near can prefer tokens that end the answer well. Far from the limit every
+``φ_k`` is about 0 and the head is the plain one; where the budget is unknown
+(``remaining=None``) it is taken as unlimited.
+
 Three kinds:
 - ``lora``: the row runs the backbone with the head's LoRA adapter (one extra
   batch row per request at decode time; steers well at high beta).
@@ -71,6 +82,19 @@ SHIPPED_HEADS_DIR = Path(__file__).parent / "shipped_heads"
 """Demo heads for the embedded base model, installed with the package."""
 
 
+MAX_BUDGET_FEATURES = 8
+
+
+def check_budget_scales(scales: tuple[float, ...], error: type[Exception]) -> tuple[float, ...]:
+    """Budget decay lengths must be at most 8 finite numbers > 0 (raises ``error`` otherwise)."""
+    if len(scales) > MAX_BUDGET_FEATURES:
+        raise error(f"budget_scales: at most {MAX_BUDGET_FEATURES} decay lengths, got {len(scales)}")
+    for value in scales:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise error(f"budget_scales must be finite numbers of tokens > 0, got {value!r}")
+    return scales
+
+
 def check_objective_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise HeadFormatError(
@@ -113,6 +137,8 @@ class HeadMeta:
     lora: LoraSpec | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    budget_scales: tuple[float, ...] = ()
+    """Decay lengths (tokens) of the remaining-budget features; empty: the head ignores the budget."""
 
     @property
     def reward_name(self) -> str:
@@ -130,12 +156,16 @@ class HeadMeta:
             raise HeadFormatError(f"an 'implicit' head has no value output (value_rank 0), got {self.value_rank}")
         if not self.version or "/" in self.version or ".." in self.version:
             raise HeadFormatError(f"version must be a plain non-empty string, got {self.version!r}")
+        check_budget_scales(self.budget_scales, HeadFormatError)
+        if self.budget_scales and self.kind == "implicit":
+            raise HeadFormatError("an 'implicit' head has no value output to make budget-aware")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if self.lora is not None:
             data["lora"]["target_modules"] = list(self.lora.target_modules)
         data["training"] = dict(self.training)
+        data["budget_scales"] = list(self.budget_scales)
         return data
 
     @classmethod
@@ -143,6 +173,7 @@ class HeadMeta:
         try:
             fields = dict(data)
             fields["calibration"] = Calibration(**fields.get("calibration", {}))
+            fields["budget_scales"] = tuple(float(x) for x in fields.get("budget_scales", ()))
             lora = fields.get("lora")
             if lora is not None:
                 fields["lora"] = LoraSpec(
@@ -156,7 +187,9 @@ class HeadMeta:
 class TokenValueOutput(nn.Module):
     """``Q(s, ·)`` for every token from one hidden state, via the frozen output embedding."""
 
-    def __init__(self, hidden_size: int, rank: int = 16, init_bias: float = 0.0) -> None:
+    def __init__(
+        self, hidden_size: int, rank: int = 16, init_bias: float = 0.0, budget_scales: tuple[float, ...] = ()
+    ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # rank 0 (implicit heads): torch warns that empty weights need no init
             warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
@@ -166,15 +199,46 @@ class TokenValueOutput(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.state.weight)
+        self.budget_scales = tuple(float(x) for x in budget_scales)
+        if self.budget_scales:  # zero-init: a fresh budget-aware head values every budget alike
+            self.budget_dir = nn.Parameter(torch.zeros(len(self.budget_scales), hidden_size))  # c_k (K, H)
+            self.budget_bias = nn.Parameter(torch.zeros(len(self.budget_scales)))  # b_k (K,)
 
-    def direction(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``U(D h)``: the vector whose dot product with ``E[a]`` gives a's relative value."""
-        return self.up(self.down(hidden))  # (..., H)
+    def budget_features(self, remaining: torch.Tensor) -> torch.Tensor:
+        """``φ_k(n) = exp(-n / τ_k)``: remaining (...) tokens -> (..., K) float32."""
+        scales = torch.tensor(self.budget_scales, dtype=torch.float32, device=remaining.device)
+        return torch.exp(-remaining.float().clamp_min(0).unsqueeze(-1) / scales)
 
-    def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def direction(self, hidden: torch.Tensor, remaining: torch.Tensor | None = None) -> torch.Tensor:
+        """``U(D h) + Σ_k φ_k(n) c_k``: the vector whose dot product with ``E[a]`` gives a's relative value.
+
+        hidden (..., H), remaining (...) tokens left after ``a`` (None: unlimited) -> (..., H).
+        """
+        direction = self.up(self.down(hidden))  # (..., H)
+        if self.budget_scales and remaining is not None:
+            direction = direction + self.budget_features(remaining) @ self.budget_dir  # (..., H)
+        return direction
+
+    def state_value(self, hidden: torch.Tensor, remaining: torch.Tensor | None = None) -> torch.Tensor:
+        """``v·h + b + Σ_k φ_k(n) b_k``, the part of Q shared by every token: (..., H) -> (...)."""
+        value = self.state(hidden).squeeze(-1) + self.bias  # (...)
+        if self.budget_scales and remaining is not None:
+            value = value + self.budget_features(remaining) @ self.budget_bias  # (...)
+        return value
+
+    def forward(
+        self, hidden: torch.Tensor, embedding: torch.Tensor, remaining: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Absolute ``Q(s, a)`` for all ``a``: hidden (..., H), embedding (V, H) -> (..., V)."""
-        relative = self.direction(hidden) @ embedding.T  # (..., V)
-        return relative + self.state(hidden) + self.bias  # (..., V)
+        relative = self.direction(hidden, remaining) @ embedding.T  # (..., V)
+        return relative + self.state_value(hidden, remaining).unsqueeze(-1)  # (..., V)
+
+    def load_plain(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load a value output's tensors; a head without budget features warm-starts this one's at zero."""
+        missing = set(self.state_dict()) - set(state)
+        if missing - {"budget_dir", "budget_bias"}:
+            raise HeadFormatError(f"value output lacks {sorted(missing)}")
+        self.load_state_dict(dict(state), strict=not missing)
 
 
 @dataclass
@@ -218,6 +282,7 @@ def new_head(
     reward: str = "",
     init_bias: float = 0.0,
     seed: int = 0,
+    budget_scales: tuple[float, ...] = (),
 ) -> ValueHead:
     """A fresh head for ``base``: zero-initialised outputs (and LoRA B), so it starts neutral."""
     if kind in ADAPTER_KINDS and lora is None:
@@ -237,9 +302,10 @@ def new_head(
         description=description,
         reward=reward,
         lora=lora,
+        budget_scales=tuple(budget_scales),
     )
     gen = torch.Generator().manual_seed(seed)
-    output = TokenValueOutput(base.hidden_size, value_rank, init_bias)
+    output = TokenValueOutput(base.hidden_size, value_rank, init_bias, meta.budget_scales)
     with torch.no_grad():
         output.down.weight.copy_(torch.randn(output.down.weight.shape, generator=gen) / math.sqrt(base.hidden_size))
     adapter = None
@@ -326,14 +392,15 @@ def load_head(directory: Path, base: BaseModel | None = None) -> ValueHead:
         raise HeadFormatError(f"{HEAD_JSON} is not valid JSON: {exc}") from exc
     if meta.format_version != FORMAT_VERSION:
         raise HeadFormatError(f"head format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
-    output = TokenValueOutput(meta.hidden_size, meta.value_rank)
+    output = TokenValueOutput(meta.hidden_size, meta.value_rank, budget_scales=meta.budget_scales)
     if meta.kind != "implicit":  # an implicit head's value comes from its adapter: its output stays zero
         state = _load_tensors(directory / VALUE_FILE)
         expected = {k: tuple(v.shape) for k, v in output.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
         if got != expected:
             raise HeadFormatError(
-                f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}"
+                f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}, "
+                f"budget features={len(meta.budget_scales)}"
             )
         output.load_state_dict(state)
     output.requires_grad_(False)

@@ -88,6 +88,7 @@ class _Layout:
     top_k: torch.Tensor  # (S,)
     seeds: torch.Tensor  # (S,) int64
     sample_top_k: torch.Tensor  # (S,) 0 = no filter
+    max_new_tokens: torch.Tensor  # (S,) int64 token limit of each sequence
     max_top_k: int
     max_sample_top_k: int
     use_top_p: bool
@@ -236,6 +237,10 @@ class Engine:
         state = torch.zeros(len(heads), hidden)
         bias = torch.zeros(len(heads))
         inv_scale = torch.zeros(len(heads))
+        features = max(len(h.meta.budget_scales) for h in heads.values())
+        budget_dir = torch.zeros(len(heads), features, hidden)  # heads with fewer features pad with zeros
+        budget_bias = torch.zeros(len(heads), features)
+        budget_scales = torch.ones(len(heads), features)
         for slot, head in enumerate(heads.values()):
             r = head.meta.value_rank
             down[slot, :r] = head.output.down.weight.detach().float().cpu()
@@ -243,7 +248,17 @@ class Engine:
             state[slot] = head.output.state.weight.detach().float().cpu()[0]
             bias[slot] = float(head.output.bias.detach())
             inv_scale[slot] = 1.0 / head.meta.calibration.scale
-        self._heads.stack = ValueStack(down.to(dev), up.to(dev), inv_scale.to(dev), state.to(dev), bias.to(dev))
+            k = len(head.meta.budget_scales)
+            if k:
+                budget_dir[slot, :k] = head.output.budget_dir.detach().float().cpu()
+                budget_bias[slot, :k] = head.output.budget_bias.detach().float().cpu()
+                budget_scales[slot, :k] = torch.tensor(head.meta.budget_scales)
+        budget: tuple[torch.Tensor | None, ...] = (None, None, None)
+        if features:
+            budget = (budget_dir.to(dev), budget_bias.to(dev), budget_scales.to(dev))
+        self._heads.stack = ValueStack(
+            down.to(dev), up.to(dev), inv_scale.to(dev), state.to(dev), bias.to(dev), *budget
+        )
 
     # ---- public decoding API -------------------------------------------------------------
     def open_batch(self, reward: RewardFn | None = None) -> DecodeBatch:
@@ -356,6 +371,7 @@ class Engine:
             top_k=ints([s.top_k for s in specs]),
             seeds=ints([s.seed for s in specs]),
             sample_top_k=ints([s.sample_top_k for s in specs]),
+            max_new_tokens=ints([s.max_new_tokens for s in specs]),
             max_top_k=max(s.top_k for s in specs),
             max_sample_top_k=max(s.sample_top_k for s in specs),
             use_top_p=any(s.top_p < 1.0 and s.temperature > 0 for s in specs),
@@ -447,8 +463,16 @@ class Engine:
     def _scores(self, hidden: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """Forward output → base logits → value-guided scores (S, V) float32."""
         logits = self._lm_head(hidden[layout.base_rows]).float()  # (S, V)
+        remaining = layout.max_new_tokens - 1  # (S,): the first token is pending
         return guide_scores(
-            logits, hidden, self._embedding, self._heads.stack, layout.entries, layout.top_k, layout.max_top_k
+            logits,
+            hidden,
+            self._embedding,
+            self._heads.stack,
+            layout.entries,
+            layout.top_k,
+            layout.max_top_k,
+            remaining,
         )
 
     def _next_tokens(self, hidden: torch.Tensor, layout: _Layout, steps: torch.Tensor) -> StepOutput:
@@ -458,9 +482,17 @@ class Engine:
             base_hidden = layout.perturb.apply(base_hidden, steps)  # (S, H): AISP pre-logit shift
         logits = self._lm_head(base_hidden).float()  # (S, V)
         guidance = None
+        remaining = layout.max_new_tokens - steps - 1  # (S,) tokens each sequence may take after this one
         if self._heads.stack is not None and not layout.entries.empty:
             guidance = value_guidance(
-                logits, hidden, self._embedding, self._heads.stack, layout.entries, layout.top_k, layout.max_top_k
+                logits,
+                hidden,
+                self._embedding,
+                self._heads.stack,
+                layout.entries,
+                layout.top_k,
+                layout.max_top_k,
+                remaining,
             )
             logits = apply_guidance(logits, guidance, layout.entries)  # (S, V)
         if layout.max_sample_top_k > 0:
@@ -473,14 +505,17 @@ class Engine:
             if guidance is not None
             else logits.new_zeros(0)
         )
-        return StepOutput(tokens, logprobs, pushes, self._chunk_values(hidden, tokens, layout))
+        return StepOutput(tokens, logprobs, pushes, self._chunk_values(hidden, tokens, layout, remaining))
 
-    def _chunk_values(self, hidden: torch.Tensor, tokens: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    def _chunk_values(
+        self, hidden: torch.Tensor, tokens: torch.Tensor, layout: _Layout, remaining: torch.Tensor
+    ) -> torch.Tensor:
         """Weighted explicit value of each sequence's sampled token (S,): what ivg ranks candidates by."""
         S = tokens.shape[0]
         if self._heads.stack is None or layout.scorers.empty:
             return torch.zeros(S, device=tokens.device)
-        return taken_values(hidden, tokens, self._embedding, self._heads.stack, layout.scorers, S)  # (S,)
+        stack, scorers = self._heads.stack, layout.scorers
+        return taken_values(hidden, tokens, self._embedding, stack, scorers, S, remaining)  # (S,)
 
     def next_token_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
         """Guided scores of the first token of each request's sequences, computed from scratch (S, V).

@@ -30,6 +30,16 @@ class ValueStack:
     inv_scale: torch.Tensor  # (N,) 1 / calibration scale
     state: torch.Tensor | None = None  # (N, H) state-value vector v (absolute values only)
     bias: torch.Tensor | None = None  # (N,) b (absolute values only)
+    budget_dir: torch.Tensor | None = None  # (N, K, H) c_k of budget-aware heads (zeros for the others)
+    budget_bias: torch.Tensor | None = None  # (N, K) b_k (absolute values only)
+    budget_scales: torch.Tensor | None = None  # (N, K) decay lengths tau_k in tokens
+
+    def budget_features(self, slot: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor | None:
+        """``exp(-n / tau_k)`` per entry: slot (M,), remaining (M,) tokens -> (M, K); None without budget heads."""
+        if self.budget_scales is None:
+            return None
+        left = remaining.float().clamp_min(0).unsqueeze(-1)  # (M, 1)
+        return torch.exp(-left / self.budget_scales[slot])  # (M, K)
 
 
 @dataclass(frozen=True)
@@ -48,22 +58,39 @@ class ValueEntries:
         return self.slot.numel() == 0
 
 
+def _direction(
+    hidden: torch.Tensor, stack: ValueStack, entries: ValueEntries, remaining: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each entry's explicit value direction ``U(D h) + Σ_k φ_k(n) c_k`` (M, H, 1), and its budget features."""
+    h = hidden[entries.source_row].float()  # (M, H)
+    direction = torch.bmm(stack.up[entries.slot], torch.bmm(stack.down[entries.slot], h.unsqueeze(-1)))  # (M, H, 1)
+    features = None
+    if remaining is not None and stack.budget_dir is not None:
+        features = stack.budget_features(entries.slot, remaining[entries.sequence])  # (M, K)
+        if features is not None:
+            budget = torch.bmm(features.unsqueeze(1), stack.budget_dir[entries.slot])  # (M, 1, H)
+            direction = direction + budget.transpose(1, 2)  # (M, H, 1)
+    return direction, features
+
+
 def head_values(
     hidden: torch.Tensor,
     candidates: torch.Tensor,
     embedding: torch.Tensor,
     stack: ValueStack,
     entries: ValueEntries,
+    remaining: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Relative ``Q(s, a)`` of each entry's candidates: ``E[a] · d`` (state value, bias and normalisers cancel).
 
     Explicit heads: ``d = U(D h)``. Implicit heads: ``d = h - h_base``, so ``E[a] · d`` is
     ``log pi_tuned(a|s) - log pi_base(a|s)`` up to a constant per row (it cancels when centring),
-    and is exactly zero when the adapter row equals the base row.
-    hidden (R, H), candidates (S, C) token ids, embedding (V, H) -> (M, C) float32.
+    and is exactly zero when the adapter row equals the base row. Budget-aware heads add
+    ``Σ_k φ_k(n) c_k`` to ``d``, with ``n`` = ``remaining`` tokens after the candidate (None: unlimited).
+    hidden (R, H), candidates (S, C) token ids, embedding (V, H), remaining (S,) -> (M, C) float32.
     """
     h = hidden[entries.source_row].float()  # (M, H)
-    direction = torch.bmm(stack.up[entries.slot], torch.bmm(stack.down[entries.slot], h.unsqueeze(-1)))  # (M, H, 1)
+    direction, _ = _direction(hidden, stack, entries, remaining)  # (M, H, 1)
     if entries.implicit is not None and entries.base_row is not None:
         log_ratio_dir = h - hidden[entries.base_row].float()  # (M, H)
         direction = direction + (entries.implicit.unsqueeze(-1) * log_ratio_dir).unsqueeze(-1)  # (M, H, 1)
@@ -78,18 +105,22 @@ def taken_values(
     stack: ValueStack,
     entries: ValueEntries,
     num_sequences: int,
+    remaining: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted absolute value of each sequence's sampled token: ``Σ coef · Q(s, a)``, ``Q = v·h + E[a]·U(D h) + b``.
+    """Weighted absolute value of each sequence's sampled token: ``Σ coef · Q(s, a)``, ``Q = v·h + E[a]·U(D h) + b``
+    (plus the budget terms of budget-aware heads, ``remaining`` (S,) tokens after the token; None: unlimited).
 
     Ranks partial responses in chunk-level search (``coef`` = weight / return std).
     hidden (R, H), tokens (S,) -> (S,) float32.
     """
     h = hidden[entries.source_row].float()  # (M, H)
-    direction = torch.bmm(stack.up[entries.slot], torch.bmm(stack.down[entries.slot], h.unsqueeze(-1)))  # (M, H, 1)
+    direction, features = _direction(hidden, stack, entries, remaining)  # (M, H, 1), (M, K) | None
     taken = embedding[tokens[entries.sequence]].float()  # (M, H)
     q = (taken * direction.squeeze(-1)).sum(-1)  # (M,)
     if stack.state is not None and stack.bias is not None:
         q = q + (stack.state[entries.slot] * h).sum(-1) + stack.bias[entries.slot]  # (M,)
+    if features is not None and stack.budget_bias is not None:
+        q = q + (features * stack.budget_bias[entries.slot]).sum(-1)  # (M,)
     return torch.zeros(num_sequences, device=q.device).index_add_(0, entries.sequence, entries.coef * q)  # (S,)
 
 
@@ -114,15 +145,17 @@ def value_guidance(
     entries: ValueEntries,
     top_k: torch.Tensor,
     max_top_k: int,
+    remaining: torch.Tensor | None = None,
 ) -> Guidance:
     """``beta · w_k · z_k`` for every entry over its sequence's base top-k.
 
     ``z_k`` is head k's value centred over the (per-sequence) top-k and divided by its
-    calibration scale. logits (S, V) float32, hidden (R, H).
+    calibration scale. logits (S, V) float32, hidden (R, H), remaining (S,) tokens left after
+    the next one (read by budget-aware heads; None: unlimited).
     """
     _, candidates = logits.topk(max_top_k, dim=-1)  # (S, C)
     valid = torch.arange(max_top_k, device=logits.device) < top_k.unsqueeze(-1)  # (S, C)
-    values = head_values(hidden, candidates, embedding, stack, entries)  # (M, C)
+    values = head_values(hidden, candidates, embedding, stack, entries, remaining)  # (M, C)
     entry_valid = valid[entries.sequence].float()  # (M, C)
     mean = (values * entry_valid).sum(-1, keepdim=True) / entry_valid.sum(-1, keepdim=True)  # (M, 1)
     scale = (entries.coef * stack.inv_scale[entries.slot]).unsqueeze(-1)  # (M, 1)
@@ -144,11 +177,12 @@ def guide_scores(
     entries: ValueEntries,
     top_k: torch.Tensor,
     max_top_k: int,
+    remaining: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``logits + beta · Σ_k w_k · z_k`` over each sequence's base top-k (unchanged elsewhere). (S, V)."""
     if stack is None or entries.empty:
         return logits
-    guidance = value_guidance(logits, hidden, embedding, stack, entries, top_k, max_top_k)
+    guidance = value_guidance(logits, hidden, embedding, stack, entries, top_k, max_top_k, remaining)
     return apply_guidance(logits, guidance, entries)
 
 

@@ -24,7 +24,16 @@ import torch
 from torch import nn
 
 from personalize.errors import ConfigError
-from personalize.heads import HEAD_KINDS, Calibration, HeadKind, ValueHead, load_head, new_head, save_head
+from personalize.heads import (
+    HEAD_KINDS,
+    Calibration,
+    HeadKind,
+    ValueHead,
+    check_budget_scales,
+    load_head,
+    new_head,
+    save_head,
+)
 from personalize.lora import PEFT_PREFIX, LoraSpec, unwrap_targets
 from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
@@ -54,6 +63,8 @@ class TrainConfig:
     lora_layers: int = 0
     """Adapt only the top N transformer layers (0: all)."""
     value_rank: int = 16
+    budget_scales: tuple[float, ...] = ()
+    """Decay lengths (tokens) of the head's remaining-budget features (empty: a budget-blind head)."""
     grad_clip: float = 1.0
     seed: int = 0
     top_fraction: float = 0.5
@@ -71,6 +82,9 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= lam <= 1 and 0 < gamma <= 1, got lam={self.lam}, gamma={self.gamma}")
         if self.lr <= 0 or self.head_lr <= 0:
             raise ConfigError("learning rates must be > 0")
+        check_budget_scales(self.budget_scales, ConfigError)
+        if self.budget_scales and self.kind == "implicit":
+            raise ConfigError("budget features belong to value heads (lora, linear), not implicit heads")
 
 
 @dataclass
@@ -91,21 +105,33 @@ class _Batch:
     actions: torch.Tensor  # (B, T) response token ids
     mask: torch.Tensor  # (B, T)
     rewards: torch.Tensor  # (B, T) each action's reward (the final reward on the last one, unless shaped)
+    remaining: torch.Tensor  # (B, T) tokens the response may still take after each action (horizon - t - 1)
 
 
-def _collate(rollouts: Sequence[Rollout], action_rewards: Sequence[Sequence[float]], pad_id: int, eos: int) -> _Batch:
+def _collate(
+    rollouts: Sequence[Rollout],
+    action_rewards: Sequence[Sequence[float]],
+    pad_id: int,
+    eos: int,
+    horizon: int | None = None,
+) -> _Batch:
     """Prompt + response ids and, per action (the response's tokens, EOS included when it stopped on
-    its own), the index of the hidden state it was chosen at and the reward it was paid."""
+    its own), the index of the hidden state it was chosen at, the reward it was paid and the tokens
+    left after it under the rollouts' token limit ``horizon`` (None: unlimited)."""
     chosen = [actions(r, eos) for r in rollouts]
     B = len(rollouts)
     L = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
     T = max(max(len(a) for a in chosen), 1)
+    if horizon is not None and horizon < T:
+        raise ConfigError(f"a rollout has {T} actions, more than its token limit of {horizon}")
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     attention = torch.zeros(B, L, dtype=torch.long)
     positions = torch.zeros(B, T, dtype=torch.long)
     taken = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T)
     rewards = torch.zeros(B, T)
+    left = horizon - 1 - torch.arange(T) if horizon is not None else torch.full((T,), float(2**20))  # (T,)
+    remaining = left.float().expand(B, T).contiguous()  # (B, T)
     for b, (r, acts, paid) in enumerate(zip(rollouts, chosen, action_rewards, strict=True)):
         seq = list(r.prompt_ids) + list(r.response_ids)  # EOS needs no input position: nothing follows it
         P, n = len(r.prompt_ids), len(acts)
@@ -119,7 +145,7 @@ def _collate(rollouts: Sequence[Rollout], action_rewards: Sequence[Sequence[floa
         taken[b, :n] = torch.tensor(acts)
         mask[b, :n] = 1.0
         rewards[b, :n] = torch.tensor(list(paid), dtype=torch.float32)
-    return _Batch(ids, attention, positions, taken, mask, rewards)
+    return _Batch(ids, attention, positions, taken, mask, rewards, remaining)
 
 
 class _Trainable(nn.Module):
@@ -149,9 +175,9 @@ class _Trainable(nn.Module):
         hidden = hidden.float()  # (B, L, H)
         H = hidden.shape[-1]
         h = hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, H))  # (B, T, H)
-        direction = self.output.direction(h)  # (B, T, H)
+        direction = self.output.direction(h, batch.remaining)  # (B, T, H)
         taken = self.embedding[batch.actions]  # (B, T, H)
-        return (direction * taken).sum(-1) + self.output.state(h).squeeze(-1) + self.output.bias  # (B, T)
+        return (direction * taken).sum(-1) + self.output.state_value(h, batch.remaining)  # (B, T)
 
     def adapter_state(self) -> dict[str, torch.Tensor] | None:
         return adapter_state(self.peft) if self.kind == "lora" else None
@@ -206,7 +232,7 @@ def _calibration_scale(base: BaseModel, trainable: _Trainable, batch: _Batch, to
         pos = batch.positions.unsqueeze(-1).expand(-1, -1, H)
         logits = base.model.get_output_embeddings()(base_hidden.last_hidden_state.gather(1, pos)).float()  # (B,T,V)
         top = logits.topk(top_k, dim=-1).indices  # (B, T, C)
-        direction = trainable.output.direction(head_hidden.float().gather(1, pos))  # (B, T, H)
+        direction = trainable.output.direction(head_hidden.float().gather(1, pos), batch.remaining)  # (B, T, H)
         rel = torch.einsum("btch,bth->btc", trainable.embedding[top], direction)  # (B, T, C)
         spread = rel.std(dim=-1)[batch.mask.bool()]  # (positions,)
     value = float(spread.mean()) if spread.numel() else 0.0
@@ -220,13 +246,14 @@ def _scale(
     paid: Sequence[Sequence[float]],
     order: Sequence[int],
     device: torch.device,
+    horizon: int | None,
 ) -> float:
     """The calibration scale on the first 16 rollouts of the training order, in chunks (logits over V are large)."""
     pad, eos = base.pad_token_id, base.eos_token_ids[0]
     spreads = []
     for i in range(0, min(16, len(order)), 4):
         idx = order[i : i + 4]
-        calib = _collate([rollouts[j] for j in idx], [paid[j] for j in idx], pad, eos)
+        calib = _collate([rollouts[j] for j in idx], [paid[j] for j in idx], pad, eos, horizon)
         spreads.append(_calibration_scale(base, model, _Batch(*(t.to(device) for t in asdict_shallow(calib)))))
     return sum(spreads) / len(spreads)
 
@@ -247,13 +274,16 @@ def train_head(
     on_step: Callable[[int, int, float], None] | None = None,
     action_rewards: Sequence[Sequence[float]] | None = None,
     init: ValueHead | None = None,
+    horizon: int | None = None,
 ) -> tuple[ValueHead, TrainReport]:
     """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``.
 
     ``action_rewards`` (one list per rollout, one reward per action: see
     :mod:`personalize.training.shaping`) replaces the default of the final score on the last action.
     ``init`` warm-starts from a trained head of the same kind and shape (its value output and
-    adapter; a checkpoint to resume from takes precedence); the epochs are counted afresh.
+    adapter; a checkpoint to resume from takes precedence); the epochs are counted afresh. A head
+    without budget features can warm-start a budget-aware one (its budget features start at zero).
+    ``horizon`` is the rollouts' token limit (max_new_tokens): a budget-aware head needs it.
 
     ``implicit`` heads are not value heads: they are fine-tuned on the best rollouts instead
     (see :mod:`personalize.training.implicit`; no checkpoints).
@@ -264,6 +294,8 @@ def train_head(
         raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
     if init is not None:
         check_init(init, config, base.hidden_size)
+    if config.budget_scales and horizon is None:
+        raise ConfigError("a budget-aware head needs the rollouts' token limit (horizon)")
     if config.kind == "implicit":
         from personalize.training.implicit import train_implicit_head
 
@@ -301,17 +333,18 @@ def train_head(
         reward=reward_name,
         init_bias=report.return_mean,
         seed=config.seed,
+        budget_scales=config.budget_scales,
     )
     head.adapter = None  # peft initialises its own adapter (B = 0: the head starts as the base model)
     if init is not None:
-        head.output.load_state_dict(init.output.state_dict())
+        head.output.load_plain(init.output.state_dict())
         head.adapter = init.adapter
     checkpoint = checkpoint_dir(Path(out_dir))
     first_epoch = 0
     if resume and (checkpoint / "state.json").is_file():
         state = json.loads((checkpoint / "state.json").read_text())
         restored = load_head(checkpoint / "head", base)
-        head.output.load_state_dict(restored.output.state_dict())
+        head.output.load_plain(restored.output.state_dict())
         head.adapter = restored.adapter
         first_epoch, report.epoch_losses = int(state["epoch"]), list(state["losses"])
     head.output.requires_grad_(True)
@@ -330,7 +363,7 @@ def train_head(
     for epoch in range(first_epoch, config.epochs):
         total, count = 0.0, 0
         for step, idx in enumerate(my_batches):
-            batch = _collate([rollouts[i] for i in idx], [paid[i] for i in idx], pad, eos)
+            batch = _collate([rollouts[i] for i in idx], [paid[i] for i in idx], pad, eos, horizon)
             batch = _Batch(*(t.to(accelerator.device) for t in asdict_shallow(batch)))
             q = trainable(batch)  # (B, T)
             targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam)
@@ -343,13 +376,13 @@ def train_head(
             if on_step is not None:
                 on_step(epoch, step, float(loss.detach()))
         report.epoch_losses.append(total / max(count, 1))
-        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device)
+        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device, horizon)
         if accelerator.is_main_process:  # a checkpoint is a calibrated head too: it can be evaluated as it stands
             _save(head, model, checkpoint / "head", report, config, extra_meta)
             state = {"epoch": epoch + 1, "losses": report.epoch_losses}
             (checkpoint / "state.json").write_text(json.dumps(state))
     if first_epoch >= config.epochs:  # resumed after the last epoch: nothing was trained or calibrated in this run
-        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device)
+        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device, horizon)
     report.seconds = time.perf_counter() - start
     final = _save(head, model, Path(out_dir), report, config, extra_meta)
     if accelerator.is_main_process:
@@ -376,10 +409,23 @@ def check_init(init: ValueHead, config: TrainConfig, hidden_size: int) -> None:
 
     if shape(got.lora) != shape(want):
         raise ConfigError(f"--init head's LoRA {got.lora} does not match the one configured, {want}")
+    if got.budget_scales and tuple(got.budget_scales) != tuple(config.budget_scales):
+        raise ConfigError(
+            f"--init head's budget features {list(got.budget_scales)} do not match the ones configured, "
+            f"{list(config.budget_scales)}"
+        )
 
 
 def asdict_shallow(batch: _Batch) -> tuple[torch.Tensor, ...]:
-    return (batch.input_ids, batch.attention, batch.positions, batch.actions, batch.mask, batch.rewards)
+    return (
+        batch.input_ids,
+        batch.attention,
+        batch.positions,
+        batch.actions,
+        batch.mask,
+        batch.rewards,
+        batch.remaining,
+    )
 
 
 def _save(
