@@ -567,9 +567,6 @@ def evaluate(
 
     settings = _settings()
 
-    def floats(text: str) -> tuple[float, ...]:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-
     try:
         names = tuple(x.strip() for x in objectives.split(",") if x.strip())
         pairs = [tuple(x.strip() for x in text.split(",") if x.strip()) for text in sweep or ["concise,helpful"]]
@@ -579,8 +576,8 @@ def evaluate(
             raise ConfigError(f"--sweep takes two objectives as 'a,b', got {bad}")
         config = EvalConfig(
             objectives=names,
-            betas=floats(betas),
-            bon_sizes=tuple(int(x) for x in floats(bon)),
+            betas=_parse_floats("--betas", betas),
+            bon_sizes=tuple(int(x) for x in _parse_floats("--bon", bon)),
             sweeps=tuple((a, b) for a, b in pairs),
             sweep_steps=sweep_steps,
             sweep_beta=sweep_beta,
@@ -588,10 +585,10 @@ def evaluate(
             batch_size=batch_size,
             latency_prompts=latency_prompts,
             seed=seed,
-            ivg=IVGParams(*(int(x) for x in floats(ivg))) if ivg.strip() else None,
+            ivg=IVGParams(*(int(x) for x in _parse_floats("--ivg", ivg))) if ivg.strip() else None,
             ivg_beta=ivg_beta,
             implicit=_pairs(implicit),
-            aisp_samples=tuple(int(x) for x in floats(aisp_samples)),
+            aisp_samples=tuple(int(x) for x in _parse_floats("--aisp-samples", aisp_samples)),
             aisp=AISPParams(sigma=aisp_sigma, lam=aisp_lam, iterations=aisp_iterations),
         )
         base = _load_base(settings, base_model)

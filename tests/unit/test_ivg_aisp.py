@@ -397,6 +397,12 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
         "path": str(dest),
         "version": "1",
     }
+    # a budget-aware head warm-started from that (budget-blind) head; scales that are not numbers: exit 2
+    result = runner.invoke(app, [*warm, "--budget-scales", "1,4", "--out", str(tmp_path / "budget")], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "budget" / "head.json").read_text())["budget_scales"] == [1.0, 4.0]
+    result = runner.invoke(app, [*warm, "--budget-scales", "1,many", "--out", str(tmp_path / "nb")], env=env)
+    assert result.exit_code == 2 and "--budget-scales takes numbers" in result.output, result.output
     mismatch = [*shaped, *small, "--init", str(heads[0]), "--out", str(tmp_path / "z"), *base_dir]
     result = runner.invoke(app, mismatch, env=env)
     assert result.exit_code == 2 and "--init head is a 'lora' head" in result.output, result.output
@@ -442,3 +448,6 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     assert second.exit_code == 0, second.output
     assert "4 stored runs reused" in second.stderr  # base, vas, two Best-of-N sample sets
     assert (tmp_path / "a.md").read_text() == (tmp_path / "b.md").read_text()
+    for option, value in (("--betas", "1,x"), ("--bon", "two")):
+        bad = runner.invoke(app, [*run, option, value, *common], env=env)
+        assert bad.exit_code == 2 and f"{option} takes numbers" in bad.output, bad.output
