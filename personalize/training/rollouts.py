@@ -107,15 +107,23 @@ def sample_rollouts(
 
 
 def save_rollouts(rollouts: Sequence[Rollout], path: Path) -> None:
+    """Write rollouts as JSON lines, whole or not at all (an interrupted write leaves no file to reuse)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
         for r in rollouts:
             fh.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+    tmp.replace(path)
 
 
 def load_rollouts(path: Path) -> list[Rollout]:
+    """Read rollouts written by :func:`save_rollouts`.
+
+    Lines are split on ``\\n`` only: a response may hold other line breaks (U+2028, U+0085, ...),
+    which JSON leaves unescaped and ``str.splitlines`` would cut a record at.
+    """
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):
         if line.strip():
             d = json.loads(line)
             d["prompt_ids"], d["response_ids"] = tuple(d["prompt_ids"]), tuple(d["response_ids"])

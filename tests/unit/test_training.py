@@ -189,6 +189,18 @@ def test_rollouts_record_the_eos_they_stopped_on(fresh_tiny_base: BaseModel, tmp
     assert load_rollouts(old)[0].stop_token_id is None
 
 
+def test_rollouts_with_unicode_line_breaks_in_their_text_read_back(tmp_path: Path) -> None:
+    from personalize.training import load_rollouts, save_rollouts
+    from personalize.training.rollouts import Rollout
+
+    texts = ["one\u2028two", "three\x85four", "five\x1cix\u2029", "six\r\nseven\n"]
+    rollouts = [Rollout("p\u2028q", (5,), (7, 8), text, "length", i) for i, text in enumerate(texts)]
+    path = tmp_path / "r.jsonl"
+    save_rollouts(rollouts, path)
+    assert load_rollouts(path) == rollouts
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]  # written through a temporary file, then renamed
+
+
 def test_rollouts_from_a_steered_policy(fresh_tiny_base: BaseModel, tiny_head_dir) -> None:
     from personalize.errors import ConfigError
 
