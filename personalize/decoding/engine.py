@@ -31,11 +31,11 @@ from personalize.decoding.batch import DecodeBatch, RewardFn
 from personalize.decoding.config import GenerationRequest, GenerationResult, StreamEvent
 from personalize.decoding.rng import uniforms
 from personalize.decoding.sampling import (
+    Guidance,
     ValueEntries,
     ValueStack,
     apply_guidance,
     filter_top_k,
-    guide_scores,
     sample_tokens,
     taken_values,
     value_guidance,
@@ -463,17 +463,18 @@ class Engine:
     def _scores(self, hidden: torch.Tensor, layout: _Layout) -> torch.Tensor:
         """Forward output → base logits → value-guided scores (S, V) float32."""
         logits = self._lm_head(hidden[layout.base_rows]).float()  # (S, V)
-        remaining = layout.max_new_tokens - 1  # (S,): the first token is pending
-        return guide_scores(
-            logits,
-            hidden,
-            self._embedding,
-            self._heads.stack,
-            layout.entries,
-            layout.top_k,
-            layout.max_top_k,
-            remaining,
-        )
+        guidance = self._guidance(logits, hidden, layout, layout.max_new_tokens - 1)  # the first token is pending
+        return logits if guidance is None else apply_guidance(logits, guidance, layout.entries)
+
+    def _guidance(
+        self, logits: torch.Tensor, hidden: torch.Tensor, layout: _Layout, remaining: torch.Tensor
+    ) -> Guidance | None:
+        """What the steering heads add over each sequence's top-k; ``remaining`` (S,) tokens after this one."""
+        stack = self._heads.stack
+        if stack is None or layout.entries.empty:
+            return None
+        entries, top_k = layout.entries, layout.top_k
+        return value_guidance(logits, hidden, self._embedding, stack, entries, top_k, layout.max_top_k, remaining)
 
     def _next_tokens(self, hidden: torch.Tensor, layout: _Layout, steps: torch.Tensor) -> StepOutput:
         """forward output → (perturb) → base logits → top-k → values → combine → sample, for every sequence."""
@@ -481,19 +482,9 @@ class Engine:
         if layout.perturb is not None:
             base_hidden = layout.perturb.apply(base_hidden, steps)  # (S, H): AISP pre-logit shift
         logits = self._lm_head(base_hidden).float()  # (S, V)
-        guidance = None
         remaining = layout.max_new_tokens - steps - 1  # (S,) tokens each sequence may take after this one
-        if self._heads.stack is not None and not layout.entries.empty:
-            guidance = value_guidance(
-                logits,
-                hidden,
-                self._embedding,
-                self._heads.stack,
-                layout.entries,
-                layout.top_k,
-                layout.max_top_k,
-                remaining,
-            )
+        guidance = self._guidance(logits, hidden, layout, remaining)
+        if guidance is not None:
             logits = apply_guidance(logits, guidance, layout.entries)  # (S, V)
         if layout.max_sample_top_k > 0:
             logits = filter_top_k(logits, layout.sample_top_k, layout.max_sample_top_k)  # (S, V)
