@@ -85,14 +85,19 @@ SHIPPED_HEADS_DIR = Path(__file__).parent / "shipped_heads"
 MAX_BUDGET_FEATURES = 8
 
 
-def check_budget_scales(scales: tuple[float, ...], error: type[Exception]) -> tuple[float, ...]:
+def check_budget_scales(scales: tuple[float, ...], error: type[Exception]) -> None:
     """Budget decay lengths must be at most 8 finite numbers > 0 (raises ``error`` otherwise)."""
     if len(scales) > MAX_BUDGET_FEATURES:
         raise error(f"budget_scales: at most {MAX_BUDGET_FEATURES} decay lengths, got {len(scales)}")
     for value in scales:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise error(f"budget_scales must be finite numbers of tokens > 0, got {value!r}")
-    return scales
+
+
+def budget_features(remaining: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``φ_k(n) = exp(-n / τ_k)`` (a negative ``n`` counts as 0): remaining (...) tokens, scales (..., K) or (K,)
+    -> (..., K) float32. Shared by the head's own forward (training) and the decoder's stacked heads."""
+    return torch.exp(-remaining.float().clamp_min(0).unsqueeze(-1) / scales)
 
 
 def check_objective_name(name: str) -> str:
@@ -205,9 +210,8 @@ class TokenValueOutput(nn.Module):
             self.budget_bias = nn.Parameter(torch.zeros(len(self.budget_scales)))  # b_k (K,)
 
     def budget_features(self, remaining: torch.Tensor) -> torch.Tensor:
-        """``φ_k(n) = exp(-n / τ_k)``: remaining (...) tokens -> (..., K) float32."""
-        scales = torch.tensor(self.budget_scales, dtype=torch.float32, device=remaining.device)
-        return torch.exp(-remaining.float().clamp_min(0).unsqueeze(-1) / scales)
+        """This head's ``φ_k(n)``: remaining (...) tokens -> (..., K) float32."""
+        return budget_features(remaining, torch.tensor(self.budget_scales, device=remaining.device))
 
     def direction(self, hidden: torch.Tensor, remaining: torch.Tensor | None = None) -> torch.Tensor:
         """``U(D h) + Σ_k φ_k(n) c_k``: the vector whose dot product with ``E[a]`` gives a's relative value.

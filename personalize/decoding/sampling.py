@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from personalize.heads import budget_features
+
 
 @dataclass(frozen=True)
 class ValueStack:
@@ -33,13 +35,6 @@ class ValueStack:
     budget_dir: torch.Tensor | None = None  # (N, K, H) c_k of budget-aware heads (zeros for the others)
     budget_bias: torch.Tensor | None = None  # (N, K) b_k (absolute values only)
     budget_scales: torch.Tensor | None = None  # (N, K) decay lengths tau_k in tokens
-
-    def budget_features(self, slot: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor | None:
-        """``exp(-n / tau_k)`` per entry: slot (M,), remaining (M,) tokens -> (M, K); None without budget heads."""
-        if self.budget_scales is None:
-            return None
-        left = remaining.float().clamp_min(0).unsqueeze(-1)  # (M, 1)
-        return torch.exp(-left / self.budget_scales[slot])  # (M, K)
 
 
 @dataclass(frozen=True)
@@ -59,18 +54,16 @@ class ValueEntries:
 
 
 def _direction(
-    hidden: torch.Tensor, stack: ValueStack, entries: ValueEntries, remaining: torch.Tensor | None
+    h: torch.Tensor, stack: ValueStack, entries: ValueEntries, remaining: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each entry's explicit value direction ``U(D h) + Σ_k φ_k(n) c_k`` (M, H, 1), and its budget features."""
-    h = hidden[entries.source_row].float()  # (M, H)
+    """Each entry's explicit value direction ``U(D h) + Σ_k φ_k(n) c_k`` (M, H, 1) from its hidden state
+    h (M, H), and its budget features (M, K) (None when no head reads the budget or it is unlimited)."""
     direction = torch.bmm(stack.up[entries.slot], torch.bmm(stack.down[entries.slot], h.unsqueeze(-1)))  # (M, H, 1)
-    features = None
-    if remaining is not None and stack.budget_dir is not None:
-        features = stack.budget_features(entries.slot, remaining[entries.sequence])  # (M, K)
-        if features is not None:
-            budget = torch.bmm(features.unsqueeze(1), stack.budget_dir[entries.slot])  # (M, 1, H)
-            direction = direction + budget.transpose(1, 2)  # (M, H, 1)
-    return direction, features
+    if remaining is None or stack.budget_dir is None or stack.budget_scales is None:
+        return direction, None
+    features = budget_features(remaining[entries.sequence], stack.budget_scales[entries.slot])  # (M, K)
+    budget = torch.bmm(features.unsqueeze(1), stack.budget_dir[entries.slot])  # (M, 1, H)
+    return direction + budget.transpose(1, 2), features  # (M, H, 1)
 
 
 def head_values(
@@ -90,7 +83,7 @@ def head_values(
     hidden (R, H), candidates (S, C) token ids, embedding (V, H), remaining (S,) -> (M, C) float32.
     """
     h = hidden[entries.source_row].float()  # (M, H)
-    direction, _ = _direction(hidden, stack, entries, remaining)  # (M, H, 1)
+    direction, _ = _direction(h, stack, entries, remaining)  # (M, H, 1)
     if entries.implicit is not None and entries.base_row is not None:
         log_ratio_dir = h - hidden[entries.base_row].float()  # (M, H)
         direction = direction + (entries.implicit.unsqueeze(-1) * log_ratio_dir).unsqueeze(-1)  # (M, H, 1)
@@ -114,7 +107,7 @@ def taken_values(
     hidden (R, H), tokens (S,) -> (S,) float32.
     """
     h = hidden[entries.source_row].float()  # (M, H)
-    direction, features = _direction(hidden, stack, entries, remaining)  # (M, H, 1), (M, K) | None
+    direction, features = _direction(h, stack, entries, remaining)  # (M, H, 1), (M, K) | None
     taken = embedding[tokens[entries.sequence]].float()  # (M, H)
     q = (taken * direction.squeeze(-1)).sum(-1)  # (M,)
     if stack.state is not None and stack.bias is not None:
