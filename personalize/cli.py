@@ -311,6 +311,15 @@ def heads_train(
             "features exp(-left / scale) with these decay lengths in tokens, e.g. 1,4,16,64 ('' : off).",
         ),
     ] = "",
+    unfinished_penalty: Annotated[
+        float,
+        typer.Option(
+            "--unfinished-penalty",
+            help="lora/linear/implicit: charge every rollout that stops mid-sentence (cut by --max-new-tokens "
+            "or not) this much reward, in training only (the reward and the evaluation are unchanged), so the "
+            "head learns to finish within the limit. 0: off.",
+        ),
+    ] = 0.0,
     heads: HeadsOpt = None,
     base_model: BaseModelOpt = None,
 ) -> None:
@@ -353,6 +362,7 @@ def heads_train(
             top_fraction=top_fraction,
             seed=seed,
             budget_scales=_parse_floats("--budget-scales", budget_scales),
+            unfinished_penalty=unfinished_penalty,
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
         steer_by = {name: w for name, w in parse_weights(rollout_weights).items() if w != 0}  # 0 needs no head

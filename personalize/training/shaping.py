@@ -32,6 +32,7 @@ from typing import Literal, get_args
 
 from personalize.errors import ConfigError
 from personalize.rewards.base import RewardFunction, prefix_scorer
+from personalize.rewards.text import ends_cleanly
 from personalize.training.rollouts import Rollout, actions
 
 ShapingMode = Literal["none", "token", "sentence"]
@@ -48,6 +49,28 @@ def sparse_rewards(rollouts: Sequence[Rollout], scores: Sequence[float], eos: in
             rewards[-1] = float(score)
         out.append(rewards)
     return out
+
+
+def charge_unfinished(
+    rollouts: Sequence[Rollout],
+    scores: Sequence[float],
+    action_rewards: Sequence[Sequence[float]] | None,
+    penalty: float,
+) -> tuple[list[float], list[list[float]] | None]:
+    """``scores`` less ``penalty`` for each rollout whose response stops mid-sentence (it does not
+    end on sentence-final punctuation, a closing quote or bracket, or an emoji:
+    :func:`personalize.rewards.text.ends_cleanly`), whether the token limit cut it or the policy
+    stopped there; the same charge lands on the last action of its per-action rewards when they are
+    given, so they still sum to its score."""
+    charge = [0.0 if ends_cleanly(r.response) else penalty for r in rollouts]
+    charged = [float(s) - c for s, c in zip(scores, charge, strict=True)]
+    if action_rewards is None:
+        return charged, None
+    paid = [list(r) for r in action_rewards]
+    for rewards, c in zip(paid, charge, strict=True):
+        if rewards:  # an empty response has one action (its EOS) when it stopped, none only if cut at 0
+            rewards[-1] -= c
+    return charged, paid
 
 
 def _cut_points(rollout: Rollout, mode: ShapingMode, piece: Callable[[int], str]) -> list[int]:

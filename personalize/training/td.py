@@ -38,7 +38,7 @@ from personalize.lora import PEFT_PREFIX, LoraSpec, unwrap_targets
 from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
 from personalize.training.rollouts import Rollout, actions
-from personalize.training.shaping import sparse_rewards
+from personalize.training.shaping import charge_unfinished, sparse_rewards
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -69,6 +69,12 @@ class TrainConfig:
     seed: int = 0
     top_fraction: float = 0.5
     """``implicit`` only: keep each prompt's best rollout, then this share of those (the best-scoring)."""
+    unfinished_penalty: float = 0.0
+    """Subtracted from the reward of every rollout whose response stops mid-sentence, cut by the token
+    limit or not (training only: the reward itself, and so the evaluation, is unchanged). A reward's
+    own checks may miss some ("... practice. The fir" ends on no joining word); charging each one
+    teaches the head to finish its answer within the limit rather than to end where the checks do
+    not look (see :func:`personalize.training.shaping.charge_unfinished`)."""
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -82,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= lam <= 1 and 0 < gamma <= 1, got lam={self.lam}, gamma={self.gamma}")
         if self.lr <= 0 or self.head_lr <= 0:
             raise ConfigError("learning rates must be > 0")
+        if not 0.0 <= self.unfinished_penalty <= 2.0:
+            raise ConfigError(f"unfinished_penalty must be in [0, 2] (reward units), got {self.unfinished_penalty}")
         check_budget_scales(self.budget_scales, ConfigError)
         if self.budget_scales and self.kind == "implicit":
             raise ConfigError("budget features belong to value heads (lora, linear), not implicit heads")
@@ -296,6 +304,11 @@ def train_head(
         check_init(init, config, base.hidden_size)
     if config.budget_scales and horizon is None:
         raise ConfigError("a budget-aware head needs the rollouts' token limit (horizon)")
+    if action_rewards is not None and len(action_rewards) != len(rollouts):
+        got = len(action_rewards)
+        raise ConfigError(f"need one list of action rewards per rollout, got {got} for {len(rollouts)}")
+    if config.unfinished_penalty:
+        scores, action_rewards = charge_unfinished(rollouts, scores, action_rewards, config.unfinished_penalty)
     if config.kind == "implicit":
         from personalize.training.implicit import train_implicit_head
 
@@ -316,8 +329,6 @@ def train_head(
     torch.manual_seed(config.seed)
     pad, eos = base.pad_token_id, base.eos_token_ids[0]
     paid = list(action_rewards) if action_rewards is not None else sparse_rewards(rollouts, scores, eos)
-    if len(paid) != len(rollouts):
-        raise ConfigError(f"need one list of action rewards per rollout, got {len(paid)} for {len(rollouts)}")
     returns = torch.tensor(list(scores), dtype=torch.float32)
     report = TrainReport(return_mean=float(returns.mean()), return_std=float(returns.std().clamp_min(1e-6)))
     report.rollouts = len(rollouts)

@@ -398,9 +398,14 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
         "version": "1",
     }
     # a budget-aware head warm-started from that (budget-blind) head; scales that are not numbers: exit 2
-    result = runner.invoke(app, [*warm, "--budget-scales", "1,4", "--out", str(tmp_path / "budget")], env=env)
+    # (charging unfinished rollouts, recorded with the training config); a charge out of range: exit 2
+    budget = [*warm, "--budget-scales", "1,4", "--unfinished-penalty", "0.5"]
+    result = runner.invoke(app, [*budget, "--out", str(tmp_path / "budget")], env=env)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "budget" / "head.json").read_text())["budget_scales"] == [1.0, 4.0]
+    recorded = json.loads((tmp_path / "budget" / "head.json").read_text())
+    assert recorded["budget_scales"] == [1.0, 4.0] and recorded["training"]["config"]["unfinished_penalty"] == 0.5
+    result = runner.invoke(app, [*warm, "--unfinished-penalty", "3", "--out", str(tmp_path / "nc")], env=env)
+    assert result.exit_code == 2 and "unfinished_penalty must be in [0, 2]" in result.output, result.output
     result = runner.invoke(app, [*warm, "--budget-scales", "1,many", "--out", str(tmp_path / "nb")], env=env)
     assert result.exit_code == 2 and "--budget-scales takes numbers" in result.output, result.output
     mismatch = [*shaped, *small, "--init", str(heads[0]), "--out", str(tmp_path / "z"), *base_dir]

@@ -372,6 +372,49 @@ def test_no_shaping_is_the_final_reward_on_the_last_action() -> None:
         shaped_rewards(rollouts, [2.0, -1.0], _CountA(), _letters, 99, mode="words")  # type: ignore[arg-type]
 
 
+def test_unfinished_penalty_charges_responses_that_stop_mid_sentence() -> None:
+    from personalize.errors import ConfigError
+    from personalize.training.rollouts import Rollout
+    from personalize.training.shaping import charge_unfinished
+
+    finished = Rollout("p", (1,), (0, 1), "Done.", "stop", 0, stop_token_id=99)  # actions: 2 tokens + EOS
+    stopped_mid = Rollout("p", (1,), (0, 1), "The fir", "stop", 1, stop_token_id=99)  # stopped mid-word
+    cut_mid = Rollout("q", (1,), (1, 0, 2), "so the", "length", 2)  # cut by the limit mid-sentence
+    cut_clean = Rollout("q", (1,), (1, 0), "Fine!", "length", 3)  # cut, but where a sentence ends
+    rollouts = [finished, stopped_mid, cut_mid, cut_clean]
+    paid = [[0.25, 0.0, 0.25], [0.5, 0.0, 0.0], [0.5, 0.0, 0.25], [0.0, 0.5]]
+    scores, charged = charge_unfinished(rollouts, [0.5, 0.5, 0.75, 0.5], paid, 0.25)
+    assert scores == [0.5, 0.25, 0.5, 0.5]
+    assert charged == [[0.25, 0.0, 0.25], [0.5, 0.0, -0.25], [0.5, 0.0, 0.0], [0.0, 0.5]]  # on the last action
+    assert [sum(r) for r in charged] == scores
+    assert paid[1] == [0.5, 0.0, 0.0]  # the caller's lists are left as they were
+    assert charge_unfinished(rollouts, [0.5, 0.5, 0.75, 0.5], None, 0.5) == ([0.5, 0.0, 0.25, 0.5], None)
+    for bad in (-0.1, 2.5):
+        with pytest.raises(ConfigError, match="unfinished_penalty"):
+            TrainConfig(unfinished_penalty=bad)
+
+
+def test_unfinished_penalty_lowers_the_calibrated_return(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
+    from personalize.rewards.text import ends_cleanly
+
+    base = fresh_tiny_base
+    rollouts = sample_rollouts(
+        Engine(base), ["How do I clean my keyboard?", "Water boils at"], RolloutConfig(4, max_new_tokens=6)
+    )
+    unfinished = sum(not ends_cleanly(r.response) for r in rollouts)
+    assert unfinished > 0  # random tokens seldom end a sentence
+    scores = [float(len(r.response_ids)) / 6 for r in rollouts]
+    reports = []
+    for penalty in (0.0, 0.5):
+        config = TrainConfig(kind="linear", epochs=1, batch_size=4, unfinished_penalty=penalty)
+        out = tmp_path / f"p{penalty}"
+        _, report = train_head(base, rollouts, scores, "x", out, reward_name="test:x", config=config, horizon=6)
+        assert load_head(out, base).meta.training["config"]["unfinished_penalty"] == penalty
+        reports.append(report)
+    expected = reports[0].return_mean - 0.5 * unfinished / len(rollouts)
+    assert reports[1].return_mean == pytest.approx(expected, abs=1e-6)
+
+
 def test_shaped_training_credits_the_token_that_earned_the_reward(fresh_tiny_base: BaseModel, tmp_path: Path) -> None:
     """Reward = how often one token occurs in long random responses; the head trained on prefix-shaped
     rewards must raise that token's probability where it was chosen."""
