@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -320,6 +321,16 @@ def heads_train(
             "head learns to finish within the limit. 0: off.",
         ),
     ] = 0.0,
+    stop_option: Annotated[
+        bool,
+        typer.Option(
+            "--stop-option",
+            help="lora/linear: value ending the answer at every sentence end of the rollouts (the reward of "
+            "the answer ended there, scored once and stored), and learn the returns of the policy that ends "
+            "it there when that beats the prompt's expected reward, rather than those of the base model's "
+            "continuation alone.",
+        ),
+    ] = False,
     heads: HeadsOpt = None,
     base_model: BaseModelOpt = None,
 ) -> None:
@@ -363,6 +374,7 @@ def heads_train(
             seed=seed,
             budget_scales=_parse_floats("--budget-scales", budget_scales),
             unfinished_penalty=unfinished_penalty,
+            stop_option=stop_option,
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
         steer_by = {name: w for name, w in parse_weights(rollout_weights).items() if w != 0}  # 0 needs no head
@@ -405,9 +417,10 @@ def heads_train(
         with console.status(f"scoring {len(rollouts)} responses with reward {reward!r}"):
             scores = scorer([r.prompt for r in rollouts], [r.response for r in rollouts]).float().tolist()
         action_rewards = None
+        files = [cache] if base_cache is None else [base_cache, cache]
         if shaping != "none":
-            files = [cache] if base_cache is None else [base_cache, cache]
             action_rewards = _stored_shaping(rollouts, scores, scorer, base, shaping, files)
+        stop_rewards = _stored_stop_scores(rollouts, scorer, base, files) if stop_option else None
         used = len(select_best(rollouts, scores, top_fraction)) if kind == "implicit" else len(rollouts)
         steps = epochs * -(-used // batch_size)
         with progress_bar(err) as bar:
@@ -441,6 +454,7 @@ def heads_train(
                 action_rewards=action_rewards,
                 init=start_from,
                 horizon=max_new_tokens,
+                stop_rewards=stop_rewards,
             )
     except PersonalizeError as exc:
         raise _fail(exc) from exc
@@ -497,30 +511,63 @@ def _stored_shaping(
     differently is never served another reward's rewards.
     """
     from personalize import __version__
-    from personalize.progress import progress_bar
     from personalize.training.shaping import shaped_rewards
 
     material = [[f.name for f in files], scorer.name, scorer.description, mode, __version__, scores]
     stored = files[-1].parent / f"shaping-{_cache_key(material)}.json"
-    if stored.is_file():  # the key holds the scores, one per rollout: a stored file has one reward list each
-        rewards: list[list[float]] = json.loads(stored.read_text())
-        console.print(f"reusing {mode}-shaped rewards from {stored}")
-        return rewards
-    with progress_bar(err) as bar:
-        task = bar.add_task(f"scoring prefixes ({mode})", total=None)
-        rewards = shaped_rewards(
+    # the key holds the scores, one per rollout: a stored file has one reward list each
+    return _stored_json(
+        stored,
+        f"{mode}-shaped rewards",
+        f"scoring prefixes ({mode})",
+        lambda advance: shaped_rewards(
             rollouts,
             scores,
             scorer,
             base.decode,
             base.eos_token_ids[0],
             mode=mode,  # type: ignore[arg-type]  # checked by the caller
-            on_scored=lambda n: bar.advance(task, n),
-        )
+            on_scored=advance,
+        ),
+    )
+
+
+def _stored_stop_scores(rollouts: list[Any], scorer: Any, base: Any, files: list[Path]) -> list[dict[int, float]]:
+    """The reward of each rollout's answer ended at each of its sentence ends (the stopping option),
+    computed once and stored beside the rollouts, keyed like :func:`_stored_shaping`."""
+    from personalize import __version__
+    from personalize.training.stopping import stop_scores
+
+    material = [[f.name for f in files], scorer.name, scorer.description, "stop", __version__]
+    stored = files[-1].parent / f"stops-{_cache_key(material)}.json"
+    maps = _stored_json(
+        stored,
+        "stop rewards at sentence ends",
+        "scoring answers ended at sentence ends",
+        lambda advance: [
+            {str(j): v for j, v in m.items()} for m in stop_scores(rollouts, scorer, base.decode, on_scored=advance)
+        ],
+    )
+    if len(maps) != len(rollouts):
+        raise ConfigError(f"{stored} holds {len(maps)} stop-reward maps for {len(rollouts)} rollouts; delete it")
+    return [{int(j): float(v) for j, v in m.items()} for m in maps]
+
+
+def _stored_json(stored: Path, what: str, label: str, compute: Callable[[Callable[[int], None]], Any]) -> Any:
+    """``compute(advance)`` under a progress bar labelled ``label``, written to ``stored`` whole or not
+    at all, or read back from it when it is there."""
+    from personalize.progress import progress_bar
+
+    if stored.is_file():
+        console.print(f"reusing {what} from {stored}")
+        return json.loads(stored.read_text())
+    with progress_bar(err) as bar:
+        task = bar.add_task(label, total=None)
+        value = compute(lambda n: bar.advance(task, n))
     tmp = stored.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rewards))
+    tmp.write_text(json.dumps(value))
     tmp.replace(stored)  # whole or absent: an interrupted write is not read back
-    return rewards
+    return value
 
 
 @app.command("eval")

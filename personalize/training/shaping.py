@@ -94,6 +94,12 @@ def _cut_points(rollout: Rollout, mode: ShapingMode, piece: Callable[[int], str]
     return cuts
 
 
+def sentence_ends(rollout: Rollout, piece: Callable[[int], str]) -> list[int]:
+    """Response token indices ``t`` (the last token aside) after which the response so far ends a
+    sentence or a line; ``piece`` gives a token's own text."""
+    return _cut_points(rollout, "sentence", piece)
+
+
 def shaped_rewards(
     rollouts: Sequence[Rollout],
     scores: Sequence[float],

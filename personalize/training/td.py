@@ -15,8 +15,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
 from personalize.training.rollouts import Rollout, actions
 from personalize.training.shaping import charge_unfinished, sparse_rewards
+from personalize.training.stopping import StopTargets, stop_targets
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -75,6 +76,10 @@ class TrainConfig:
     own checks may miss some ("... practice. The fir" ends on no joining word); charging each one
     teaches the head to finish its answer within the limit rather than to end where the checks do
     not look (see :func:`personalize.training.shaping.charge_unfinished`)."""
+    stop_option: bool = False
+    """Value the option to end the answer at every sentence end of the rollouts: ``Q(s, EOS)`` learns
+    the reward of the answer ended there, and returns are those of the policy that ends it there when
+    that beats the prompt's expected reward (:mod:`personalize.training.stopping`)."""
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -93,6 +98,8 @@ class TrainConfig:
         check_budget_scales(self.budget_scales, ConfigError)
         if self.budget_scales and self.kind == "implicit":
             raise ConfigError("budget features belong to value heads (lora, linear), not implicit heads")
+        if self.stop_option and self.kind == "implicit":
+            raise ConfigError("the stopping option trains value heads (lora, linear), not implicit heads")
 
 
 @dataclass
@@ -103,6 +110,9 @@ class TrainReport:
     scale: float = 1.0
     seconds: float = 0.0
     rollouts: int = 0
+    stopping: dict[str, float] = field(default_factory=dict)
+    """With the stopping option: how many sentence ends it values, how many the rule stops at, and the
+    mean reward of the rollouts against that of the stopping rule applied to them."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,9 @@ class _Batch:
     mask: torch.Tensor  # (B, T)
     rewards: torch.Tensor  # (B, T) each action's reward (the final reward on the last one, unless shaped)
     remaining: torch.Tensor  # (B, T) tokens the response may still take after each action (horizon - t - 1)
+    ends: torch.Tensor  # (B, T) 1 at the states where ending the answer has a known return (sentence ends)
+    end_returns: torch.Tensor  # (B, T) that return
+    stops: torch.Tensor  # (B, T) 1 where the stopping rule ends the answer (a subset of ends)
 
 
 def _collate(
@@ -122,10 +135,12 @@ def _collate(
     pad_id: int,
     eos: int,
     horizon: int | None = None,
+    stopping: tuple[Sequence[Mapping[int, float]], Sequence[frozenset[int]]] | None = None,
 ) -> _Batch:
     """Prompt + response ids and, per action (the response's tokens, EOS included when it stopped on
     its own), the index of the hidden state it was chosen at, the reward it was paid and the tokens
-    left after it under the rollouts' token limit ``horizon`` (None: unlimited)."""
+    left after it under the rollouts' token limit ``horizon`` (None: unlimited); with ``stopping``
+    (per rollout: the return of ending at each state that can end, and where the rule ends), those."""
     chosen = [actions(r, eos) for r in rollouts]
     B = len(rollouts)
     L = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
@@ -138,6 +153,7 @@ def _collate(
     taken = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T)
     rewards = torch.zeros(B, T)
+    ends, end_returns, stops = torch.zeros(B, T), torch.zeros(B, T), torch.zeros(B, T)
     left = horizon - 1 - torch.arange(T) if horizon is not None else torch.full((T,), float(2**20))  # (T,)
     remaining = left.float().expand(B, T).contiguous()  # (B, T)
     for b, (r, acts, paid) in enumerate(zip(rollouts, chosen, action_rewards, strict=True)):
@@ -153,7 +169,12 @@ def _collate(
         taken[b, :n] = torch.tensor(acts)
         mask[b, :n] = 1.0
         rewards[b, :n] = torch.tensor(list(paid), dtype=torch.float32)
-    return _Batch(ids, attention, positions, taken, mask, rewards, remaining)
+        if stopping is not None:
+            for j, value in stopping[0][b].items():
+                ends[b, j], end_returns[b, j] = 1.0, value
+            for j in stopping[1][b]:
+                stops[b, j] = 1.0
+    return _Batch(ids, attention, positions, taken, mask, rewards, remaining, ends, end_returns, stops)
 
 
 class _Trainable(nn.Module):
@@ -165,6 +186,8 @@ class _Trainable(nn.Module):
         self.kind = config.kind
         self.embedding: torch.Tensor
         self.register_buffer("embedding", base.model.get_output_embeddings().weight.detach().float(), persistent=False)
+        self.end_ids: torch.Tensor  # every token that ends a response: the stopping option values them all
+        self.register_buffer("end_ids", torch.tensor(base.eos_token_ids, dtype=torch.long), persistent=False)
         if config.kind == "lora":
             self.peft = peft_copy(base, config, head.adapter)
             inner: Any = self.peft.get_base_model()
@@ -172,11 +195,12 @@ class _Trainable(nn.Module):
         else:
             self.decoder = base.model.get_decoder()
 
-    def forward(self, batch: _Batch) -> torch.Tensor:
+    def forward(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q_values(batch)
 
-    def q_values(self, batch: _Batch) -> torch.Tensor:
-        """``Q(s_t, a_t)`` for every response token (B, T)."""
+    def q_values(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q(s_t, a_t)`` for every response token (B, T), and ``Q(s_t, end)`` for each token that
+        ends a response (B, T, E)."""
         grad = self.kind == "lora"
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention).last_hidden_state
@@ -185,7 +209,9 @@ class _Trainable(nn.Module):
         h = hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, H))  # (B, T, H)
         direction = self.output.direction(h, batch.remaining)  # (B, T, H)
         taken = self.embedding[batch.actions]  # (B, T, H)
-        return (direction * taken).sum(-1) + self.output.state_value(h, batch.remaining)  # (B, T)
+        state = self.output.state_value(h, batch.remaining)  # (B, T)
+        end = direction @ self.embedding[self.end_ids].T + state.unsqueeze(-1)  # (B, T, E)
+        return (direction * taken).sum(-1) + state, end
 
     def adapter_state(self) -> dict[str, torch.Tensor] | None:
         return adapter_state(self.peft) if self.kind == "lora" else None
@@ -283,6 +309,7 @@ def train_head(
     action_rewards: Sequence[Sequence[float]] | None = None,
     init: ValueHead | None = None,
     horizon: int | None = None,
+    stop_rewards: Sequence[Mapping[int, float]] | None = None,
 ) -> tuple[ValueHead, TrainReport]:
     """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``.
 
@@ -292,6 +319,8 @@ def train_head(
     adapter; a checkpoint to resume from takes precedence); the epochs are counted afresh. A head
     without budget features can warm-start a budget-aware one (its budget features start at zero).
     ``horizon`` is the rollouts' token limit (max_new_tokens): a budget-aware head needs it.
+    ``stop_rewards`` (per rollout, :func:`personalize.training.stopping.stop_scores`) are what the
+    stopping option (``config.stop_option``) needs.
 
     ``implicit`` heads are not value heads: they are fine-tuned on the best rollouts instead
     (see :mod:`personalize.training.implicit`; no checkpoints).
@@ -307,6 +336,9 @@ def train_head(
     if action_rewards is not None and len(action_rewards) != len(rollouts):
         got = len(action_rewards)
         raise ConfigError(f"need one list of action rewards per rollout, got {got} for {len(rollouts)}")
+    if config.stop_option and (stop_rewards is None or len(stop_rewards) != len(rollouts)):
+        have = "none" if stop_rewards is None else str(len(stop_rewards))
+        raise ConfigError(f"the stopping option needs one stop-reward map per rollout, got {have} for {len(rollouts)}")
     if config.unfinished_penalty:
         scores, action_rewards = charge_unfinished(rollouts, scores, action_rewards, config.unfinished_penalty)
     if config.kind == "implicit":
@@ -332,6 +364,19 @@ def train_head(
     returns = torch.tensor(list(scores), dtype=torch.float32)
     report = TrainReport(return_mean=float(returns.mean()), return_std=float(returns.std().clamp_min(1e-6)))
     report.rollouts = len(rollouts)
+    stopping: StopTargets | None = None
+    if config.stop_option and stop_rewards is not None:
+        stopping = stop_targets(
+            rollouts, scores, paid, stop_rewards, eos, decode=base.decode, unfinished_penalty=config.unfinished_penalty
+        )
+        report.stopping = {
+            "ends": sum(len(v) for v in stopping.values),
+            "rule_stops": sum(len(s) for s in stopping.stops),
+            "rule_stopped_rollouts": sum(1 for s in stopping.stops if s),
+            "rollout_mean": round(float(returns.mean()), 6),
+            "rule_mean": round(sum(stopping.rule_scores) / len(stopping.rule_scores), 6),
+        }
+        extra_meta = {**(extra_meta or {}), "stopping": report.stopping}
     lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_targets) if config.kind == "lora" else None
     head = new_head(
         base,
@@ -374,11 +419,17 @@ def train_head(
     for epoch in range(first_epoch, config.epochs):
         total, count = 0.0, 0
         for step, idx in enumerate(my_batches):
-            batch = _collate([rollouts[i] for i in idx], [paid[i] for i in idx], pad, eos, horizon)
+            stop = None if stopping is None else ([stopping.values[i] for i in idx], [stopping.stops[i] for i in idx])
+            batch = _collate([rollouts[i] for i in idx], [paid[i] for i in idx], pad, eos, horizon, stop)
             batch = _Batch(*(t.to(accelerator.device) for t in asdict_shallow(batch)))
-            q = trainable(batch)  # (B, T)
-            targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam)
-            loss = ((q - targets) ** 2 * batch.mask).sum() / batch.mask.sum().clamp_min(1.0)
+            q, q_end = trainable(batch)  # (B, T), (B, T, E)
+            cut = {} if stopping is None else {"stops": batch.stops, "stop_values": batch.end_returns}
+            targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam, **cut)
+            error, targeted = ((q - targets) ** 2 * batch.mask).sum(), batch.mask.sum()
+            if stopping is not None:  # ending at each sentence end: its known return, for every end token
+                end_error = ((q_end - batch.end_returns.unsqueeze(-1)) ** 2).mean(-1)
+                error, targeted = error + (end_error * batch.ends).sum(), targeted + batch.ends.sum()
+            loss = error / targeted.clamp_min(1.0)
             optimizer.zero_grad()
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(list(model.parameters()), config.grad_clip)
@@ -428,15 +479,7 @@ def check_init(init: ValueHead, config: TrainConfig, hidden_size: int) -> None:
 
 
 def asdict_shallow(batch: _Batch) -> tuple[torch.Tensor, ...]:
-    return (
-        batch.input_ids,
-        batch.attention,
-        batch.positions,
-        batch.actions,
-        batch.mask,
-        batch.rewards,
-        batch.remaining,
-    )
+    return tuple(getattr(batch, f.name) for f in fields(batch))
 
 
 def _save(
