@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,7 @@ from personalize.models import BaseModel
 from personalize.training import TrainConfig, lambda_returns, train_head
 from personalize.training.rollouts import Rollout
 from personalize.training.stopping import expected_rewards, stop_scores, stop_targets
-
-
-def _letters(ids: Sequence[int]) -> str:
-    """Token id i < 26 is the i-th lower-case letter, 26 a full stop, 27 a colon."""
-    return "".join({26: ".", 27: ":"}.get(i, chr(ord("a") + i % 26)) for i in ids)
-
-
-class _CountA:
-    name = "count-a"
-    description = "number of a's"
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        self.seen.extend(responses)
-        return torch.tensor([float(r.count("a")) for r in responses])
+from tests.unit.test_training import _CountA, _letters
 
 
 def test_lambda_returns_stop_where_the_policy_ends_the_answer() -> None:

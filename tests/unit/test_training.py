@@ -281,8 +281,8 @@ def test_lora_warm_start_loads_the_adapter(fresh_tiny_base: BaseModel) -> None:
 
 
 def _letters(ids: Sequence[int]) -> str:
-    """A toy decoder: token id i < 26 is the i-th lower-case letter, 26 a full stop."""
-    return "".join("." if i == 26 else chr(ord("a") + i) for i in ids)
+    """A toy decoder: token id i < 26 is the i-th lower-case letter, 26 a full stop, 27 a colon."""
+    return "".join({26: ".", 27: ":"}.get(i) or chr(ord("a") + i) for i in ids)
 
 
 class _CountA:
