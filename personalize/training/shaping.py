@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from personalize.errors import ConfigError
-from personalize.rewards.base import RewardFunction, prefix_scorer
+from personalize.rewards.base import PrefixScoreFn, RewardFunction, prefix_scorer
 from personalize.rewards.text import ends_cleanly
 from personalize.training.rollouts import Rollout, actions
 
@@ -96,8 +96,45 @@ def _cut_points(rollout: Rollout, mode: ShapingMode, piece: Callable[[int], str]
 
 def sentence_ends(rollout: Rollout, piece: Callable[[int], str]) -> list[int]:
     """Response token indices ``t`` (the last token aside) after which the response so far ends a
-    sentence or a line; ``piece`` gives a token's own text."""
+    sentence or a line; ``piece`` gives a token's own text (:func:`token_pieces`)."""
     return _cut_points(rollout, "sentence", piece)
+
+
+def token_pieces(decode: Callable[[Sequence[int]], str]) -> Callable[[int], str]:
+    """Each token's own text, decoded once."""
+    pieces: dict[int, str] = {}
+
+    def piece(token: int) -> str:
+        if token not in pieces:
+            pieces[token] = decode([token])
+        return pieces[token]
+
+    return piece
+
+
+def score_prefixes(
+    rollouts: Sequence[Rollout],
+    cuts: Sequence[Sequence[int]],
+    score: PrefixScoreFn,
+    decode: Callable[[Sequence[int]], str],
+    *,
+    batch_size: int = 256,
+    on_scored: Callable[[int], None] | None = None,
+) -> dict[tuple[int, int], float]:
+    """``score(prompts, prefixes)`` (a reward or its prefix score) of rollout ``i``'s response up to and
+    including token ``t``, for each ``t`` in ``cuts[i]``, in batches; keyed by ``(i, t)``.
+    ``on_scored(n)`` reports progress after each batch of ``n`` prefixes."""
+    jobs = [(i, t) for i, points in enumerate(cuts) for t in points]
+    out: dict[tuple[int, int], float] = {}
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        prompts = [rollouts[i].prompt for i, _ in chunk]
+        texts = [decode(rollouts[i].response_ids[: t + 1]) for i, t in chunk]
+        values = score(prompts, texts).float().tolist()
+        out.update(zip(chunk, (float(v) for v in values), strict=True))
+        if on_scored is not None:
+            on_scored(len(chunk))
+    return out
 
 
 def shaped_rewards(
@@ -122,25 +159,11 @@ def shaped_rewards(
         raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
     if mode == "none":
         return sparse_rewards(rollouts, scores, eos)
-    pieces: dict[int, str] = {}  # each token's own text, decoded once
-
-    def piece(token: int) -> str:
-        if token not in pieces:
-            pieces[token] = decode([token])
-        return pieces[token]
-
-    potential = prefix_scorer(reward)
+    piece = token_pieces(decode)
     cuts = [_cut_points(r, mode, piece) for r in rollouts]
-    jobs = [(i, t) for i, points in enumerate(cuts) for t in points]
-    potentials: dict[tuple[int, int], float] = {}
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        prompts = [rollouts[i].prompt for i, _ in chunk]
-        texts = [decode(rollouts[i].response_ids[: t + 1]) for i, t in chunk]
-        values = potential(prompts, texts).float().tolist()
-        potentials.update(zip(chunk, (float(v) for v in values), strict=True))
-        if on_scored is not None:
-            on_scored(len(chunk))
+    potentials = score_prefixes(
+        rollouts, cuts, prefix_scorer(reward), decode, batch_size=batch_size, on_scored=on_scored
+    )
     out = []
     for i, (rollout, score) in enumerate(zip(rollouts, scores, strict=True)):
         rewards = [0.0] * len(actions(rollout, eos))

@@ -28,12 +28,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from personalize.errors import ConfigError
 from personalize.rewards.base import RewardFunction
 from personalize.rewards.text import ends_cleanly
 from personalize.training.rollouts import Rollout, actions
-from personalize.training.shaping import sentence_ends
+from personalize.training.shaping import score_prefixes, sentence_ends, token_pieces
 
 
 @dataclass(frozen=True)
@@ -65,23 +66,12 @@ def stop_scores(
     or a line. Only states that have an action after them are listed (the final response is the
     rollout's own score).
     """
-    pieces: dict[int, str] = {}
-
-    def piece(token: int) -> str:
-        if token not in pieces:
-            pieces[token] = decode([token])
-        return pieces[token]
-
-    jobs = [(i, t + 1) for i, r in enumerate(rollouts) for t in sentence_ends(r, piece)]
+    piece = token_pieces(decode)
+    cuts = [sentence_ends(r, piece) for r in rollouts]
+    scored = score_prefixes(rollouts, cuts, reward, decode, batch_size=batch_size, on_scored=on_scored)
     out: list[dict[int, float]] = [{} for _ in rollouts]
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        prompts = [rollouts[i].prompt for i, _ in chunk]
-        texts = [decode(rollouts[i].response_ids[:j]) for i, j in chunk]
-        for (i, j), value in zip(chunk, reward(prompts, texts).float().tolist(), strict=True):
-            out[i][j] = float(value)
-        if on_scored is not None:
-            on_scored(len(chunk))
+    for (i, t), value in scored.items():
+        out[i][t + 1] = value  # the answer response_ids[:t + 1] ends at state t + 1
     return out
 
 
@@ -137,9 +127,7 @@ def stop_targets(
         bad = [j for j in ends if not 0 < j < n]
         if bad:
             raise ConfigError(f"stop rewards at state {bad[0]} of a rollout with {n} actions (valid: 1..{n - 1})")
-        paid_before = [0.0]
-        for x in paid:
-            paid_before.append(paid_before[-1] + float(x))
+        paid_before = [0.0, *accumulate(float(x) for x in paid)]
         mine: dict[int, float] = {}
         chosen: dict[int, float] = {}
         for j, value in ends.items():
