@@ -223,6 +223,7 @@ def heads_list(
                 "objective": meta.objective,
                 "version": meta.version,
                 "kind": meta.kind,
+                "steer": meta.steer,
                 "backbone_id": meta.backbone_id,
                 "reward": meta.reward,
                 "scale": meta.calibration.scale,
@@ -233,11 +234,10 @@ def heads_list(
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table("objective", "version", "kind", "backbone", "reward", "scale", "MB", "path")
+    table = Table("objective", "version", "kind", "steer", "backbone", "reward", "scale", "MB", "path")
+    keys = ("objective", "version", "kind", "steer", "backbone_id", "reward", "scale", "size_mb", "path")
     for r in rows:
-        table.add_row(
-            *(str(r[k]) for k in ("objective", "version", "kind", "backbone_id", "reward", "scale", "size_mb", "path"))
-        )
+        table.add_row(*(str(r[k]) for k in keys))
     console.print(table if rows else "no heads found")
 
 
@@ -331,6 +331,15 @@ def heads_train(
             "continuation alone.",
         ),
     ] = False,
+    steer: Annotated[
+        str,
+        typer.Option(
+            "--steer",
+            help="What the head steers at decode time: 'all' top-k candidates, or only the end-of-answer "
+            "tokens ('end': a stopping head that leaves what the answer says to the base model and decides "
+            "where it ends; pairs with --stop-option).",
+        ),
+    ] = "all",
     heads: HeadsOpt = None,
     base_model: BaseModelOpt = None,
 ) -> None:
@@ -375,6 +384,7 @@ def heads_train(
             budget_scales=_parse_floats("--budget-scales", budget_scales),
             unfinished_penalty=unfinished_penalty,
             stop_option=stop_option,
+            steer=steer,
         )
         rollout_config = RolloutConfig(samples_per_prompt, max_new_tokens, batch_size=rollout_batch, seed=seed)
         steer_by = {name: w for name, w in parse_weights(rollout_weights).items() if w != 0}  # 0 needs no head

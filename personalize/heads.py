@@ -22,6 +22,14 @@ is near can prefer tokens that end the answer well. Far from the limit every
 ``φ_k`` is about 0 and the head is the plain one; where the budget is unknown
 (``remaining=None``) it is taken as unlimited.
 
+What a head steers (``steer`` in ``head.json``): ``all`` (default) pushes every
+candidate of the base top-k by its centred value; ``end`` makes it a *stopping*
+head, which only decides when the answer ends: the model's end-of-answer tokens
+get ``Q(s, end) − V_go_on(s)``, with ``V_go_on`` the base-probability-weighted
+value of the other top-k candidates, and every other candidate is left as the
+base model has it. What the answer says is the base model's; where it ends is
+the head's.
+
 Three kinds:
 - ``lora``: the row runs the backbone with the head's LoRA adapter (one extra
   batch row per request at decode time; steers well at high beta).
@@ -68,6 +76,8 @@ from personalize.models import BaseModel
 HeadKind = Literal["lora", "linear", "implicit"]
 HEAD_KINDS: tuple[str, ...] = ("lora", "linear", "implicit")
 ADAPTER_KINDS: tuple[str, ...] = ("lora", "implicit")
+STEER_MODES: tuple[str, ...] = ("all", "end")
+"""What a head's values push: every top-k candidate, or only the end-of-answer tokens (module docstring)."""
 """Kinds that carry a LoRA adapter (and take one batch row at decode time)."""
 HEAD_JSON = "head.json"
 VALUE_FILE = "value_head.safetensors"
@@ -144,6 +154,8 @@ class HeadMeta:
     format_version: int = FORMAT_VERSION
     budget_scales: tuple[float, ...] = ()
     """Decay lengths (tokens) of the remaining-budget features; empty: the head ignores the budget."""
+    steer: str = "all"
+    """``all``: the head pushes every top-k candidate; ``end``: only the end-of-answer tokens (a stopping head)."""
 
     @property
     def reward_name(self) -> str:
@@ -162,6 +174,8 @@ class HeadMeta:
         if not self.version or "/" in self.version or ".." in self.version:
             raise HeadFormatError(f"version must be a plain non-empty string, got {self.version!r}")
         check_budget_scales(self.budget_scales, HeadFormatError)
+        if self.steer not in STEER_MODES:
+            raise HeadFormatError(f"steer must be one of {', '.join(STEER_MODES)}, got {self.steer!r}")
         if self.budget_scales and self.kind == "implicit":
             raise HeadFormatError("an 'implicit' head has no value output to make budget-aware")
 
@@ -287,6 +301,7 @@ def new_head(
     init_bias: float = 0.0,
     seed: int = 0,
     budget_scales: tuple[float, ...] = (),
+    steer: str = "all",
 ) -> ValueHead:
     """A fresh head for ``base``: zero-initialised outputs (and LoRA B), so it starts neutral."""
     if kind in ADAPTER_KINDS and lora is None:
@@ -307,6 +322,7 @@ def new_head(
         reward=reward,
         lora=lora,
         budget_scales=tuple(budget_scales),
+        steer=steer,
     )
     gen = torch.Generator().manual_seed(seed)
     output = TokenValueOutput(base.hidden_size, value_rank, init_bias, meta.budget_scales)

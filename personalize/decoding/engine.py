@@ -256,8 +256,12 @@ class Engine:
         budget: tuple[torch.Tensor | None, ...] = (None, None, None)
         if features:
             budget = (budget_dir.to(dev), budget_bias.to(dev), budget_scales.to(dev))
+        end_only = torch.tensor([float(h.meta.steer == "end") for h in heads.values()])
+        stopping: tuple[torch.Tensor | None, ...] = (None, None)
+        if end_only.any():
+            stopping = (end_only.to(dev), torch.tensor(self.base.eos_token_ids, dtype=torch.long, device=dev))
         self._heads.stack = ValueStack(
-            down.to(dev), up.to(dev), inv_scale.to(dev), state.to(dev), bias.to(dev), *budget
+            down.to(dev), up.to(dev), inv_scale.to(dev), state.to(dev), bias.to(dev), *budget, *stopping
         )
 
     # ---- public decoding API -------------------------------------------------------------

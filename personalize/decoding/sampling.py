@@ -35,6 +35,8 @@ class ValueStack:
     budget_dir: torch.Tensor | None = None  # (N, K, H) c_k of budget-aware heads (zeros for the others)
     budget_bias: torch.Tensor | None = None  # (N, K) b_k (absolute values only)
     budget_scales: torch.Tensor | None = None  # (N, K) decay lengths tau_k in tokens
+    end_only: torch.Tensor | None = None  # (N,) 1.0 for stopping heads (steer "end"), else 0.0
+    end_ids: torch.Tensor | None = None  # (E,) the model's end-of-answer token ids (read for stopping heads)
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,40 @@ def value_guidance(
     calibration scale. logits (S, V) float32, hidden (R, H), remaining (S,) tokens left after
     the next one (read by budget-aware heads; None: unlimited).
     """
-    _, candidates = logits.topk(max_top_k, dim=-1)  # (S, C)
+    top_logits, candidates = logits.topk(max_top_k, dim=-1)  # (S, C)
     valid = torch.arange(max_top_k, device=logits.device) < top_k.unsqueeze(-1)  # (S, C)
     values = head_values(hidden, candidates, embedding, stack, entries, remaining)  # (M, C)
     entry_valid = valid[entries.sequence].float()  # (M, C)
     mean = (values * entry_valid).sum(-1, keepdim=True) / entry_valid.sum(-1, keepdim=True)  # (M, 1)
+    relative = values - mean  # (M, C)
+    if stack.end_only is not None and stack.end_ids is not None:
+        stopping = _stopping_values(values, top_logits, candidates, entry_valid, stack.end_ids, entries)  # (M, C)
+        relative = torch.where(stack.end_only[entries.slot].unsqueeze(-1) > 0, stopping, relative)
     scale = (entries.coef * stack.inv_scale[entries.slot]).unsqueeze(-1)  # (M, 1)
-    return Guidance(candidates, (values - mean) * entry_valid * scale)  # bonus (M, C)
+    return Guidance(candidates, relative * entry_valid * scale)  # bonus (M, C)
+
+
+def _stopping_values(
+    values: torch.Tensor,
+    top_logits: torch.Tensor,
+    candidates: torch.Tensor,
+    entry_valid: torch.Tensor,
+    end_ids: torch.Tensor,
+    entries: ValueEntries,
+) -> torch.Tensor:
+    """A stopping head's push (M, C): ``Q(s, end) - V_go_on(s)`` on the end tokens among the top-k, 0 elsewhere.
+
+    ``V_go_on`` is the value of the other valid candidates weighted by their base probabilities
+    (renormalised over them); with no such candidate (or no end token) nothing is pushed.
+    values (M, C), top_logits/candidates (S, C), entry_valid (M, C), end_ids (E,).
+    """
+    is_end = torch.isin(candidates, end_ids)[entries.sequence].float()  # (M, C)
+    go_on = entry_valid * (1.0 - is_end)  # (M, C)
+    logits = top_logits[entries.sequence]  # (M, C)
+    weight = torch.exp(logits - logits[:, :1]) * go_on  # (M, C), top-k is sorted: column 0 is the largest
+    total = weight.sum(-1, keepdim=True)  # (M, 1)
+    go_on_value = (values * weight).sum(-1, keepdim=True) / total.clamp_min(1e-30)  # (M, 1)
+    return (values - go_on_value) * is_end * (total > 0).float()  # (M, C)
 
 
 def apply_guidance(logits: torch.Tensor, guidance: Guidance, entries: ValueEntries) -> torch.Tensor:

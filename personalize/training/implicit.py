@@ -151,7 +151,9 @@ def _implicit_head(
     extra_meta: dict[str, Any] | None,
 ) -> ValueHead:
     lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_targets)
-    head = new_head(base, objective, kind="implicit", version=version, lora=lora, description=description)
+    head = new_head(
+        base, objective, kind="implicit", version=version, lora=lora, description=description, steer=config.steer
+    )
     training = {
         "method": "rejection-sampling fine-tuning (best rollout per prompt, top fraction)",
         "config": {**asdict(config), "lora_targets": list(config.lora_targets)},

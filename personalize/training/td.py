@@ -26,6 +26,7 @@ from torch import nn
 from personalize.errors import ConfigError
 from personalize.heads import (
     HEAD_KINDS,
+    STEER_MODES,
     Calibration,
     HeadKind,
     ValueHead,
@@ -80,6 +81,9 @@ class TrainConfig:
     """Value the option to end the answer at every sentence end of the rollouts: ``Q(s, EOS)`` learns
     the reward of the answer ended there, and returns are those of the policy that ends it there when
     that beats the prompt's expected reward (:mod:`personalize.training.stopping`)."""
+    steer: str = "all"
+    """What the trained head steers at decode time, recorded in ``head.json``: ``all`` top-k candidates,
+    or only the end-of-answer tokens (``end``: a stopping head; see :mod:`personalize.heads`)."""
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -100,6 +104,8 @@ class TrainConfig:
             raise ConfigError("budget features belong to value heads (lora, linear), not implicit heads")
         if self.stop_option and self.kind == "implicit":
             raise ConfigError("the stopping option trains value heads (lora, linear), not implicit heads")
+        if self.steer not in STEER_MODES:
+            raise ConfigError(f"steer must be one of {', '.join(STEER_MODES)}, got {self.steer!r}")
 
 
 @dataclass
@@ -390,6 +396,7 @@ def train_head(
         init_bias=report.return_mean,
         seed=config.seed,
         budget_scales=config.budget_scales,
+        steer=config.steer,
     )
     head.adapter = None  # peft initialises its own adapter (B = 0: the head starts as the base model)
     if init is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import warnings
 
 import pytest
@@ -11,9 +12,10 @@ import torch
 from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
 from personalize.decoding.engine import cache_keyword
 from personalize.decoding.sampling import ValueEntries, ValueStack, guide_scores
-from personalize.errors import ConfigError, ContextLengthError, RewardError, UnknownObjectiveError
+from personalize.errors import ConfigError, ContextLengthError, HeadFormatError, RewardError, UnknownObjectiveError
 from personalize.heads import load_head, new_head
 from personalize.models import BaseModel
+from personalize.training import TrainConfig
 from tests.conftest import randomize_head
 
 PROMPTS = ["How do I clean my keyboard?", "Explain photosynthesis.", "I love sunny days"]
@@ -391,3 +393,74 @@ def test_events_carry_each_objectives_push_on_the_token(engine: Engine) -> None:
     assert abs(sum(first.contributions.values()) - delta) < 1e-4
     assert any(abs(v) > 1e-6 for e in events for v in e.contributions.values())
     assert all(e.contributions == {} for e in engine.stream([req(base, PROMPTS[0], {"concise": 0.0}, n=3)]))
+
+
+def test_stopping_head_pushes_end_tokens_by_their_value_over_going_on(tiny_base: BaseModel) -> None:
+    torch.manual_seed(1)
+    V, H = tiny_base.vocab_size, tiny_base.hidden_size
+    end = torch.tensor([3, 7])
+    logits = torch.randn(2, V)
+    logits[0, 3] = 10.0  # an end token in row 0's top-5; row 1's top-5 holds none
+    logits[1, end] = -10.0
+    hidden = torch.randn(2, H)
+    emb = tiny_base.model.get_output_embeddings().weight.detach()
+    down, up = torch.randn(1, 4, H), torch.randn(1, H, 4)
+    inv_scale = torch.tensor([0.5])
+    entries = ValueEntries(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([2.0, 2.0]))
+    top_k = torch.tensor([5, 5])
+    stopping = ValueStack(down, up, inv_scale, end_only=torch.ones(1), end_ids=end)
+    delta = guide_scores(logits, hidden, emb, stopping, entries, top_k, 5) - logits
+    # by hand: Q(s, a) = E[a] . U D h over row 0's top-5; going on = base-probability-weighted mean of the others
+    top = logits[0].topk(5)
+    values = emb[top.indices].float() @ (up[0] @ (down[0] @ hidden[0]))  # (5,)
+    others = top.indices != 3
+    weights = torch.softmax(top.values[others], -1)
+    expected = (values[~others][0] - (weights * values[others]).sum()) * 2.0 * 0.5
+    assert torch.isclose(delta[0, 3], expected, atol=1e-4)
+    assert torch.count_nonzero(delta[0, torch.arange(V) != 3]) == 0  # what the answer says is the base model's
+    assert torch.count_nonzero(delta[1]) == 0  # no end token among the candidates: nothing to decide
+    # the same values steering every candidate move the others too
+    plain = ValueStack(down, up, inv_scale, end_only=torch.zeros(1), end_ids=end)
+    assert torch.count_nonzero(guide_scores(logits, hidden, emb, plain, entries, top_k, 5)[0] - logits[0]) == 5
+
+
+def test_stopping_head_only_moves_where_the_answer_ends(fresh_tiny_base: BaseModel, tiny_head_dir) -> None:
+    base = fresh_tiny_base
+    folder = tiny_head_dir("concise", seed=1)
+    meta = json.loads((folder / "head.json").read_text())
+    (folder / "head.json").write_text(json.dumps({**meta, "steer": "end"}))
+    stopper = load_head(folder, base)
+    assert stopper.meta.steer == "end"
+    engine = Engine(base, [stopper])
+
+    def request(weights: dict[str, float]) -> GenerationRequest:
+        return GenerationRequest(
+            tuple(base.encode_prompt(PROMPTS[0])),
+            SamplingParams(max_new_tokens=40, temperature=0.0),
+            Personalization(weights, beta=50.0, top_k=200),
+        )
+
+    steer = request({"concise": -1.0})
+    moved = torch.nonzero(engine.next_token_scores([steer])[0] != engine.next_token_scores([request({})])[0])
+    assert moved.numel() and set(moved.flatten().tolist()) <= set(base.eos_token_ids)
+    # greedy: every token but the end decision is the base model's; this head ends the answer early
+    steered = engine.generate([steer])[0].token_ids
+    unsteered = engine.generate([request({})])[0].token_ids
+    assert 0 < len(steered) < len(unsteered) and unsteered[: len(steered)] == steered
+    # the same head steering every candidate writes something else
+    everything = Engine(base, [load_head(tiny_head_dir("concise", seed=1), base)])
+    assert everything.generate([steer])[0].token_ids[: len(steered)] != steered
+
+
+def test_steer_mode_is_checked_and_older_heads_steer_everything(tiny_base: BaseModel, tiny_head_dir) -> None:
+    folder = tiny_head_dir("concise", seed=1)
+    meta = json.loads((folder / "head.json").read_text())
+    assert meta["steer"] == "all"
+    del meta["steer"]  # a head written before the mode existed
+    (folder / "head.json").write_text(json.dumps(meta))
+    assert load_head(folder, tiny_base).meta.steer == "all"
+    (folder / "head.json").write_text(json.dumps({**meta, "steer": "stop"}))
+    with pytest.raises(HeadFormatError, match="steer must be one of all, end, got 'stop'"):
+        load_head(folder, tiny_base)
+    with pytest.raises(ConfigError, match="steer must be one of all, end"):
+        TrainConfig(steer="stop")

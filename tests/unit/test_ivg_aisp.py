@@ -410,13 +410,18 @@ def test_cli_generates_with_ivg_and_aisp_and_trains_an_implicit_head(tmp_path: P
     assert result.exit_code == 2 and "--budget-scales takes numbers" in result.output, result.output
     # the stopping option: answers ended at sentence ends are scored once, then read back; kept in head.json
     stopping = [*shaped, *small, "--shaping", "sentence", "--stop-option", *base_dir]
-    for name in ("stop", "stop-again"):
-        result = runner.invoke(app, [*stopping, "--out", str(tmp_path / name)], env=env)
+    # (the second one a stopping head: --steer end, recorded in head.json; a mode that is not one: exit 2)
+    for name, steer in (("stop", "all"), ("stop-again", "end")):
+        result = runner.invoke(app, [*stopping, "--steer", steer, "--out", str(tmp_path / name)], env=env)
         assert result.exit_code == 0, result.output
         scored = "scoring answers ended at sentence ends" in result.output
         assert scored == (name == "stop") and ("reusing stop rewards" in result.output) == (name != "stop")
-        training = json.loads((tmp_path / name / "head.json").read_text())["training"]
+        recorded = json.loads((tmp_path / name / "head.json").read_text())
+        training = recorded["training"]
         assert training["config"]["stop_option"] is True and training["stopping"]["rollout_mean"] is not None
+        assert recorded["steer"] == steer and training["config"]["steer"] == steer
+    result = runner.invoke(app, [*stopping, "--steer", "ends", "--out", str(tmp_path / "nsteer")], env=env)
+    assert result.exit_code == 2 and "steer must be one of all, end" in result.output, result.output
     result = runner.invoke(app, [*train, *small, "--stop-option", "--out", str(tmp_path / "ns"), *base_dir], env=env)
     assert result.exit_code == 2 and "stopping option trains value heads" in result.output, result.output
     mismatch = [*shaped, *small, "--init", str(heads[0]), "--out", str(tmp_path / "z"), *base_dir]
