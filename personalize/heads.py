@@ -110,6 +110,12 @@ def budget_features(remaining: torch.Tensor, scales: torch.Tensor) -> torch.Tens
     return torch.exp(-remaining.float().clamp_min(0).unsqueeze(-1) / scales)
 
 
+def check_steer(mode: str, error: type[Exception]) -> None:
+    """A head's steer mode must be one of :data:`STEER_MODES` (raises ``error`` otherwise)."""
+    if mode not in STEER_MODES:
+        raise error(f"steer must be one of {', '.join(STEER_MODES)}, got {mode!r}")
+
+
 def check_objective_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise HeadFormatError(
@@ -174,8 +180,7 @@ class HeadMeta:
         if not self.version or "/" in self.version or ".." in self.version:
             raise HeadFormatError(f"version must be a plain non-empty string, got {self.version!r}")
         check_budget_scales(self.budget_scales, HeadFormatError)
-        if self.steer not in STEER_MODES:
-            raise HeadFormatError(f"steer must be one of {', '.join(STEER_MODES)}, got {self.steer!r}")
+        check_steer(self.steer, HeadFormatError)
         if self.budget_scales and self.kind == "implicit":
             raise HeadFormatError("an 'implicit' head has no value output to make budget-aware")
 

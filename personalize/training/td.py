@@ -26,11 +26,11 @@ from torch import nn
 from personalize.errors import ConfigError
 from personalize.heads import (
     HEAD_KINDS,
-    STEER_MODES,
     Calibration,
     HeadKind,
     ValueHead,
     check_budget_scales,
+    check_steer,
     load_head,
     new_head,
     save_head,
@@ -104,8 +104,7 @@ class TrainConfig:
             raise ConfigError("budget features belong to value heads (lora, linear), not implicit heads")
         if self.stop_option and self.kind == "implicit":
             raise ConfigError("the stopping option trains value heads (lora, linear), not implicit heads")
-        if self.steer not in STEER_MODES:
-            raise ConfigError(f"steer must be one of {', '.join(STEER_MODES)}, got {self.steer!r}")
+        check_steer(self.steer, ConfigError)
 
 
 @dataclass
