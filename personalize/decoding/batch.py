@@ -89,6 +89,24 @@ def _merge(old: _State, new: _State, layout: _Layout) -> _State:
     )
 
 
+def _compact(state: _State) -> _State:
+    """Crop the leading columns that no live sequence attends to any more (its rows left the batch).
+
+    Positions are explicit and rotary embeddings were applied before caching, so dropping columns
+    that are masked out for every row changes no result: only the padding a long-running batch
+    would otherwise keep for as long as it runs.
+    """
+    used = state.mask.any(dim=0)  # (L,)
+    first = int(used.to(torch.int8).argmax())  # first column some live sequence still attends to
+    if first == 0:
+        return state
+    layers: list[Any] = list(state.cache.layers)
+    for layer in layers:
+        layer.keys = layer.keys[:, :, first:]  # (B, kv_heads, L', head_dim)
+        layer.values = layer.values[:, :, first:]
+    return replace(state, mask=state.mask[:, first:])  # (S, L')
+
+
 @dataclass
 class _RequestStep:
     """What one emit saw of one request: its sequences that go on, those that just ended, its final event."""
@@ -125,6 +143,11 @@ class DecodeBatch:
     def live_requests(self) -> int:
         """Requests still decoding (not answered, not cancelled; an aisp request between rounds included)."""
         return sum(1 for i in range(len(self.requests)) if i not in self._answers and i not in self._cancelled)
+
+    @property
+    def cache_length(self) -> int:
+        """Positions the KV cache holds per row (0 when idle): at most the longest live sequence."""
+        return 0 if self._state is None else int(self._state.mask.shape[1])
 
     def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
         """Queue requests to join; returns their indices. Raises (changing nothing) if one is invalid.
@@ -307,7 +330,8 @@ class DecodeBatch:
         branches = self._decide(steps, events, leaving)
         if leaving or branches:
             with torch.inference_mode():
-                self._state = self._reorder(state, leaving, branches)
+                reordered = self._reorder(state, leaving, branches)
+                self._state = _compact(reordered) if leaving and reordered is not None else reordered
             if self._state is None:
                 self.engine._select_rows(None)
         self._emitted = True

@@ -464,3 +464,42 @@ def test_steer_mode_is_checked_and_older_heads_steer_everything(tiny_base: BaseM
         load_head(folder, tiny_base)
     with pytest.raises(ConfigError, match="steer must be one of all, end"):
         TrainConfig(steer="stop")
+
+
+def test_a_long_running_batch_keeps_its_cache_to_the_live_sequences(engine: Engine) -> None:
+    """Requests keep joining and leaving for a thousand steps: the cache never holds more positions
+    than the longest live sequence (prompt + tokens fed), and each seeded request decodes as alone."""
+    base = engine.base
+    rng = torch.Generator().manual_seed(0)
+    words = ["keyboard", "clean", "sunny", "photosynthesis", "explain", "answer", "detail", "please", "why", "how"]
+    weights = [{}, {"concise": 1.0}, {"helpful": 0.5, "positive": 1.0}, {"positive": -1.0}]
+    requests = []
+    for i in range(300):
+        prompt = " ".join(
+            words[int(j)]
+            for j in torch.randint(len(words), (int(torch.randint(1, 12, (1,), generator=rng)),), generator=rng)
+        )
+        n = int(torch.randint(2, 14, (1,), generator=rng))
+        requests.append(req(base, prompt, weights[i % 4], method="vas" if i % 4 else "base", seed=i, n=n))
+    batch = engine.open_batch()
+    got: dict[int, list[int]] = {}
+    lengths: dict[int, int] = {}  # request index -> prompt + emitted tokens, while live
+    waiting, steps, worst = list(requests), 0, 0
+    while waiting or not batch.done:
+        if waiting and int(torch.randint(4, (1,), generator=rng)) == 0:
+            for index in batch.add([waiting.pop(0)]):
+                lengths[index] = len(batch.requests[index].prompt_ids)
+        for event in batch.emit():
+            got.setdefault(event.index, []).append(event.token_id)
+            lengths[event.index] += 1
+            if event.finish_reason is not None:
+                del lengths[event.index]
+        if lengths:
+            worst = max(worst, batch.cache_length - max(lengths.values()))
+        batch.advance()
+        steps += 1
+    assert steps >= 1000
+    assert worst <= 0, f"the cache held {worst} positions more than the longest live sequence"
+    results = batch.results()
+    for index in range(0, len(requests), 7):
+        assert results[index].token_ids == engine.generate([requests[index]])[0].token_ids, index
