@@ -70,7 +70,7 @@ from personalize.errors import (
     TokenizerMismatchError,
     UnsafeArtifactError,
 )
-from personalize.lora import PEFT_PREFIX, LoraSpec, MultiLoRALinear, adapter_pairs
+from personalize.lora import PEFT_PREFIX, LoraSpec, adapter_pairs
 from personalize.models import BaseModel
 
 HeadKind = Literal["lora", "linear", "implicit"]
@@ -283,14 +283,8 @@ class ValueHead:
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """The model's linear layers by name, seeing through LoRA wrappers the engine may have added."""
-    layers: dict[str, nn.Linear] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, MultiLoRALinear):
-            layers[name] = module.base
-        elif isinstance(module, nn.Linear) and not name.endswith(".base"):
-            layers[name] = module
-    return layers
+    """The model's linear layers by name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
 def new_head(

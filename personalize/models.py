@@ -45,6 +45,8 @@ class BaseModel:
     tokenizer: PreTrainedTokenizerBase
     backbone_id: str
     tokenizer_hash: str
+    compute_dtype: torch.dtype | None = None
+    """The dtype the decoder runs this model in (None: the model's own dtype)."""
 
     @property
     def device(self) -> torch.device:
@@ -117,8 +119,23 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    # bf16 on CUDA; float32 on CPU, where bf16 matmuls are not reliably faster.
+    """The dtype the weights are loaded in: bf16 on CUDA; float32 on the CPU, where training wants it
+    (the decoder may still run on a bf16 copy: :func:`fast_dtype`)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matrix products are fast here: CUDA, or a CPU with AVX512-BF16/AMX kernels in oneDNN."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def fast_dtype(device: torch.device) -> torch.dtype:
+    """What ``auto`` decodes in: bfloat16 where it is fast, else float32."""
+    return torch.bfloat16 if bf16_supported(device) else torch.float32
 
 
 def embedded_gguf_path() -> Path:
@@ -189,7 +206,9 @@ def load_base_model(
 ) -> BaseModel:
     """Load a frozen base model by hub id, local directory, or the embedded default.
 
-    ``None`` or ``"embedded"`` selects the embedded SmolLM2-135M-Instruct.
+    ``None`` or ``"embedded"`` selects the embedded SmolLM2-135M-Instruct. ``dtype``: the weights'
+    dtype, also the decoder's; None (``auto``): the device's default for the weights, and the
+    decoder in bf16 where that is fast (:func:`fast_dtype`).
     """
     dev = torch.device(device) if device is not None else default_device()
     source = str(name_or_path) if name_or_path is not None else EMBEDDED_NAME
@@ -210,7 +229,10 @@ def load_base_model(
             f"offline, a local model directory, or {EMBEDDED_NAME!r}"
         ) from exc
     model.to(dev)  # type: ignore[arg-type]  # transformers stubs mistype nn.Module.to
-    return from_pretrained_objects(model, tokenizer, backbone_id=_backbone_id_for(source, folder))
+    compute = dtype or fast_dtype(dev)
+    return from_pretrained_objects(
+        model, tokenizer, backbone_id=_backbone_id_for(source, folder), compute_dtype=compute
+    )
 
 
 def _token_ids(value: object) -> list[int]:
@@ -246,7 +268,11 @@ def _align_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> No
 
 
 def from_pretrained_objects(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, backbone_id: str
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    backbone_id: str,
+    compute_dtype: torch.dtype | None = None,
 ) -> BaseModel:
     """Wrap an already built model + tokenizer (tests and embedding applications)."""
     model.eval()
@@ -254,4 +280,4 @@ def from_pretrained_objects(
     _align_eos(model, tokenizer)
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    return BaseModel(model, tokenizer, backbone_id, tokenizer_fingerprint(tokenizer))
+    return BaseModel(model, tokenizer, backbone_id, tokenizer_fingerprint(tokenizer), compute_dtype)

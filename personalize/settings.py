@@ -7,7 +7,7 @@ Library code never reads the environment; the service and the CLI build one
     DATABASE_URL             SQLAlchemy URL (default: SQLite file in the data dir)
     REDIS_URL                optional; profile cache, rate limits, cross-replica head events
     PERSONALIZE_BASE_MODEL   base model name or path (default: the embedded model)
-    PERSONALIZE_DTYPE        auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16
+    PERSONALIZE_DTYPE        auto (the decoder in bfloat16 where it is fast), float32, bfloat16 or float16
     PERSONALIZE_*            limits and server address (see the fields below)
 """
 
@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     """After a Redis error, skip Redis for this long (requests do not each wait on a timeout)."""
     base_model: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights' dtype for the base model: ``auto`` is bfloat16 on CUDA and float32 on the CPU."""
+    """The base model's dtype. ``auto``: the decoder runs in bfloat16 where bf16 products are fast (CUDA,
+    CPUs with AVX512-BF16/AMX), else float32; on a CPU the loaded weights stay float32 (training reads
+    them) and the decoder keeps its own bf16 copy. A named dtype is used for both."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

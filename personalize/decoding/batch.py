@@ -1,23 +1,24 @@
 """A running batch: requests join between steps, finished or cancelled ones leave at once.
 
-State per live sequence (S of them, in row order): its attention mask (S, L), the
-position of its last token (S, 1), the token sampled for it but not yet fed
-(S,), and how many tokens it sampled so far (S,), the counter of its random
-stream, so a request draws the same numbers whenever it joins. The KV cache
-holds sequences in the shared lower layers and rows in the adapted ones.
+The batch is the scheduler of the decoder: it decides, before every forward, which sequences
+run and what each is fed (its last sampled token, or the next chunk of its prompt: joining
+requests ride in the same forward as the decoding ones), and after every step which go on.
+The model runner (``runner.py``) owns the forward and the KV cache layout; the sampler
+(``sampling.step``) is pure. Sequence slot i of the cache is position i of every per-sequence
+list and tensor here.
 
-Each request has a run (``methods.plan``) that decides, after every step, which of
-its sequences go on, which branch into children (ivg: the cache is reordered by
-index, repeats allowed) and which fresh ones to prefill (aisp iterations).
-Sequences of one request with the same prompt share one prefill forward.
+Each request has a run (``methods.plan``) that decides, after every step, which of its
+sequences go on, which branch into children (ivg: a child starts as a copy of its parent's
+cache) and which fresh ones to prefill (aisp iterations). Sequences of one request with the
+same prompt share one prefill: the others start as copies once it is done.
 
     batch = engine.open_batch()
-    batch.add(requests)              # validated now; prefilled now or after the next forward
+    batch.add(requests)              # validated now; an idle batch runs their first step at once
     while not batch.done:
-        for event in batch.emit():   # text for every pending token; finished requests leave
+        for event in batch.emit():   # text for every sampled token; finished requests leave
             ...
         batch.add(more); batch.cancel(index)
-        batch.advance()              # one forward for everyone, then newcomers join
+        batch.advance()              # one forward for everyone (joining prompts included), then sample
 """
 
 from __future__ import annotations
@@ -25,86 +26,35 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
 
 from personalize.decoding import methods
 from personalize.decoding.config import Compute, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.kv_cache import BatchCache, fill_holes
+from personalize.decoding.layout import BatchLayout, build_layout
 from personalize.decoding.runs import Answer, RequestRun, RunContext
+from personalize.decoding.sampling import StepOutput
 from personalize.decoding.sequences import SequenceOutput, SequenceSpec
 from personalize.decoding.text import TextStream
 
 if TYPE_CHECKING:
-    from personalize.decoding.engine import Engine, _Layout
+    from personalize.decoding.engine import Engine
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 __all__ = ["DecodeBatch", "RewardFn", "SequenceOutput", "SequenceSpec"]
 
 
 @dataclass
-class _State:
-    """Tensors of the live sequences (S of them, in row order)."""
+class _Slot:
+    """Host state of one live sequence; its cache slot is its position in ``DecodeBatch._slots``."""
 
-    layout: _Layout
-    cache: DynamicCache
-    mask: torch.Tensor  # (S, L)
-    positions: torch.Tensor  # (S, 1) position of the last fed token
-    pending: torch.Tensor  # (S,) sampled, not yet fed
-    logprobs: torch.Tensor  # (S,)
-    contributions: torch.Tensor  # (M,) each value entry's push on the pending token
-    counters: torch.Tensor  # (S,) tokens sampled before the pending one
-    values: torch.Tensor  # (S,) chunk-level score of the pending token (ivg)
-
-
-def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def _merge(old: _State, new: _State, layout: _Layout) -> _State:
-    """Append ``new``'s sequences after ``old``'s, left-padding the shorter history."""
-    length = max(old.mask.shape[1], new.mask.shape[1])
-    old_layers: list[Any] = list(old.cache.layers)
-    new_layers: list[Any] = list(new.cache.layers)
-    for a, b in zip(old_layers, new_layers, strict=True):
-        # keys/values: (B, kv_heads, L, head_dim); padded slots are masked out
-        a.keys = torch.cat([_pad_left(a.keys, length, 2), _pad_left(b.keys, length, 2)], dim=0)
-        a.values = torch.cat([_pad_left(a.values, length, 2), _pad_left(b.values, length, 2)], dim=0)
-    return _State(
-        layout=layout,
-        cache=old.cache,
-        mask=torch.cat([_pad_left(old.mask, length, 1), _pad_left(new.mask, length, 1)]),  # (S, L)
-        positions=torch.cat([old.positions, new.positions]),
-        pending=torch.cat([old.pending, new.pending]),
-        logprobs=torch.cat([old.logprobs, new.logprobs]),
-        contributions=torch.cat([old.contributions, new.contributions]),
-        counters=torch.cat([old.counters, new.counters]),
-        values=torch.cat([old.values, new.values]),
-    )
-
-
-def _compact(state: _State) -> _State:
-    """Crop the leading columns that no live sequence attends to any more (its rows left the batch).
-
-    Positions are explicit and rotary embeddings were applied before caching, so dropping columns
-    that are masked out for every row changes no result: only the padding a long-running batch
-    would otherwise keep for as long as it runs.
-    """
-    used = state.mask.any(dim=0)  # (L,)
-    first = int(used.to(torch.int8).argmax())  # first column some live sequence still attends to
-    if first == 0:
-        return state
-    layers: list[Any] = list(state.cache.layers)
-    for layer in layers:
-        layer.keys = layer.keys[:, :, first:]  # (B, kv_heads, L', head_dim)
-        layer.values = layer.values[:, :, first:]
-    return replace(state, mask=state.mask[:, first:])  # (S, L')
+    number: int  # into the batch's outputs
+    counter: int = 0  # tokens it sampled before its latest one: the counter of its random stream
+    prefilled: bool = False  # its prompt is in the cache (fed by itself, or copied from the sequence that fed it)
+    ready: bool = False  # its latest sampled token waits to be emitted (then fed)
+    siblings: list[int] = field(default_factory=list)  # sequences that start as copies once its prompt is in
 
 
 @dataclass
@@ -121,6 +71,7 @@ class DecodeBatch:
 
     def __init__(self, engine: Engine, reward: RewardFn | None = None) -> None:
         self.engine = engine
+        self.heads = engine.heads  # fixed for the batch's life: head changes wait for it to drain
         self.reward = reward
         self.requests: list[GenerationRequest] = []
         self.runs: list[RequestRun] = []
@@ -130,14 +81,16 @@ class DecodeBatch:
         self._answers: dict[int, Answer] = {}
         self._cancelled: set[int] = set()
         self._eos = set(engine.base.eos_token_ids)
-        self._state: _State | None = None
-        self._joining: list[int] = []  # sequence numbers waiting to be prefilled
-        self._emitted = False  # the pending tokens were turned into events and may be fed
+        self._cache: BatchCache = engine.runner.new_cache(self.heads)
+        self._slots: list[_Slot] = []
+        self._layout: BatchLayout | None = None  # None: rebuild before the next sample
+        self._sampled: StepOutput | None = None  # the last step's samples, per slot
+        self._joining: list[int] = []  # sequence numbers waiting for a slot
 
     # ---- membership ------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return self._state is None and not self._joining
+        return not self._slots and not self._joining
 
     @property
     def live_requests(self) -> int:
@@ -146,25 +99,36 @@ class DecodeBatch:
 
     @property
     def cache_length(self) -> int:
-        """Positions the KV cache holds per row (0 when idle): at most the longest live sequence."""
-        return 0 if self._state is None else int(self._state.mask.shape[1])
+        """Positions the KV cache allocates per slot (0 when idle): at most the longest live sequence
+        plus ``2 * kv_cache.BLOCK - 1``."""
+        return self._cache.positions if self._slots else 0
+
+    @property
+    def cache_tokens(self) -> int:
+        """Positions the live slots hold (rows above the shared layers, sequences below)."""
+        return self._cache.live_tokens
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache allocates."""
+        return self._cache.nbytes
 
     def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
         """Queue requests to join; returns their indices. Raises (changing nothing) if one is invalid.
 
-        An idle batch prefills them at once; a running one after its next forward, so their
-        first tokens come out of the next ``emit``.
+        An idle batch runs their first step at once; a running one feeds their prompts in its
+        next forward, so their first tokens come out of the next ``emit``.
         """
         indices = self._enqueue(requests)
-        if self._state is None:
-            self._join()
+        if not self._slots:
+            self._step()
         return indices
 
     def _enqueue(self, requests: Sequence[GenerationRequest]) -> list[int]:
         for request in requests:
             self.engine.validate(request, reward_given=self.reward is not None)
         context = RunContext(
-            kinds=self.engine.head_kinds(),
+            kinds={name: head.meta.kind for name, head in self.heads.heads.items()},
             rank=self._rank,
             hidden_size=self.engine.base.hidden_size,
             device=self.engine.base.device,
@@ -186,7 +150,7 @@ class DecodeBatch:
         """New sequences to prefill from their prompts."""
         tokenizer = self.engine.base.tokenizer
         for spec in specs:
-            output = SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=self.engine.rows_for(spec))
+            output = SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=self.heads.rows_for(spec.heads))
             self._joining.append(self._register(output))
 
     def _register(self, output: SequenceOutput) -> int:
@@ -198,19 +162,24 @@ class DecodeBatch:
     def _rank(self, request: GenerationRequest, texts: Sequence[str]) -> list[float]:
         return methods.rank_texts(request, texts, self.engine.base, self.reward, self.engine.reward_names())
 
-    def _join(self) -> None:
-        """Prefill the waiting sequences and merge them after the live ones."""
+    def _admit(self) -> None:
+        """Give every waiting sequence a slot; those sharing a request, prompt and heads with an
+        admitted one wait as its siblings (they start as copies of it once its prompt is in)."""
         numbers = [n for n in self._joining if self.outputs[n].spec.request_index not in self._cancelled]
         self._joining = []
-        if not numbers:
-            return
-        with torch.inference_mode():
-            state, _ = self._prefill(numbers)
-            if self._state is not None:
-                live = self._state.layout.live + numbers
-                state = _merge(self._state, state, self.engine._layout(self.outputs, live))
-            self._state = state
-            self.engine._select_rows(state.layout)
+        runner_of: dict[tuple[int, tuple[int, ...], tuple[str, ...]], _Slot] = {}
+        for number in numbers:
+            spec = self.outputs[number].spec
+            key = (spec.request_index, spec.prompt_ids, spec.heads)
+            if key in runner_of:
+                runner_of[key].siblings.append(number)
+                continue
+            adapters = [0] + [self.heads.lora_slot[n] for n in spec.heads if n in self.heads.lora_slot]
+            self._cache.append(adapters)
+            slot = _Slot(number)
+            self._slots.append(slot)
+            runner_of[key] = slot
+            self._layout = None
 
     def cancel(self, index: int) -> None:
         """Stop decoding request ``index`` (its client left); it emits nothing more."""
@@ -227,125 +196,162 @@ class DecodeBatch:
             self.close()
 
     def close(self) -> None:
-        self._state = None
+        self._slots = []
         self._joining = []
-        self.engine._select_rows(None)
+        self._sampled = None
+        self._cache = self.engine.runner.new_cache(self.heads)
 
     # ---- decoding --------------------------------------------------------------------------
-    def _shared_prompts(self, numbers: list[int]) -> tuple[list[int], list[int]]:
-        """Sequences that run their prompt (one per request, prompt and rows), and each sequence's runner."""
-        runner_of: dict[tuple[int, tuple[int, ...], tuple[str, ...]], int] = {}
-        runners: list[int] = []
-        sources: list[int] = []
-        for number in numbers:
-            spec = self.outputs[number].spec
-            key = (spec.request_index, spec.prompt_ids, spec.heads)
-            if key not in runner_of:
-                runner_of[key] = len(runners)
-                runners.append(number)
-            sources.append(runner_of[key])
-        return runners, sources
+    def advance(self) -> None:
+        """One forward for every live sequence and every joining prompt, then sample (after ``emit``)."""
+        if any(slot.ready for slot in self._slots):
+            return  # the last samples were not emitted yet: nothing may be fed
+        self._step()
 
-    def _prefill(self, numbers: list[int]) -> tuple[_State, torch.Tensor]:
-        """Run the prompts of sequences ``numbers``; sample their first tokens. Also returns hidden (R, H).
+    def _step(self) -> None:
+        """Admit, feed, fork, sample: the sequences whose prompt is in get a new pending token."""
+        self._admit()
+        if not self._slots:
+            return
+        with torch.inference_mode():
+            hidden = self._feed(self.engine.prefill_chunk)  # (R, H)
+            layout = self._current_layout()
+            counters = torch.tensor([s.counter for s in self._slots], dtype=torch.long, device=hidden.device)
+            self._sampled = self.engine.sample(hidden, layout, counters)
+        for slot in self._slots:
+            slot.ready = slot.prefilled
 
-        Sequences of a request with the same prompt share one forward: its cache and hidden
-        states are copied to the others by index.
-        """
-        engine = self.engine
-        runners, sources = self._shared_prompts(numbers)
-        layout = engine._layout(self.outputs, runners)
-        prompts = [self.outputs[n].spec.prompt_ids for n in runners]
-        length = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), length), engine.base.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every sequence ends at column L-1
-            ids[row, length - len(prompt) :] = torch.tensor(prompt)
-            mask[row, length - len(prompt) :] = 1
-        dev = engine.base.device
-        ids, mask = ids.to(dev), mask.to(dev)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (S, L)
-        cache = DynamicCache()
-        engine._select_rows(layout)
-        hidden = engine._forward(ids, mask, positions, cache, layout)  # (R, H)
-        for number, prompt in zip(runners, prompts, strict=True):
-            self.outputs[number].prompt_fed = len(prompt)
-        if len(runners) < len(numbers):
-            rows = engine._reorder(cache, sources, layout)  # (R',): fan the prompt out to its sequences
-            picked = torch.tensor(sources, dtype=torch.long, device=dev)  # (S',)
-            hidden, mask, positions = hidden[rows], mask[picked], positions[picked]  # (R', H), (S', L), (S', L)
-            layout = engine._layout(self.outputs, numbers)
-            engine._select_rows(layout)
-            for number in set(numbers) - set(runners):
+    def _feed(self, budget: int) -> torch.Tensor:
+        """One forward: decoding slots feed their pending token, prefilling ones their next prompt chunk
+        (``budget`` prompt tokens in all, at least one sequence's worth of progress). Sequences whose
+        prompt went in hand it to their siblings. Returns every row's final hidden state (R, H)."""
+        counts: list[int] = []
+        chunks: list[torch.Tensor] = []
+        done: list[int] = []
+        dev = self.engine.base.device
+        for pos, slot in enumerate(self._slots):
+            if slot.prefilled:  # feed the token it sampled last (emitted since)
+                assert self._sampled is not None
+                chunks.append(self._sampled.tokens[pos : pos + 1])
+                counts.append(1)
+                slot.counter += 1
+                continue
+            out = self.outputs[slot.number]
+            prompt = out.spec.prompt_ids
+            take = min(len(prompt) - out.prompt_fed, budget)  # 0 once the step's prompt budget is spent
+            budget -= take
+            counts.append(take)
+            if take:
+                chunks.append(torch.tensor(prompt[out.prompt_fed : out.prompt_fed + take], device=dev))
+            out.prompt_fed += take
+            if out.prompt_fed == len(prompt):
+                slot.prefilled = True
+                done.append(pos)
+        fed = zip(self._slots, counts, strict=True)
+        for index in {self.outputs[s.number].spec.request_index for s, n in fed if n}:
+            self._forwards[index] += 1
+        adapters = self.engine.runner.adapters(self.heads, self._current_layout().adapters)
+        token_ids = torch.cat(chunks) if len(chunks) > 1 else chunks[0]  # (N,)
+        hidden = self.engine.runner.forward(self._cache, token_ids, counts, adapters)  # (R, H)
+        return self._fork_siblings(hidden, done)
+
+    def _fork_siblings(self, hidden: torch.Tensor, done: list[int]) -> torch.Tensor:
+        """Siblings of the slots in ``done`` join as copies of them (cache and hidden states)."""
+        before = len(self._slots)
+        sources = list(range(before))
+        for pos in done:
+            slot = self._slots[pos]
+            for number in slot.siblings:
+                sources.append(pos)
+                self._slots.append(_Slot(number, prefilled=True))
                 self.outputs[number].free_steps = 1
-        counters = torch.zeros(len(numbers), dtype=torch.long, device=dev)  # (S,)
-        out = engine._next_tokens(hidden, layout, counters)
-        state = _State(
-            layout, cache, mask, positions[:, -1:], out.tokens, out.logprobs, out.contributions, counters, out.values
-        )
-        return state, hidden
+            slot.siblings = []
+        if len(sources) == before:
+            return hidden
+        rows = self._cache.select(sources)
+        self._layout = None
+        return hidden[torch.tensor(rows, dtype=torch.long, device=hidden.device)]  # (R', H)
+
+    def _current_layout(self) -> BatchLayout:
+        if self._layout is None:
+            live = [slot.number for slot in self._slots]
+            self._layout = build_layout(
+                live,
+                [self.outputs[n].spec for n in live],
+                self._cache.row_sequence,
+                self._cache.row_adapter,
+                self.heads,
+                self.engine.base.hidden_size,
+                self.engine.base.device,
+            )
+        return self._layout
 
     def prefill_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
-        """Guided scores of every sequence's first token (S, V), computed from the prompts alone."""
+        """Guided scores of every sequence's first token (S, V), computed from the prompts alone.
+
+        Rows follow the order in which the requests' sequences were created."""
         self._enqueue(requests)
         try:
+            self._admit()
             with torch.inference_mode():
-                state, hidden = self._prefill(self._joining)
-                return self.engine._scores(hidden, state.layout)
+                hidden = self._feed(budget=2**62)  # every prompt in one forward
+                layout = self._current_layout()
+                scores = self.engine.scores(hidden, layout)  # (S, V)
+            order = sorted(range(len(self._slots)), key=lambda pos: self._slots[pos].number)
+            return scores[torch.tensor(order, dtype=torch.long, device=scores.device)]
         finally:
             self.close()
 
     def emit(self) -> list[StreamEvent]:
         """Text for every pending token; runs decide what goes on; finished and cancelled sequences leave."""
-        state = self._state
-        if state is None:
+        sampled = self._sampled
+        cancelled = any(self.outputs[s.number].spec.request_index in self._cancelled for s in self._slots)
+        if sampled is None or not (cancelled or any(slot.ready for slot in self._slots)):
             return []
-        tokens = state.pending.tolist()  # the one device sync per step (four small transfers)
-        logprobs = state.logprobs.tolist()
-        values = state.values.tolist()
+        tokens = sampled.tokens.tolist()  # the one device sync per step (four small transfers)
+        logprobs = sampled.logprobs.tolist()
+        values = sampled.values.tolist()
         pushes: dict[int, dict[str, float]] = {}
-        for (pos, objective), value in zip(state.layout.entry_owner, state.contributions.tolist(), strict=True):
+        layout = self._current_layout()
+        for (pos, objective), value in zip(layout.entry_owner, sampled.contributions.tolist(), strict=True):
             pushes.setdefault(pos, {})[objective] = value
         events: list[StreamEvent] = []
         steps: dict[int, _RequestStep] = {}
         leaving: set[int] = set()
-        for pos, (number, token) in enumerate(zip(state.layout.live, tokens, strict=True)):
-            out = self.outputs[number]
+        for pos, slot in enumerate(self._slots):
+            out = self.outputs[slot.number]
             index = out.spec.request_index
             if index in self._cancelled:
                 leaving.add(pos)
                 continue
+            if not slot.ready:
+                continue
+            slot.ready = False
             out.value = values[pos]
             step = steps.setdefault(index, _RequestStep())
-            event = self._advance(number, token, logprobs[pos], pushes.get(pos, {}))
+            event = self._advance(slot.number, tokens[pos], logprobs[pos], pushes.get(pos, {}))
             if event is not None:
                 events.append(event)
                 if event.finish_reason is not None:
                     step.final_event = len(events) - 1
             if out.finish_reason is not None:
                 leaving.add(pos)
-                step.finished.append(number)
+                step.finished.append(slot.number)
             else:
-                step.live.append(number)
+                step.live.append(slot.number)
         branches = self._decide(steps, events, leaving)
         if leaving or branches:
             with torch.inference_mode():
-                reordered = self._reorder(state, leaving, branches)
-                self._state = _compact(reordered) if leaving and reordered is not None else reordered
-            if self._state is None:
-                self.engine._select_rows(None)
-        self._emitted = True
+                self._reorganize(leaving, branches)
         return events
 
     def _decide(
         self, steps: dict[int, _RequestStep], events: list[StreamEvent], leaving: set[int]
     ) -> list[tuple[int, int]]:
         """Apply each stepped request's decision; returns (parent position, child number) of new branches."""
-        assert self._state is not None
-        position = {number: pos for pos, number in enumerate(self._state.layout.live)}
+        position = {slot.number: pos for pos, slot in enumerate(self._slots)}
         branches: list[tuple[int, int]] = []
         for index, step in steps.items():
-            self._forwards[index] += 1
             decision = self.runs[index].update(self.outputs, step.live, step.finished)
             leaving.update(position[n] for n in decision.retire)
             for parent, spec in decision.branch:
@@ -363,53 +369,27 @@ class DecodeBatch:
                 events.append(StreamEvent(index, last, out.text.text, out.finish_reason, compute=compute))
         return branches
 
-    def advance(self) -> None:
-        """One forward for every live sequence (feeding its emitted token), then let newcomers join."""
-        state = self._state
-        if state is not None and self._emitted:
-            with torch.inference_mode():
-                mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)  # (S, L+1)
-                positions = state.positions + 1  # (S, 1)
-                hidden = self.engine._forward(state.pending.unsqueeze(-1), mask, positions, state.cache, state.layout)
-                counters = state.counters + 1  # (S,)
-                out = self.engine._next_tokens(hidden, state.layout, counters)
-                self._state = _State(
-                    state.layout,
-                    state.cache,
-                    mask,
-                    positions,
-                    out.tokens,
-                    out.logprobs,
-                    out.contributions,
-                    counters,
-                    out.values,
-                )
-            self._emitted = False
-        if self._joining:
-            self._join()
-
-    def _reorder(self, state: _State, leaving: set[int], branches: list[tuple[int, int]]) -> _State | None:
-        """Drop the ``leaving`` positions and append each branch's child as a copy of its parent."""
-        keep = [p for p in range(len(state.layout.live)) if p not in leaving]
-        sources = keep + [parent for parent, _ in branches]
-        live = [state.layout.live[p] for p in keep] + [child for _, child in branches]
-        if not live:
-            return None
-        self.engine._reorder(state.cache, sources, state.layout)
-        layout = self.engine._layout(self.outputs, live)
-        self.engine._select_rows(layout)
-        picked = torch.tensor(sources, dtype=torch.long, device=state.mask.device)  # (S',)
-        return _State(
-            layout,
-            state.cache,
-            state.mask[picked],
-            state.positions[picked],
-            state.pending[picked],
-            state.logprobs[picked],
-            state.contributions.new_zeros(len(layout.entry_owner)),  # already emitted; the next step rewrites them
-            state.counters[picked],
-            state.values[picked],
-        )
+    def _reorganize(self, leaving: set[int], branches: list[tuple[int, int]]) -> None:
+        """Drop the ``leaving`` slots (the last ones move into the holes) and append each branch's
+        child as a copy of its parent (cache, pending token, random stream)."""
+        sources = fill_holes([pos not in leaving for pos in range(len(self._slots))])
+        slots = [self._slots[src] for src in sources]
+        for parent, child in branches:
+            sources.append(parent)
+            source = self._slots[parent]
+            slots.append(_Slot(child, counter=source.counter, prefilled=True))
+        self._cache.select(sources)
+        self._cache.trim()
+        self._slots = slots
+        self._layout = None
+        if self._sampled is not None and sources:
+            picked = torch.tensor(sources, dtype=torch.long, device=self._sampled.tokens.device)
+            self._sampled = StepOutput(
+                self._sampled.tokens[picked],
+                self._sampled.logprobs[picked],
+                self._sampled.contributions.new_zeros(0),  # emitted already; the next step rewrites them
+                self._sampled.values[picked],
+            )
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def _advance(self, number: int, token: int, logprob: float, pushes: dict[str, float]) -> StreamEvent | None:

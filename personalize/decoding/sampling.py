@@ -13,9 +13,11 @@ device: tensors and configuration in, tensors out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
+from personalize.decoding.rng import uniforms
 from personalize.heads import budget_features
 
 
@@ -240,3 +242,74 @@ def sample_tokens(
     target = (uniform * cdf[:, -1]).unsqueeze(-1)  # (S, 1)
     sampled = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1).squeeze(-1)  # (S,)
     return torch.where(temperature == 0, greedy, sampled)
+
+
+@dataclass(frozen=True)
+class SamplingTensors:
+    """Each sequence's sampling parameters as tensors (S,), built when the batch's membership changes."""
+
+    temperature: torch.Tensor  # (S,)
+    top_p: torch.Tensor  # (S,)
+    top_k: torch.Tensor  # (S,) guidance top-k
+    seeds: torch.Tensor  # (S,) int64
+    sample_top_k: torch.Tensor  # (S,) 0 = no filter
+    max_new_tokens: torch.Tensor  # (S,) int64
+    max_top_k: int
+    max_sample_top_k: int
+    use_top_p: bool
+
+
+class StepOutput(NamedTuple):
+    """One decode step's result for every live sequence."""
+
+    tokens: torch.Tensor  # (S,) sampled token ids
+    logprobs: torch.Tensor  # (S,) their log-probabilities under the final scores
+    contributions: torch.Tensor  # (M,) each value entry's push on its sequence's sampled token
+    values: torch.Tensor  # (S,) chunk-level score of the sampled token (0 without scoring heads)
+
+
+def guided_scores(
+    logits: torch.Tensor,
+    hidden: torch.Tensor,
+    embedding: torch.Tensor,
+    stack: ValueStack | None,
+    entries: ValueEntries,
+    params: SamplingTensors,
+    remaining: torch.Tensor,
+) -> tuple[torch.Tensor, Guidance | None]:
+    """Base logits (S, V) -> the value-guided scores (S, V) and the guidance (None: nothing steers)."""
+    if stack is None or entries.empty:
+        return logits, None
+    guidance = value_guidance(logits, hidden, embedding, stack, entries, params.top_k, params.max_top_k, remaining)
+    return apply_guidance(logits, guidance, entries), guidance
+
+
+def step(
+    logits: torch.Tensor,
+    hidden: torch.Tensor,
+    embedding: torch.Tensor,
+    stack: ValueStack | None,
+    entries: ValueEntries,
+    scorers: ValueEntries,
+    params: SamplingTensors,
+    counters: torch.Tensor,
+) -> StepOutput:
+    """Base logits → top-k values → combine → (top-k filter) → sample, for every sequence.
+
+    logits (S, V) float32, hidden (R, H) every row's final state, counters (S,) tokens each
+    sequence sampled before (its random stream's counter and its budget used).
+    """
+    remaining = params.max_new_tokens - counters - 1  # (S,) tokens each sequence may take after this one
+    scores, guidance = guided_scores(logits, hidden, embedding, stack, entries, params, remaining)  # (S, V)
+    if params.max_sample_top_k > 0:
+        scores = filter_top_k(scores, params.sample_top_k, params.max_sample_top_k)  # (S, V)
+    u = uniforms(params.seeds, counters)  # (S,)
+    tokens = sample_tokens(scores, params.temperature, params.top_p, u, use_top_p=params.use_top_p)  # (S,)
+    logprobs = torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)
+    pushes = guidance.contributions(tokens, entries) if guidance is not None else scores.new_zeros(0)  # (M,)
+    S = tokens.shape[0]
+    if stack is None or scorers.empty:
+        values = torch.zeros(S, device=tokens.device)
+    else:
+        values = taken_values(hidden, tokens, embedding, stack, scorers, S, remaining)  # (S,)
+    return StepOutput(tokens, logprobs, pushes, values)

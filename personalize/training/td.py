@@ -35,7 +35,7 @@ from personalize.heads import (
     new_head,
     save_head,
 )
-from personalize.lora import PEFT_PREFIX, LoraSpec, unwrap_targets
+from personalize.lora import PEFT_PREFIX, LoraSpec
 from personalize.models import BaseModel
 from personalize.training.returns import lambda_returns
 from personalize.training.rollouts import Rollout, actions
@@ -237,7 +237,6 @@ def peft_copy(base: BaseModel, config: TrainConfig, adapter: dict[str, torch.Ten
         layers_to_transform=transform,
     )
     model = copy.deepcopy(base.model).float()
-    unwrap_targets(model)  # an engine that decoded with LoRA heads wrapped the base's linears in place
     model.requires_grad_(False)
     peft_model = get_peft_model(model, lora)
     if adapter is not None:  # resume or warm start: keys are in peft's on-disk format, prefix included

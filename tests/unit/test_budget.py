@@ -132,7 +132,7 @@ def test_taken_values_include_the_budget_terms(fresh_tiny_base: BaseModel) -> No
     base = fresh_tiny_base
     head = _budget_head(base)
     engine = Engine(base, [head])
-    stack = engine._heads.stack
+    stack = engine.heads.stack
     assert stack is not None
     hidden = torch.randn(2, base.hidden_size)
     emb = base.model.get_output_embeddings().weight.detach().float()

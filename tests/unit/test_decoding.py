@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
-from personalize.decoding.engine import cache_keyword
+from personalize.decoding.kv_cache import BLOCK
 from personalize.decoding.sampling import ValueEntries, ValueStack, guide_scores
 from personalize.errors import ConfigError, ContextLengthError, HeadFormatError, RewardError, UnknownObjectiveError
 from personalize.heads import load_head, new_head
@@ -292,7 +292,7 @@ def test_shared_lower_layers_equal_every_row_every_layer(tiny_base: BaseModel) -
     heads = [top_only("concise", 1), top_only("helpful", 2)]
     shared = Engine(build_tiny_base(), heads)
     full = Engine(build_tiny_base(), heads, share_layers=False)
-    assert shared._split == 1 and full._split is None
+    assert shared.heads.split == 1 and full.heads.split == 0
     requests = [
         req(tiny_base, PROMPTS[0], {"concise": 1.0, "helpful": 1.0}, seed=1, n=9),
         req(tiny_base, PROMPTS[1], {}, seed=2, n=3),  # finishes early: pruned mid-batch
@@ -303,20 +303,11 @@ def test_shared_lower_layers_equal_every_row_every_layer(tiny_base: BaseModel) -
     assert torch.allclose(shared.next_token_scores(requests), full.next_token_scores(requests), atol=1e-5)
     # and a head that adapts layer 0 turns sharing off
     shared.add_head(randomize_head(new_head(shared.base, "positive"), 3))
-    assert shared._split == 0
+    assert shared.heads.split == 0
 
 
-def test_cache_is_passed_under_the_name_the_callee_takes() -> None:
-    def new_style(hidden, cache=None, use_cache=False): ...
-    def old_style(hidden, past_key_values=None, use_cache=False): ...
-
-    assert cache_keyword(new_style) == "cache"
-    assert cache_keyword(old_style) == "past_key_values"
-    assert cache_keyword(len) == "past_key_values"  # no inspectable signature: the long-standing name
-
-
-def test_decoding_uses_no_deprecated_cache_argument(tiny_base: BaseModel) -> None:
-    """Both the shared-layer path and the plain decoder call, with FutureWarnings as errors."""
+def test_decoding_raises_no_future_warning(tiny_base: BaseModel) -> None:
+    """Both the shared-layer path and every row through every layer, with FutureWarnings as errors."""
     from tests.tiny import build_tiny_base
 
     head = randomize_head(new_head(tiny_base, "concise"), 1)
@@ -467,8 +458,9 @@ def test_steer_mode_is_checked_and_older_heads_steer_everything(tiny_base: BaseM
 
 
 def test_a_long_running_batch_keeps_its_cache_to_the_live_sequences(engine: Engine) -> None:
-    """Requests keep joining and leaving for a thousand steps: the cache never holds more positions
-    than the longest live sequence (prompt + tokens fed), and each seeded request decodes as alone."""
+    """Requests keep joining and leaving for a thousand steps: the cache never allocates more positions
+    per row than the longest live sequence (prompt + tokens fed) plus its block slack, and each seeded
+    request decodes as alone."""
     base = engine.base
     rng = torch.Generator().manual_seed(0)
     words = ["keyboard", "clean", "sunny", "photosynthesis", "explain", "answer", "detail", "please", "why", "how"]
@@ -499,7 +491,8 @@ def test_a_long_running_batch_keeps_its_cache_to_the_live_sequences(engine: Engi
         batch.advance()
         steps += 1
     assert steps >= 1000
-    assert worst <= 0, f"the cache held {worst} positions more than the longest live sequence"
+    slack = 2 * BLOCK - 1  # allocation in blocks, trimmed once two blocks are free
+    assert worst <= slack, f"the cache held {worst} positions more than the longest live sequence"
     results = batch.results()
     for index in range(0, len(requests), 7):
         assert results[index].token_ids == engine.generate([requests[index]])[0].token_ids, index

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from personalize.decoding import Engine
 from personalize.errors import BackboneMismatchError, HeadFormatError, TokenizerMismatchError, UnsafeArtifactError
 from personalize.heads import load_head, new_head, save_head
-from personalize.lora import LoraSpec, wrap_targets
+from personalize.lora import LoraSpec
 from personalize.models import BaseModel, from_pretrained_objects
 from tests.conftest import randomize_head
 from tests.tiny import build_tiny_base, build_tiny_tokenizer
@@ -106,32 +107,30 @@ def test_malformed_files_give_clear_errors(tiny_base: BaseModel, tmp_path: Path)
         load_head(tmp_path / "missing", tiny_base)
 
 
-def test_adapter_matches_peft(tmp_path: Path) -> None:
-    """Our stacked per-row LoRA equals peft's own forward for the same saved adapter."""
+def test_adapter_rows_match_peft(tmp_path: Path) -> None:
+    """The runner's per-row LoRA (stacked, masked per token) equals peft's own forward for the same
+    saved adapter, and the base row beside it equals the plain model."""
     peft = pytest.importorskip("peft")
     base = build_tiny_base()
     head = randomize_head(new_head(base, "concise", lora=LoraSpec(4, 8.0, ("q_proj", "v_proj", "o_proj"))), seed=6)
     folder = save_head(head, tmp_path / "h")
-    ids = torch.tensor([base.encode_prompt("How do I clean my keyboard?")])
+    prompt = base.encode_prompt("How do I clean my keyboard?")
+    ids = torch.tensor([prompt])
     reference = build_tiny_base()
     peft_model = peft.PeftModel.from_pretrained(reference.model, str(folder))
     with torch.inference_mode():
-        want = peft_model(ids).logits
-    wrappers = wrap_targets(base.model, ("q_proj", "v_proj", "o_proj"))
-    loaded = load_head(folder, base)
-    pairs = loaded.adapter_pairs(list(wrappers))
-    for name, wrapper in wrappers.items():
-        wrapper.set_adapters([pairs[name]])
+        want = peft_model(ids).logits[0, -1]
+        plain = base.model(ids).logits[0, -1]
+    engine = Engine(base, [load_head(folder, base)])
+    runner = engine.runner
+    cache = runner.new_cache(engine.heads)
+    cache.append([0, engine.heads.lora_slot["concise"]])  # one sequence: its base row and its adapter row
     with torch.inference_mode():
-        for wrapper in wrappers.values():
-            wrapper.select_rows(torch.tensor([1, 0]))
-        got = base.model(ids.repeat(2, 1)).logits
-        for wrapper in wrappers.values():
-            wrapper.select_rows(None)
-        plain = base.model(ids).logits
-    assert torch.allclose(got[0], want[0], atol=1e-5)  # adapter row == peft
-    assert torch.allclose(got[1], plain[0], atol=1e-5)  # base row == no adapter
-    assert not torch.allclose(want[0], plain[0], atol=1e-3)  # and the adapter really changes something
+        hidden = runner.forward(cache, ids[0], [len(prompt)], runner.adapters(engine.heads, [1]))  # (2, H)
+        got = runner.logits(hidden)
+    assert torch.allclose(got[1], want, atol=1e-5)  # adapter row == peft
+    assert torch.allclose(got[0], plain, atol=1e-5)  # base row == no adapter
+    assert not torch.allclose(want, plain, atol=1e-3)  # and the adapter really changes something
 
 
 def test_commands_read_the_weights_of_the_wanted_heads_only(

@@ -161,7 +161,7 @@ def test_beam_cache_reordering_equals_recomputation(fresh_tiny_base: BaseModel, 
         return h
 
     engine = Engine(base, [head("concise", "lora", 1), head("tuned", "implicit", 2), head("positive", "linear", 3)])
-    assert (engine._split == 1) == shared_layers
+    assert (engine.heads.split == 1) == shared_layers
     params = IVGParams(candidates=3, chunk_tokens=2, beams=2)
     for seed in range(2):
         weights = {"concise": 1.0, "positive": 0.5, "tuned": 1.0}
