@@ -42,6 +42,16 @@ class Metrics:
             "Requests waiting for the decoder.",
             registry=self.registry,
         )
+        self.kv_cache_tokens = Gauge(
+            "personalize_kv_cache_tokens",
+            "Positions the running batch's KV cache holds (each row above the shared layers, each sequence below).",
+            registry=self.registry,
+        )
+        self.kv_cache_bytes = Gauge(
+            "personalize_kv_cache_bytes",
+            "Bytes the running batch's KV cache allocates.",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "personalize_batch_size",
             "Requests live in the running batch, observed each time requests join it.",
@@ -57,6 +67,10 @@ class Metrics:
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
+
+    def track_kv_cache(self, tokens: Callable[[], float], nbytes: Callable[[], float]) -> None:
+        self.kv_cache_tokens.set_function(tokens)
+        self.kv_cache_bytes.set_function(nbytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

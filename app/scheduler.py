@@ -66,6 +66,22 @@ class RunningBatch(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def cache_tokens(self) -> int: ...
+
+    @property
+    def cache_bytes(self) -> int: ...
+
+
+class Cost(Protocol):
+    """A request's share of a batch at its widest (``personalize.decoding.engine.RequestCost``)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def kv_bytes(self) -> int: ...
+
 
 class StreamingEngine(Protocol):
     """What the scheduler needs from :class:`personalize.decoding.engine.Engine`."""
@@ -75,6 +91,8 @@ class StreamingEngine(Protocol):
     def validate(self, request: GenerationRequest) -> None: ...
 
     def head_versions(self, objectives: Sequence[str]) -> dict[str, str]: ...
+
+    def cost(self, request: GenerationRequest) -> Cost: ...
 
 
 @dataclass
@@ -88,6 +106,8 @@ class Ticket:
     """The versions of the heads that steered it, fixed when it joins the batch."""
     batch_size: int = 0
     """Live requests in the running batch right after it joined (itself included)."""
+    cost: Cost | None = None
+    """Its rows and KV bytes at its widest, once the decoder has looked at it."""
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -127,12 +147,29 @@ class _Control:
 
 class Scheduler:
     def __init__(
-        self, engine: StreamingEngine, *, max_queue: int, max_batch_size: int, batch_window_s: float = 0.0
+        self,
+        engine: StreamingEngine,
+        *,
+        max_queue: int,
+        max_batch_size: int,
+        batch_window_s: float = 0.0,
+        max_batch_rows: int | None = None,
+        max_kv_bytes: int | None = None,
     ) -> None:
         self.engine = engine
         self.max_queue = max_queue
         self.max_batch_size = max_batch_size
         """Most requests decoding at once; the others wait in the queue."""
+        self.max_batch_rows = max_batch_rows
+        """Most batch rows at once (each request counted at its widest: every sample, every adapter row);
+        None: no limit. A request that does not fit waits for the batch to shrink, the ones behind it too
+        (first come, first served); an idle decoder always takes the first request, whatever its size."""
+        self.max_kv_bytes = max_kv_bytes
+        """The same for the KV cache the live requests would hold at their token limits."""
+        self.kv_cache_tokens = 0
+        """Positions the running batch's KV cache holds (read by /metrics)."""
+        self.kv_cache_bytes = 0
+        """Bytes it allocates."""
         self.batch_window_s = batch_window_s
         """How long an idle decoder waits after the first request for others to start with it."""
         self.requests_per_batch = 1024
@@ -245,6 +282,7 @@ class Scheduler:
                         ticket._deliver(event)
                     if event.finish_reason is not None:
                         del live[event.index]
+                self.kv_cache_tokens, self.kv_cache_bytes = batch.cache_tokens, batch.cache_bytes
                 batch.advance()
         except Exception as exc:
             log.exception("decoding a batch of %d requests failed", len(live))
@@ -252,6 +290,7 @@ class Scheduler:
                 ticket._deliver(exc)
         finally:
             batch.close()
+            self.kv_cache_tokens = self.kv_cache_bytes = 0
 
     def _drop_cancelled(self, batch: RunningBatch, live: dict[int, Ticket]) -> None:
         """Requests whose client left emit nothing more and leave before the next forward."""
@@ -266,7 +305,7 @@ class Scheduler:
 
         An idle batch prefills them at once; a running one after its next forward."""
         idle = batch.done
-        tickets = self._admit(self._take(self.max_batch_size - len(live), idle=idle))
+        tickets = self._admit(self._take(self.max_batch_size - len(live), idle=idle, live=live))
         if not tickets:
             return 0
         try:
@@ -285,8 +324,9 @@ class Scheduler:
             self.on_batch(len(live))
         return len(tickets)
 
-    def _take(self, room: int, *, idle: bool) -> list[Ticket]:
-        """Up to ``room`` waiting requests; none while a head change waits (the batch drains first)."""
+    def _take(self, room: int, *, idle: bool, live: Mapping[int, Ticket]) -> list[Ticket]:
+        """Up to ``room`` waiting requests, in order, while they fit the row and KV budgets; none while a
+        head change waits (the batch drains first)."""
         if room <= 0:
             return []
         with self._wakeup:
@@ -296,12 +336,36 @@ class Scheduler:
                 return []
             taken: list[Ticket] = []
             while self._pending and len(taken) < room:
-                ticket = self._pending.popleft()
+                ticket = self._pending[0]
+                if not ticket.cancelled and not self._fits(ticket, [*live.values(), *taken]):
+                    break  # it waits for the batch to shrink; first come, first served
+                self._pending.popleft()
                 if ticket.cancelled:
                     self.dropped += 1
                 else:
                     taken.append(ticket)
             return taken
+
+    def _fits(self, ticket: Ticket, running: Sequence[Ticket]) -> bool:
+        """Whether ``ticket`` joins ``running`` within the budgets (always, when nothing runs)."""
+        if not running or (self.max_batch_rows is None and self.max_kv_bytes is None):
+            return True
+        costs = [self._cost(t) for t in (*running, ticket)]
+        if any(c is None for c in costs):
+            return True  # an invalid request: validation answers it, not the budget
+        rows = sum(c.rows for c in costs if c is not None)
+        kv = sum(c.kv_bytes for c in costs if c is not None)
+        return (self.max_batch_rows is None or rows <= self.max_batch_rows) and (
+            self.max_kv_bytes is None or kv <= self.max_kv_bytes
+        )
+
+    def _cost(self, ticket: Ticket) -> Cost | None:
+        if ticket.cost is None:
+            try:
+                ticket.cost = self.engine.cost(ticket.request)
+            except PersonalizeError:
+                return None
+        return ticket.cost
 
     def _gather_window(self) -> None:
         """Requests sent "at the same time" arrive milliseconds apart: give them a moment to

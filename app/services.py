@@ -116,6 +116,8 @@ class Services:
                 max_queue=self.settings.queue_size,
                 max_batch_size=self.settings.max_batch_size,
                 batch_window_s=self.settings.batch_window_ms / 1000,
+                max_batch_rows=self.settings.max_batch_rows,
+                max_kv_bytes=self.settings.kv_cache_mb * 2**20,
             )
             scheduler.on_batch = self.metrics.batch_size.observe
             scheduler.start()
@@ -132,6 +134,7 @@ class Services:
             self.load_error = f"{type(exc).__name__}: {exc}"
             return
         self.metrics.track_queue(lambda: scheduler.depth)
+        self.metrics.track_kv_cache(lambda: scheduler.kv_cache_tokens, lambda: scheduler.kv_cache_bytes)
         self.runtime = ModelRuntime(bundle.base, bundle.engine, scheduler, sync)
         if self._stop.is_set():
             scheduler.stop()

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1)
     """Requests waiting for the decoder beyond this get 429."""
     max_batch_size: int = Field(default=8, ge=1)
+    max_batch_rows: int = Field(default=64, ge=1)
+    """Most batch rows decoding at once (a sequence's base row plus one per LoRA head it uses; best-of,
+    ivg and aisp count every sample): a heavier request waits for room instead of slowing every step."""
+    kv_cache_mb: int = Field(default=2048, ge=1)
+    """The KV cache the live requests may hold at their token limits; a request that would pass it waits."""
     batch_window_ms: float = Field(default=10.0, ge=0, le=1000)
     """An idle decoder waits this long after a request for others to batch with it."""
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)

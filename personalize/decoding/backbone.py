@@ -94,6 +94,11 @@ class Backbone:
     def hidden_size(self) -> int:
         return int(self.embed.shape[1])
 
+    @property
+    def kv_bytes_per_position(self) -> int:
+        """Bytes of keys and values one position takes in one layer of one cache slot."""
+        return 2 * self.kv_heads * self.head_dim * self.embed.element_size()
+
     def module_name(self, layer: int, member: str) -> str:
         """The Hugging Face name of a projection, as adapters name it: ``model.layers.3.self_attn.q_proj``."""
         return f"{self.layer_prefix}.{layer}.{member}"

@@ -24,7 +24,7 @@ same prompt share one prefill: the others start as copies once it is done.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ import torch
 
 from personalize.decoding import methods
 from personalize.decoding.config import Compute, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.head_set import AdapterGroup
 from personalize.decoding.kv_cache import BatchCache, fill_holes
 from personalize.decoding.layout import BatchLayout, build_layout
 from personalize.decoding.runs import Answer, RequestRun, RunContext
@@ -83,7 +84,8 @@ class DecodeBatch:
         self._eos = set(engine.base.eos_token_ids)
         self._cache: BatchCache = engine.runner.new_cache(self.heads)
         self._slots: list[_Slot] = []
-        self._layout: BatchLayout | None = None  # None: rebuild before the next sample
+        self._layout: BatchLayout | None = None  # None: rebuild before the next forward
+        self._adapters: tuple[Mapping[str, AdapterGroup], ...] = ()  # the layout's rows' adapters, per layer
         self._sampled: StepOutput | None = None  # the last step's samples, per slot
         self._joining: list[int] = []  # sequence numbers waiting for a slot
 
@@ -225,6 +227,13 @@ class DecodeBatch:
         """One forward: decoding slots feed their pending token, prefilling ones their next prompt chunk
         (``budget`` prompt tokens in all, at least one sequence's worth of progress). Sequences whose
         prompt went in hand it to their siblings. Returns every row's final hidden state (R, H)."""
+        self._current_layout()  # and the adapters its rows use
+        if self._sampled is not None and all(slot.prefilled for slot in self._slots):  # the steady state
+            for slot in self._slots:
+                slot.counter += 1
+            self._count_forwards(self._slots)
+            ones = [1] * len(self._slots)
+            return self.engine.runner.forward(self._cache, self._sampled.tokens, ones, self._adapters)
         counts: list[int] = []
         chunks: list[torch.Tensor] = []
         done: list[int] = []
@@ -247,13 +256,15 @@ class DecodeBatch:
             if out.prompt_fed == len(prompt):
                 slot.prefilled = True
                 done.append(pos)
-        fed = zip(self._slots, counts, strict=True)
-        for index in {self.outputs[s.number].spec.request_index for s, n in fed if n}:
-            self._forwards[index] += 1
-        adapters = self.engine.runner.adapters(self.heads, self._current_layout().adapters)
+        self._count_forwards([slot for slot, n in zip(self._slots, counts, strict=True) if n])
         token_ids = torch.cat(chunks) if len(chunks) > 1 else chunks[0]  # (N,)
-        hidden = self.engine.runner.forward(self._cache, token_ids, counts, adapters)  # (R, H)
+        hidden = self.engine.runner.forward(self._cache, token_ids, counts, self._adapters)  # (R, H)
         return self._fork_siblings(hidden, done)
+
+    def _count_forwards(self, fed: Sequence[_Slot]) -> None:
+        """Each request with a sequence in this forward took part in one more."""
+        for index in {self.outputs[slot.number].spec.request_index for slot in fed}:
+            self._forwards[index] += 1
 
     def _fork_siblings(self, hidden: torch.Tensor, done: list[int]) -> torch.Tensor:
         """Siblings of the slots in ``done`` join as copies of them (cache and hidden states)."""
@@ -273,6 +284,7 @@ class DecodeBatch:
         return hidden[torch.tensor(rows, dtype=torch.long, device=hidden.device)]  # (R', H)
 
     def _current_layout(self) -> BatchLayout:
+        """The layout of the live slots (rebuilt after a membership change), and the adapters its rows use."""
         if self._layout is None:
             live = [slot.number for slot in self._slots]
             self._layout = build_layout(
@@ -284,6 +296,7 @@ class DecodeBatch:
                 self.engine.base.hidden_size,
                 self.engine.base.device,
             )
+            self._adapters = self.engine.runner.adapters(self.heads, self._layout.adapters)
         return self._layout
 
     def prefill_scores(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:

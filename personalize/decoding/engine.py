@@ -21,15 +21,18 @@ Dimension letters are listed in ``sampling.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from personalize.decoding import methods
 from personalize.decoding.backbone import Backbone
 from personalize.decoding.batch import DecodeBatch, RewardFn
 from personalize.decoding.config import GenerationRequest, GenerationResult, StreamEvent
 from personalize.decoding.head_set import HeadSet
 from personalize.decoding.layout import BatchLayout
 from personalize.decoding.runner import ModelRunner
+from personalize.decoding.runs import RunContext
 from personalize.decoding.sampling import StepOutput, guided_scores, step
 from personalize.decoding.sequences import SequenceSpec
 from personalize.errors import ConfigError, ContextLengthError, RewardError, UnknownObjectiveError
@@ -41,6 +44,16 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 
 PREFILL_CHUNK = 512
 """Prompt tokens fed per step across joining sequences (a longer prompt goes in over several steps)."""
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """A request's share of a batch at its widest (all its sequences live at once)."""
+
+    rows: int
+    """Batch rows: each sequence's base row plus one per adapter head it reads (bon, ivg, aisp: every sample)."""
+    kv_bytes: int
+    """KV cache its sequences hold once prompt + max_new_tokens positions are in."""
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
@@ -110,6 +123,27 @@ class Engine:
     def rows_for(self, spec: SequenceSpec) -> int:
         """Batch rows a sequence occupies: its base row plus one per adapter head it reads."""
         return self.heads.rows_for(spec.heads)
+
+    def cost(self, request: GenerationRequest) -> RequestCost:
+        """What a request occupies at its widest: batch rows, and KV cache bytes if it ran to its limit."""
+        run = methods.plan(0, request, request.sampling.seed or 0, self._run_context())
+        specs = run.start()
+        rows = sum(self.heads.rows_for(spec.heads) for spec in specs)
+        positions = len(request.prompt_ids) + request.sampling.max_new_tokens
+        layers, split = self.runner.backbone.num_layers, self.heads.split
+        per_position = self.runner.backbone.kv_bytes_per_position  # one layer, one slot
+        kv_bytes = sum(
+            positions * per_position * (split + (layers - split) * self.heads.rows_for(spec.heads)) for spec in specs
+        )
+        return RequestCost(rows=rows, kv_bytes=kv_bytes)
+
+    def _run_context(self) -> RunContext:
+        return RunContext(
+            kinds=self.head_kinds(),
+            rank=lambda request, texts: [0.0] * len(texts),
+            hidden_size=self.base.hidden_size,
+            device=self.base.device,
+        )
 
     # ---- public decoding API -------------------------------------------------------------
     def open_batch(self, reward: RewardFn | None = None) -> DecodeBatch:

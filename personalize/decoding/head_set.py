@@ -34,8 +34,8 @@ class AdapterGroup:
     columns (the mask), so a base row gets exactly zero.
     """
 
-    down: torch.Tensor  # (C, in): the A matrices of every (head, member module), stacked
-    up: torch.Tensor  # (out, C): B * scaling at each member's output rows, zeros elsewhere
+    down: torch.Tensor  # (C, in) float32: the A matrices of every (head, member module), stacked
+    up: torch.Tensor  # (out, C) float32: B * scaling at each member's output rows, zeros elsewhere
     slot: torch.Tensor  # (C,) LoRA slot of each column
 
     def restrict(self, active: torch.Tensor) -> AdapterGroup | None:
@@ -48,9 +48,12 @@ class AdapterGroup:
         return AdapterGroup(self.down[keep], self.up[:, keep], self.slot[keep])
 
     def delta(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (N, in), mask (N, C) 1 where the token's row uses that column's slot -> (N, out)."""
-        low = (x @ self.down.T) * mask  # (N, C)
-        return low @ self.up.T  # (N, out)
+        """x (N, in), mask (N, C) float32, 1 where the token's row uses that column's slot -> (N, out) in x's dtype.
+
+        In float32 whatever the runtime dtype: products this thin are faster in float32 on a CPU than
+        in bf16, and the delta keeps its precision until it is added."""
+        low = (x.float() @ self.down.T) * mask  # (N, C)
+        return (low @ self.up.T).to(x.dtype)  # (N, out)
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def _stack_adapters(
                 f"head {head.objective!r} adapts {', '.join(outside)}; the decoder applies adapters to the "
                 f"projections of the decoder layers only ({', '.join(m for g in GROUPS.values() for m in g)})"
             )
-    dev, dtype = backbone.device, backbone.dtype
+    dev = backbone.device
     patterns: dict[tuple[int, ...], torch.Tensor] = {}  # equal column layouts share one tensor (one mask per step)
     layers: list[Mapping[str, AdapterGroup]] = []
     for layer in range(backbone.num_layers):
@@ -146,8 +149,8 @@ def _stack_adapters(
                     slots.extend([slot] * a.shape[0])
             if downs:
                 groups[group] = AdapterGroup(
-                    torch.cat(downs).to(dev, dtype),
-                    torch.cat(ups, dim=1).to(dev, dtype),
+                    torch.cat(downs).to(dev),
+                    torch.cat(ups, dim=1).to(dev),
                     patterns.setdefault(tuple(slots), torch.tensor(slots, dtype=torch.long, device=dev)),
                 )
         layers.append(MappingProxyType(groups))

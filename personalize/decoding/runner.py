@@ -37,7 +37,7 @@ class StageInputs:
 
     flat_index: torch.Tensor  # (N,) slot * allocated positions + position: where keys/values are written
     cos: torch.Tensor  # (N, 1, d) rotary embedding of each token's position
-    sin: torch.Tensor  # (N, 1, d)
+    sin: torch.Tensor  # (N, 1, d), its first half negated (see _rotate)
     decode_tokens: torch.Tensor | None  # (D,) tokens that are their slot's only new token (None: none)
     decode_slots: torch.Tensor | None  # (D,) their slots; None when they are slots 0..D-1 in order
     decode_mask: torch.Tensor | None  # (D, 1, 1, L) which positions each reads
@@ -150,6 +150,8 @@ class ModelRunner:
             [cache.lengths[s] + i for s in range(S) for i in range(counts[s])], device=bb.device
         )  # (N,)
         cos, sin = bb.rotary(bb.embed[:1], positions.unsqueeze(0))  # (1, N, d)
+        half = bb.head_dim // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # the sign of rotate_half, folded in
         cos, sin = cos[0].unsqueeze(1).to(bb.dtype), sin[0].unsqueeze(1).to(bb.dtype)  # (N, 1, d)
         x = F.embedding(token_ids, bb.embed)  # (N, H)
         if split:
@@ -189,7 +191,7 @@ class ModelRunner:
         for groups in adapters:
             for group in groups.values():
                 if id(group.slot) not in masks:
-                    masks[id(group.slot)] = (token_slot.unsqueeze(-1) == group.slot).to(self.backbone.dtype)
+                    masks[id(group.slot)] = (token_slot.unsqueeze(-1) == group.slot).float()
         return masks
 
     def _project(
@@ -217,10 +219,13 @@ class ModelRunner:
         nh, kvh, d = bb.num_heads, bb.kv_heads, bb.head_dim
         h = bb.rms_norm(x, weights.attn_norm)  # (N, H)
         qkv = self._project(h, weights, "qkv", groups, masks).view(N, nh + 2 * kvh, d)  # (N, nh+2kv, d)
-        q, k, v = qkv[:, :nh], qkv[:, nh : nh + kvh], qkv[:, nh + kvh :]
-        if weights.q_norm is not None and weights.k_norm is not None:
-            q, k = bb.rms_norm(q, weights.q_norm), bb.rms_norm(k, weights.k_norm)
-        q, k = _rotate(q, stage), _rotate(k, stage)  # (N, nh, d), (N, kv, d)
+        v = qkv[:, nh + kvh :]  # (N, kv, d)
+        if weights.q_norm is not None and weights.k_norm is not None:  # per-head norms: rotate q and k apart
+            q = _rotate(bb.rms_norm(qkv[:, :nh], weights.q_norm), stage)
+            k = _rotate(bb.rms_norm(qkv[:, nh : nh + kvh], weights.k_norm), stage)
+        else:  # one rotation for the queries and keys together
+            qk = _rotate(qkv[:, : nh + kvh], stage)  # (N, nh+kv, d)
+            q, k = qk[:, :nh], qk[:, nh:]
         pool.write(layer, stage.flat_index, k, v)
         attended = self._attend(q, pool, layer, stage).reshape(N, nh * d)  # (N, nh*d)
         x = x + self._project(attended, weights, "o", groups, masks)  # (N, H)
@@ -268,10 +273,11 @@ class ModelRunner:
 
 
 def _rotate(x: torch.Tensor, stage: StageInputs) -> torch.Tensor:
-    """Rotary embedding, as the Llama family applies it: x (N, heads, d) -> (N, heads, d)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * stage.cos + rotated * stage.sin
+    """Rotary embedding as the Llama family applies it, ``x cos + rotate_half(x) sin``: (N, heads, d).
+
+    ``rotate_half(x) = (-x2, x1)`` is the halves swapped (a roll) with the first half negated, which
+    ``stage.sin`` carries already (its first half is stored negated)."""
+    return x * stage.cos + x.roll(x.shape[-1] // 2, dims=-1) * stage.sin
 
 
 def _cumsum(values: Sequence[int]) -> list[int]:

@@ -273,6 +273,39 @@ def _chat_text(response: httpx.Response) -> str:
     return content
 
 
+def test_a_request_that_does_not_fit_the_row_budget_waits_for_room(
+    start_service: Callable[..., Service], tiny_head_dir: Callable[..., Path]
+) -> None:
+    """Two rows allowed: a steered request (base row + its LoRA head's row) leaves no room for a plain
+    one, which starts once the first has left; both decode as alone."""
+    service = start_service(max_batch_rows=2)
+    register_head(service, tiny_head_dir("concise", seed=1))
+    scheduler = service.app.state.services.runtime.scheduler
+    long_body = {**_body(24, {"concise": 1.0}), "seed": 0}
+    short_body = {**_body(6, {}), "seed": 5}
+    sizes: list[int] = []
+    first_started = threading.Event()
+
+    def observe(live: int) -> None:
+        sizes.append(live)
+        if len(sizes) == 1:
+            first_started.set()
+            wait_until(lambda: scheduler.depth == 1, what="the plain request to be queued")
+
+    scheduler.on_batch = observe
+    before = scheduler.batches_run
+    with LiveServer(service.app) as server:
+        thread, results = _in_background(
+            lambda: asyncio.run(_concurrent_chats(server.url, service.admin_key, [long_body]))
+        )
+        assert first_started.wait(30)
+        short = _chat_text(chat(service, **short_body))
+        thread.join(120)
+    assert sizes == [1, 1] and scheduler.batches_run - before == 2  # one after the other: never both live
+    assert _chat_text(results[0][0]) == _chat_text(chat(service, **long_body))
+    assert short == _chat_text(chat(service, **short_body))
+
+
 def test_request_joins_the_running_batch_and_decodes_as_alone(steered: Service) -> None:
     scheduler = steered.app.state.services.runtime.scheduler
     # seed 0 makes the tiny model ramble: the long answer runs all its 64 tokens

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, wait_until
 from tests.integration.helpers import chat, register_head
 
 pytestmark = pytest.mark.integration
@@ -43,3 +44,27 @@ def test_metrics_count_requests_tokens_objectives_and_queue(
     assert "personalize_queue_depth 0.0" in text
     assert "personalize_http_request_duration_seconds_bucket" in text
     assert "personalize_batch_size_count 1.0" in text
+
+
+def test_metrics_report_the_running_batchs_kv_cache(service: Service, tiny_head_dir: Callable[..., Path]) -> None:
+    register_head(service, tiny_head_dir("concise", seed=1))
+    seen: list[tuple[float, float]] = []
+
+    def cache_figures() -> tuple[float, float]:
+        lines = service.client.get("/metrics").text.splitlines()
+        values = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("personalize_kv_")}
+        return values["personalize_kv_cache_tokens"], values["personalize_kv_cache_bytes"]
+
+    done = threading.Event()
+
+    def long_request() -> None:
+        chat(service, max_tokens=200, seed=0, ignore_eos=True, personalization={"weights": {"concise": 1.0}})
+        done.set()
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    wait_until(lambda: done.is_set() or (seen.append(cache_figures()) or seen[-1][0] > 0), what="a live cache")
+    thread.join(120)
+    tokens, nbytes = max(seen)
+    assert tokens > 0 and nbytes >= tokens  # positions held, bytes allocated
+    wait_until(lambda: cache_figures() == (0.0, 0.0), what="the cache to be released")
