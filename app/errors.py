@@ -29,6 +29,8 @@ from personalize.errors import (
     UnknownMethodError,
     UnknownObjectiveError,
     UnsafeArtifactError,
+    UpstreamError,
+    UpstreamTimeoutError,
 )
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,8 @@ _LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str, str | None], ...] = (
     (AlreadyExistsError, 409, "already_exists", None),
     (NotFoundError, 404, "not_found", None),
     (ModelLoadError, 503, "model_unavailable", None),
+    (UpstreamTimeoutError, 504, "upstream_timeout", None),
+    (UpstreamError, 502, "upstream_error", None),
 )
 
 

@@ -279,8 +279,8 @@ class Scheduler:
                     if ticket is None:  # cancelled (already counted as dropped)
                         continue
                     if not ticket.cancelled:  # it left during this step: dropped before the next
-                        ticket._deliver(event)
-                    if event.finish_reason is not None:
+                        ticket._deliver(event if event.error is None else event.error)
+                    if event.finish_reason is not None or event.error is not None:
                         del live[event.index]
                 self.kv_cache_tokens, self.kv_cache_bytes = batch.cache_tokens, batch.cache_bytes
                 batch.advance()

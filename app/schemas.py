@@ -304,6 +304,13 @@ class ComputeOut(BaseModel):
     samples: int = Field(
         description="Sequences sampled: 1 (base, vas), N (bon), candidate chunks (ivg), samples x iterations (aisp)."
     )
+    upstream_calls: int = Field(
+        default=0, description="Remote base model: requests sent to the upstream engine (0 when it runs here)."
+    )
+    upstream_tokens: int = Field(
+        default=0, description="Remote: tokens the upstream proposed in speculative chunks (rejected ones included)."
+    )
+    accepted_tokens: int = Field(default=0, description="Remote: proposed tokens accepted as they were.")
 
 
 COMPUTE_DOC = (

@@ -13,7 +13,12 @@ One root, specific leaves; every message says what was received and what is vali
     ├── UnknownObjectiveError  a weight names an objective with no loaded head
     ├── UnknownMethodError     a decoding method name is not registered
     ├── RewardError            a reward function cannot be built or failed
-    └── ContextLengthError     a prompt (plus max_new_tokens) exceeds the model's context
+    ├── ContextLengthError     a prompt (plus max_new_tokens) exceeds the model's context
+    └── UpstreamError          a remote base model cannot be reached or answered wrongly
+        ├── UpstreamTimeoutError   it did not answer within the timeout (after retries)
+        └── UpstreamContractError  its answer contradicts what it was asked (it sampled outside
+                                   its returned top-k, left out log-probabilities, or uses
+                                   another tokenizer)
 """
 
 from __future__ import annotations
@@ -75,3 +80,15 @@ class RewardError(PersonalizeError):
 
 class ContextLengthError(PersonalizeError, ValueError):
     """A prompt plus max_new_tokens exceeds the model's context window."""
+
+
+class UpstreamError(PersonalizeError):
+    """A remote base model cannot be reached or answered wrongly (the message names it)."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """A remote base model did not answer within the timeout, retries included."""
+
+
+class UpstreamContractError(UpstreamError):
+    """A remote base model's answer contradicts what it was asked (sampling, log-probabilities, tokenizer)."""

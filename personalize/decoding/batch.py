@@ -23,27 +23,23 @@ same prompt share one prefill: the others start as copies once it is done.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from personalize.decoding import methods
-from personalize.decoding.config import Compute, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.config import GenerationRequest, StreamEvent
 from personalize.decoding.head_set import AdapterGroup
 from personalize.decoding.kv_cache import BatchCache, fill_holes
 from personalize.decoding.layout import BatchLayout, build_layout
-from personalize.decoding.runs import Answer, RequestRun, RunContext
+from personalize.decoding.requests import RequestBook, RequestStep, RewardFn
 from personalize.decoding.sampling import StepOutput
 from personalize.decoding.sequences import SequenceOutput, SequenceSpec
-from personalize.decoding.text import TextStream
 
 if TYPE_CHECKING:
     from personalize.decoding.engine import Engine
 
-RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 __all__ = ["DecodeBatch", "RewardFn", "SequenceOutput", "SequenceSpec"]
 
 
@@ -58,47 +54,19 @@ class _Slot:
     siblings: list[int] = field(default_factory=list)  # sequences that start as copies once its prompt is in
 
 
-@dataclass
-class _RequestStep:
-    """What one emit saw of one request: its sequences that go on, those that just ended, its final event."""
-
-    live: list[int] = field(default_factory=list)
-    finished: list[int] = field(default_factory=list)
-    final_event: int | None = None  # position in the emitted events of its streamed last token
-
-
-class DecodeBatch:
-    """Requests decoded together; indices in events and results follow the order of ``add`` calls."""
+class DecodeBatch(RequestBook):
+    """Requests decoded together by the local model; indices in events and results follow ``add`` calls."""
 
     def __init__(self, engine: Engine, reward: RewardFn | None = None) -> None:
+        super().__init__(engine.base, engine.heads, engine.validate, reward, engine.reward_names())
         self.engine = engine
-        self.heads = engine.heads  # fixed for the batch's life: head changes wait for it to drain
-        self.reward = reward
-        self.requests: list[GenerationRequest] = []
-        self.runs: list[RequestRun] = []
-        self.outputs: list[SequenceOutput] = []
-        self._by_request: dict[int, list[int]] = {}  # every sequence a request ever decoded (compute)
-        self._forwards: dict[int, int] = {}
-        self._answers: dict[int, Answer] = {}
-        self._cancelled: set[int] = set()
-        self._eos = set(engine.base.eos_token_ids)
         self._cache: BatchCache = engine.runner.new_cache(self.heads)
         self._slots: list[_Slot] = []
         self._layout: BatchLayout | None = None  # None: rebuild before the next forward
         self._adapters: tuple[Mapping[str, AdapterGroup], ...] = ()  # the layout's rows' adapters, per layer
         self._sampled: StepOutput | None = None  # the last step's samples, per slot
-        self._joining: list[int] = []  # sequence numbers waiting for a slot
 
     # ---- membership ------------------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return not self._slots and not self._joining
-
-    @property
-    def live_requests(self) -> int:
-        """Requests still decoding (not answered, not cancelled; an aisp request between rounds included)."""
-        return sum(1 for i in range(len(self.requests)) if i not in self._answers and i not in self._cancelled)
-
     @property
     def cache_length(self) -> int:
         """Positions the KV cache allocates per slot (0 when idle): at most the longest live sequence
@@ -126,44 +94,6 @@ class DecodeBatch:
             self._step()
         return indices
 
-    def _enqueue(self, requests: Sequence[GenerationRequest]) -> list[int]:
-        for request in requests:
-            self.engine.validate(request, reward_given=self.reward is not None)
-        context = RunContext(
-            kinds={name: head.meta.kind for name, head in self.heads.heads.items()},
-            rank=self._rank,
-            hidden_size=self.engine.base.hidden_size,
-            device=self.engine.base.device,
-        )
-        indices = []
-        for request in requests:
-            index = len(self.requests)
-            self.requests.append(request)
-            indices.append(index)
-            seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
-            run = methods.plan(index, request, seed, context)
-            self.runs.append(run)
-            self._by_request[index] = []
-            self._forwards[index] = 0
-            self._queue(run.start())
-        return indices
-
-    def _queue(self, specs: Sequence[SequenceSpec]) -> None:
-        """New sequences to prefill from their prompts."""
-        tokenizer = self.engine.base.tokenizer
-        for spec in specs:
-            output = SequenceOutput(spec, TextStream(tokenizer, spec.stop), rows=self.heads.rows_for(spec.heads))
-            self._joining.append(self._register(output))
-
-    def _register(self, output: SequenceOutput) -> int:
-        number = len(self.outputs)
-        self.outputs.append(output)
-        self._by_request[output.spec.request_index].append(number)
-        return number
-
-    def _rank(self, request: GenerationRequest, texts: Sequence[str]) -> list[float]:
-        return methods.rank_texts(request, texts, self.engine.base, self.reward, self.engine.reward_names())
-
     def _admit(self) -> None:
         """Give every waiting sequence a slot; those sharing a request, prompt and heads with an
         admitted one wait as its siblings (they start as copies of it once its prompt is in)."""
@@ -183,19 +113,9 @@ class DecodeBatch:
             runner_of[key] = slot
             self._layout = None
 
-    def cancel(self, index: int) -> None:
-        """Stop decoding request ``index`` (its client left); it emits nothing more."""
-        self._cancelled.add(index)
-
-    def run(self, requests: Sequence[GenerationRequest]) -> Iterator[StreamEvent]:
-        """Add ``requests`` and decode until every request is done."""
-        try:
-            self.add(requests)
-            while not self.done:
-                yield from self.emit()
-                self.advance()
-        finally:
-            self.close()
+    @property
+    def done(self) -> bool:
+        return not self._slots and not self._joining
 
     def close(self) -> None:
         self._slots = []
@@ -231,13 +151,13 @@ class DecodeBatch:
         if self._sampled is not None and all(slot.prefilled for slot in self._slots):  # the steady state
             for slot in self._slots:
                 slot.counter += 1
-            self._count_forwards(self._slots)
+            self._count_forwards([slot.number for slot in self._slots])
             ones = [1] * len(self._slots)
             return self.engine.runner.forward(self._cache, self._sampled.tokens, ones, self._adapters)
         counts: list[int] = []
         chunks: list[torch.Tensor] = []
         done: list[int] = []
-        dev = self.engine.base.device
+        dev = self.base.device
         for pos, slot in enumerate(self._slots):
             if slot.prefilled:  # feed the token it sampled last (emitted since)
                 assert self._sampled is not None
@@ -256,15 +176,10 @@ class DecodeBatch:
             if out.prompt_fed == len(prompt):
                 slot.prefilled = True
                 done.append(pos)
-        self._count_forwards([slot for slot, n in zip(self._slots, counts, strict=True) if n])
+        self._count_forwards([slot.number for slot, n in zip(self._slots, counts, strict=True) if n])
         token_ids = torch.cat(chunks) if len(chunks) > 1 else chunks[0]  # (N,)
         hidden = self.engine.runner.forward(self._cache, token_ids, counts, self._adapters)  # (R, H)
         return self._fork_siblings(hidden, done)
-
-    def _count_forwards(self, fed: Sequence[_Slot]) -> None:
-        """Each request with a sequence in this forward took part in one more."""
-        for index in {self.outputs[slot.number].spec.request_index for slot in fed}:
-            self._forwards[index] += 1
 
     def _fork_siblings(self, hidden: torch.Tensor, done: list[int]) -> torch.Tensor:
         """Siblings of the slots in ``done`` join as copies of them (cache and hidden states)."""
@@ -293,8 +208,8 @@ class DecodeBatch:
                 self._cache.row_sequence,
                 self._cache.row_adapter,
                 self.heads,
-                self.engine.base.hidden_size,
-                self.engine.base.device,
+                self.base.hidden_size,
+                self.base.device,
             )
             self._adapters = self.engine.runner.adapters(self.heads, self._layout.adapters)
         return self._layout
@@ -329,7 +244,7 @@ class DecodeBatch:
         for (pos, objective), value in zip(layout.entry_owner, sampled.contributions.tolist(), strict=True):
             pushes.setdefault(pos, {})[objective] = value
         events: list[StreamEvent] = []
-        steps: dict[int, _RequestStep] = {}
+        steps: dict[int, RequestStep] = {}
         leaving: set[int] = set()
         for pos, slot in enumerate(self._slots):
             out = self.outputs[slot.number]
@@ -341,8 +256,8 @@ class DecodeBatch:
                 continue
             slot.ready = False
             out.value = values[pos]
-            step = steps.setdefault(index, _RequestStep())
-            event = self._advance(slot.number, tokens[pos], logprobs[pos], pushes.get(pos, {}))
+            step = steps.setdefault(index, RequestStep())
+            event = self._record(slot.number, tokens[pos], logprobs[pos], pushes.get(pos, {}))
             if event is not None:
                 events.append(event)
                 if event.finish_reason is not None:
@@ -352,35 +267,12 @@ class DecodeBatch:
                 step.finished.append(slot.number)
             else:
                 step.live.append(slot.number)
-        branches = self._decide(steps, events, leaving)
+        position = {slot.number: pos for pos, slot in enumerate(self._slots)}
+        branches = self._decide(steps, events, leaving, position)
         if leaving or branches:
             with torch.inference_mode():
                 self._reorganize(leaving, branches)
         return events
-
-    def _decide(
-        self, steps: dict[int, _RequestStep], events: list[StreamEvent], leaving: set[int]
-    ) -> list[tuple[int, int]]:
-        """Apply each stepped request's decision; returns (parent position, child number) of new branches."""
-        position = {slot.number: pos for pos, slot in enumerate(self._slots)}
-        branches: list[tuple[int, int]] = []
-        for index, step in steps.items():
-            decision = self.runs[index].update(self.outputs, step.live, step.finished)
-            leaving.update(position[n] for n in decision.retire)
-            for parent, spec in decision.branch:
-                branches.append((position[parent], self._register(self.outputs[parent].fork(spec))))
-            self._queue(decision.spawn)
-            if decision.answer is None:
-                continue
-            self._answers[index] = decision.answer
-            compute = self._compute(index)
-            if step.final_event is not None:  # streamed: the last token's event carries the cost
-                events[step.final_event] = replace(events[step.final_event], compute=compute)
-            elif not self.runs[index].streams:  # one event carries the whole answer
-                out = self.outputs[decision.answer.number]
-                last = out.token_ids[-1] if out.token_ids else -1
-                events.append(StreamEvent(index, last, out.text.text, out.finish_reason, compute=compute))
-        return branches
 
     def _reorganize(self, leaving: set[int], branches: list[tuple[int, int]]) -> None:
         """Drop the ``leaving`` slots (the last ones move into the holes) and append each branch's
@@ -403,58 +295,3 @@ class DecodeBatch:
                 self._sampled.contributions.new_zeros(0),  # emitted already; the next step rewrites them
                 self._sampled.values[picked],
             )
-
-    # ---- bookkeeping ------------------------------------------------------------------------
-    def _advance(self, number: int, token: int, logprob: float, pushes: dict[str, float]) -> StreamEvent | None:
-        out = self.outputs[number]
-        out.steps += 1
-        out.logprobs.append(logprob)
-        spec = out.spec
-        index = spec.request_index
-        streams = self.runs[index].streams
-        if token in self._eos and not spec.ignore_eos:
-            out.finish_reason = "stop"
-            out.stop_token_id = token
-            tail = out.text.finish()
-            return StreamEvent(index, token, tail, "stop", logprob, pushes) if streams else None
-        delta = out.text.push(token)
-        if out.text.stopped:
-            out.finish_reason = "stop"
-        elif len(out.token_ids) >= spec.max_new_tokens:
-            out.finish_reason = "length"
-            delta += out.text.finish()
-        return StreamEvent(index, token, delta, out.finish_reason, logprob, pushes) if streams else None
-
-    def _compute(self, index: int) -> Compute:
-        spent = [self.outputs[n] for n in self._by_request[index]]
-        tokens = sum(o.rows * (o.prompt_fed + o.steps) for o in spent)
-        return Compute(
-            forwards=self._forwards[index],
-            forward_rows=sum(o.rows * max(o.steps - o.free_steps, 0) for o in spent),
-            processed_tokens=tokens,
-            flops=2.0 * self.engine.base.num_parameters * tokens,
-            samples=len(spent),
-        )
-
-    def results(self) -> list[GenerationResult]:
-        """Results of every request added, in order (all must have finished)."""
-        results = []
-        for index, request in enumerate(self.requests):
-            answer = self._answers[index]
-            out = self.outputs[answer.number]
-            assert out.finish_reason is not None
-            results.append(
-                GenerationResult(
-                    token_ids=tuple(out.token_ids),
-                    text=out.text.text,
-                    finish_reason=out.finish_reason,
-                    prompt_tokens=len(request.prompt_ids),
-                    personalization=request.personalization,
-                    head_versions=self.engine.head_versions(out.spec.heads),
-                    compute=self._compute(index),
-                    reward=answer.reward,
-                    logprobs=tuple(out.logprobs),
-                    stop_token_id=out.stop_token_id,
-                )
-            )
-        return results

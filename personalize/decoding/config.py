@@ -35,6 +35,7 @@ AISP_LAMBDA_RANGE = (1e-3, 100.0)
 AISP_SAMPLES_RANGE = (1, 64)
 AISP_ITERATIONS_RANGE = (1, 16)
 AISP_MAX_SAMPLES = 256
+CHUNK_TOKENS_RANGE = (1, 64)
 
 FinishReason = Literal["stop", "length"]
 
@@ -201,6 +202,12 @@ class Personalization:
     best_of: int = 4
     ivg: IVGParams = field(default_factory=IVGParams)
     aisp: AISPParams = field(default_factory=AISPParams)
+    within_top_k: bool = False
+    """Sample only among the base model's ``top_k`` candidates (the support a remote base model's top-k
+    offers); by default every other token keeps its base probability and stays sampleable."""
+    chunk_tokens: int | None = None
+    """Remote base model only: tokens the upstream proposes per call (None: chosen from the observed
+    acceptance, see ``personalize.remote.speculative.chunk_length``; 1 is per-token remote VAS)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, Mapping):
@@ -219,6 +226,10 @@ class Personalization:
         _check_int("best_of", self.best_of, BEST_OF_RANGE)
         object.__setattr__(self, "ivg", _nested(IVGParams, self.ivg, "ivg"))
         object.__setattr__(self, "aisp", _nested(AISPParams, self.aisp, "aisp"))
+        if self.chunk_tokens is not None:
+            _check_int("chunk_tokens", self.chunk_tokens, CHUNK_TOKENS_RANGE)
+        if not isinstance(self.within_top_k, bool):
+            raise ConfigError(f"within_top_k must be true or false, got {self.within_top_k!r}")
 
     @property
     def active_weights(self) -> dict[str, float]:
@@ -245,6 +256,10 @@ class Personalization:
             out["ivg"] = asdict(self.ivg)
         if self.method == "aisp":
             out["aisp"] = asdict(self.aisp)
+        if self.chunk_tokens is not None:
+            out["chunk_tokens"] = self.chunk_tokens
+        if self.within_top_k:
+            out["within_top_k"] = True
         return out
 
 
@@ -278,6 +293,12 @@ class Compute:
     value outputs, perturbations and reward functions not counted)."""
     samples: int = 1
     """Sequences sampled: 1 (base, vas), N (bon), candidate chunks (ivg), N x I (aisp)."""
+    upstream_calls: int = 0
+    """Remote base model: requests sent to the upstream engine (0 when the model runs here)."""
+    upstream_tokens: int = 0
+    """Remote: tokens the upstream proposed (speculative chunks; rejected ones included)."""
+    accepted_tokens: int = 0
+    """Remote: proposed tokens accepted as they were (the others were replaced or dropped)."""
 
 
 @dataclass(frozen=True)
@@ -330,3 +351,5 @@ class StreamEvent:
     """How much each steering objective raised (or lowered) this token's score: beta · w · z."""
     compute: Compute | None = None
     """On a request's last event only: what the whole request cost."""
+    error: Exception | None = None
+    """The request failed (a remote base model's error, say): its last event, nothing else set."""

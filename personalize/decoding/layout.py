@@ -83,6 +83,8 @@ def sampling_tensors(specs: Sequence[SequenceSpec], dev: torch.device) -> Sampli
         max_top_k=max(s.top_k for s in specs),
         max_sample_top_k=max(s.sample_top_k for s in specs),
         use_top_p=any(s.top_p < 1.0 and s.temperature > 0 for s in specs),
+        within_top_k=torch.tensor([s.within_top_k for s in specs], dtype=torch.bool, device=dev),
+        any_within_top_k=any(s.within_top_k for s in specs),
     )
 
 

@@ -143,6 +143,35 @@ class ModelRunner:
         Returns the final hidden state of every row's last new token (R, H); a row whose sequence
         got no token this step gets zeros. The cache's lengths advance by ``counts``.
         """
+        x, row_counts = self._run(cache, token_ids, counts, adapters)  # (N_r, H)
+        ends = _cumsum(row_counts)
+        active = [r for r, n in enumerate(row_counts) if n > 0]
+        hidden = x.new_zeros(len(row_counts), self.backbone.hidden_size)  # (R, H)
+        if active:
+            last = torch.tensor([ends[r] - 1 for r in active], dtype=torch.long, device=x.device)  # (R',)
+            hidden[active] = self.backbone.rms_norm(x[last], self.backbone.norm)
+        return hidden
+
+    def forward_all(
+        self,
+        cache: BatchCache,
+        token_ids: torch.Tensor,
+        counts: Sequence[int],
+        adapters: tuple[Mapping[str, AdapterGroup], ...],
+    ) -> tuple[torch.Tensor, list[int]]:
+        """As :meth:`forward`, but the final hidden state after every new token of every row:
+        (N_r, H) packed row by row in row-slot order, and how many tokens each row got."""
+        x, row_counts = self._run(cache, token_ids, counts, adapters)
+        return self.backbone.rms_norm(x, self.backbone.norm), row_counts
+
+    def _run(
+        self,
+        cache: BatchCache,
+        token_ids: torch.Tensor,
+        counts: Sequence[int],
+        adapters: tuple[Mapping[str, AdapterGroup], ...],
+    ) -> tuple[torch.Tensor, list[int]]:
+        """The layers over the packed tokens: (N_r, H) before the final norm, and each row's token count."""
         bb = self.backbone
         S, split = len(counts), cache.split
         cache.reserve(counts)
@@ -158,10 +187,9 @@ class ModelRunner:
             stage = stage_inputs(cache.sequences, range(S), counts, cos, sin)
             for layer in range(split):
                 x = self._layer(x, bb.layers[layer], cache.sequences, layer, stage, {}, {})
-        starts = [sum(counts[:s]) for s in range(S)]
+        starts = [end - n for end, n in zip(_cumsum(counts), counts, strict=True)]
         fanout = [starts[s] + i for s in cache.row_sequence for i in range(counts[s])]
         row_counts = [counts[s] for s in cache.row_sequence]
-        last = [i - 1 for i in _cumsum(row_counts)]  # each row's last token in the row packing
         fan = torch.tensor(fanout, dtype=torch.long, device=bb.device)  # (N_r,)
         x = x[fan]  # (N_r, H)
         if split < bb.num_layers:
@@ -171,12 +199,7 @@ class ModelRunner:
                 groups = adapters[layer]
                 x = self._layer(x, bb.layers[layer], cache.rows, layer - split, stage, groups, masks)
         cache.advance(counts)
-        active = [r for r, n in enumerate(row_counts) if n > 0]
-        hidden = x.new_zeros(len(row_counts), bb.hidden_size)  # (R, H)
-        if active:
-            picked = torch.tensor([last[r] for r in active], dtype=torch.long, device=bb.device)
-            hidden[active] = bb.rms_norm(x[picked], bb.norm)
-        return hidden
+        return x, row_counts
 
     def _masks(
         self, cache: BatchCache, row_counts: Sequence[int], adapters: tuple[Mapping[str, AdapterGroup], ...]

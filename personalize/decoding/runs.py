@@ -98,4 +98,5 @@ class RequestRun:
             steer=steer,
             score=score,
             perturb=perturb,
+            within_top_k=p.within_top_k,
         )

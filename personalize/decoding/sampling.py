@@ -152,15 +152,33 @@ def value_guidance(
     """
     top_logits, candidates = logits.topk(max_top_k, dim=-1)  # (S, C)
     valid = torch.arange(max_top_k, device=logits.device) < top_k.unsqueeze(-1)  # (S, C)
+    bonus = candidate_bonus(candidates, top_logits, valid, hidden, embedding, stack, entries, remaining)  # (M, C)
+    return Guidance(candidates, bonus)
+
+
+def candidate_bonus(
+    candidates: torch.Tensor,
+    candidate_logits: torch.Tensor,
+    valid: torch.Tensor,
+    hidden: torch.Tensor,
+    embedding: torch.Tensor,
+    stack: ValueStack,
+    entries: ValueEntries,
+    remaining: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``beta · w_k · z_k`` of every entry over given candidates (S, C) with their base logits (S, C);
+    ``valid`` (S, C) marks the candidates that count (the others get 0 and do not enter the centring).
+
+    The candidates are the base top-k locally, or the top-k an upstream engine returned (remote)."""
     values = head_values(hidden, candidates, embedding, stack, entries, remaining)  # (M, C)
     entry_valid = valid[entries.sequence].float()  # (M, C)
     mean = (values * entry_valid).sum(-1, keepdim=True) / entry_valid.sum(-1, keepdim=True)  # (M, 1)
     relative = values - mean  # (M, C)
     if stack.end_only is not None and stack.end_ids is not None:
-        stopping = _stopping_values(values, top_logits, candidates, entry_valid, stack.end_ids, entries)  # (M, C)
-        relative = torch.where(stack.end_only[entries.slot].unsqueeze(-1) > 0, stopping, relative)
+        stopping = _stopping_values(values, candidate_logits, candidates, entry_valid, stack.end_ids, entries)
+        relative = torch.where(stack.end_only[entries.slot].unsqueeze(-1) > 0, stopping, relative)  # (M, C)
     scale = (entries.coef * stack.inv_scale[entries.slot]).unsqueeze(-1)  # (M, 1)
-    return Guidance(candidates, relative * entry_valid * scale)  # bonus (M, C)
+    return relative * entry_valid * scale  # (M, C)
 
 
 def _stopping_values(
@@ -180,7 +198,7 @@ def _stopping_values(
     is_end = torch.isin(candidates, end_ids)[entries.sequence].float()  # (M, C)
     go_on = entry_valid * (1.0 - is_end)  # (M, C)
     logits = top_logits[entries.sequence]  # (M, C)
-    weight = torch.exp(logits - logits[:, :1]) * go_on  # (M, C), top-k is sorted: column 0 is the largest
+    weight = torch.exp(logits - logits.amax(-1, keepdim=True)) * go_on  # (M, C)
     total = weight.sum(-1, keepdim=True)  # (M, 1)
     go_on_value = (values * weight).sum(-1, keepdim=True) / total.clamp_min(1e-30)  # (M, 1)
     return (values - go_on_value) * is_end * (total > 0).float()  # (M, C)
@@ -257,6 +275,8 @@ class SamplingTensors:
     max_top_k: int
     max_sample_top_k: int
     use_top_p: bool
+    within_top_k: torch.Tensor  # (S,) bool: only the base top-k may be sampled
+    any_within_top_k: bool
 
 
 class StepOutput(NamedTuple):
@@ -277,11 +297,20 @@ def guided_scores(
     params: SamplingTensors,
     remaining: torch.Tensor,
 ) -> tuple[torch.Tensor, Guidance | None]:
-    """Base logits (S, V) -> the value-guided scores (S, V) and the guidance (None: nothing steers)."""
-    if stack is None or entries.empty:
-        return logits, None
-    guidance = value_guidance(logits, hidden, embedding, stack, entries, params.top_k, params.max_top_k, remaining)
-    return apply_guidance(logits, guidance, entries), guidance
+    """Base logits (S, V) -> the value-guided scores (S, V) and the guidance (None: nothing steers).
+
+    Rows sampling ``within_top_k`` keep only their base top-k candidates (others get -inf)."""
+    guidance = None
+    scores = logits
+    if stack is not None and not entries.empty:
+        guidance = value_guidance(logits, hidden, embedding, stack, entries, params.top_k, params.max_top_k, remaining)
+        scores = apply_guidance(logits, guidance, entries)  # (S, V)
+    if params.any_within_top_k:
+        candidates = guidance.candidates if guidance is not None else logits.topk(params.max_top_k, -1).indices
+        valid = torch.arange(params.max_top_k, device=logits.device) < params.top_k.unsqueeze(-1)  # (S, C)
+        keep = torch.zeros_like(scores, dtype=torch.bool).scatter(1, candidates, valid)  # (S, V)
+        scores = scores.masked_fill(params.within_top_k.unsqueeze(-1) & ~keep, -torch.inf)  # (S, V)
+    return scores, guidance
 
 
 def step(

@@ -39,6 +39,7 @@ class SequenceSpec:
     steer: tuple[tuple[str, float], ...]  # token level: (objective, beta * weight), non-zero only
     score: tuple[tuple[str, float], ...] = ()  # chunk level: (objective, weight) of the explicit heads ranking it
     perturb: Perturbation | None = None
+    within_top_k: bool = False  # sample only among the base top-k
 
     @property
     def heads(self) -> tuple[str, ...]:
