@@ -15,11 +15,11 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.artifacts import Upload, store_upload
+from app.cache import HeadEvent
 from app.deps import AdminUser, CurrentUser, RuntimeDep, ServicesDep
 from app.errors import APIError
 from app.schemas import ObjectivePatch
 from app.services import Services
-from personalize.cache import HeadEvent
 from personalize.db.artifacts import remove_artifact
 from personalize.db.records import HeadVersionRecord, ObjectiveRecord, UserRecord
 
