@@ -8,6 +8,7 @@ Library code never reads the environment; the service and the CLI build one
     REDIS_URL                optional; profile cache, rate limits, cross-replica head events
     PERSONALIZE_BASE_MODEL   base model name or path (default: the embedded model)
     PERSONALIZE_DTYPE        auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16
+    PERSONALIZE_REWARD_ROOT  the only folder the service loads hf:<dir> reward models from (default DATA_DIR/rewards)
     PERSONALIZE_*            limits and server address (see the fields below)
 """
 
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     base_model: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights' dtype for the base model: ``auto`` is bfloat16 on CUDA and float32 on the CPU."""
+
+    reward_root: Path | None = None
+    """The folder ``hf:<dir>`` rewards named by heads must lie in for the service (default: DATA_DIR/rewards)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -81,6 +85,10 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def reward_dir(self) -> Path:
+        return self.reward_root or self.data_dir / "rewards"
 
     @property
     def is_sqlite(self) -> bool:
