@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -70,8 +70,16 @@ def check_names(uploads: Sequence[Upload]) -> None:
         raise _bad("the upload has no .safetensors file")
 
 
-def store_upload(uploads: Sequence[Upload], *, root: Path, base: BaseModel, max_bytes: int) -> StoredHead:
-    """Validate and store an uploaded head; raises APIError or a HeadError subclass."""
+def store_upload(
+    uploads: Sequence[Upload],
+    *,
+    root: Path,
+    base: BaseModel,
+    max_bytes: int,
+    check: Callable[[ValueHead], None] = lambda _: None,
+) -> StoredHead:
+    """Validate and store an uploaded head; raises APIError, a HeadError subclass, or what ``check``
+    (called on the loaded head before anything is kept) raises."""
     check_names(uploads)
     staging = staging_dir(root)
     try:
@@ -88,6 +96,7 @@ def store_upload(uploads: Sequence[Upload], *, root: Path, base: BaseModel, max_
                     out.write(chunk)
             digests[upload.name] = digest.hexdigest()
         head = load_head(staging, base)
+        check(head)
         sha = content_sha256(digests)
         return StoredHead(head, sha, place(staging, root, sha), total)
     except BaseException:

@@ -1,35 +1,20 @@
 """Request and response bodies (OpenAI wire format plus the personalization extension).
 
 Bounds come from :mod:`personalize.decoding.config`, so a bad value is refused
-here with the exact field named, before anything is queued.
+here with the exact field named, before anything is queued. The methods' parameter
+objects (``ivg``, ``aisp``) and ``best_of`` are built from
+:mod:`personalize.method_params`, i.e. from the library's dataclasses.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 from pydantic_core import PydanticCustomError
 
-from personalize.decoding.config import (
-    AISP_ITERATIONS_RANGE,
-    AISP_LAMBDA_RANGE,
-    AISP_MAX_SAMPLES,
-    AISP_SAMPLES_RANGE,
-    AISP_SIGMA_RANGE,
-    BEST_OF_RANGE,
-    BETA_RANGE,
-    IVG_BEAMS_RANGE,
-    IVG_CANDIDATES_RANGE,
-    IVG_CHUNK_RANGE,
-    IVG_MAX_SEQUENCES,
-    METHODS,
-    TEMPERATURE_RANGE,
-    TOP_K_RANGE,
-    WEIGHT_RANGE,
-    AISPParams,
-    IVGParams,
-)
+from personalize.decoding.config import BETA_RANGE, METHODS, TEMPERATURE_RANGE, TOP_K_RANGE, WEIGHT_RANGE
+from personalize.method_params import ParamSpec, method_params
 
 ObjectiveName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 Weight = Annotated[float, Field(ge=WEIGHT_RANGE[0], le=WEIGHT_RANGE[1], allow_inf_nan=False)]
@@ -60,66 +45,46 @@ def _bounds(bounds: tuple[float, float]) -> dict[str, Any]:
     return {"minimum": bounds[0], "maximum": bounds[1]}
 
 
-IVGCandidates = Annotated[
-    int, Field(strict=True, json_schema_extra=_bounds(IVG_CANDIDATES_RANGE)), _within(IVG_CANDIDATES_RANGE)
-]
-IVGChunk = Annotated[int, Field(strict=True, json_schema_extra=_bounds(IVG_CHUNK_RANGE)), _within(IVG_CHUNK_RANGE)]
-IVGBeams = Annotated[int, Field(strict=True, json_schema_extra=_bounds(IVG_BEAMS_RANGE)), _within(IVG_BEAMS_RANGE)]
-ImplicitWeight = Annotated[float, Field(json_schema_extra=_bounds(WEIGHT_RANGE)), _within(WEIGHT_RANGE)]
-AISPSigma = Annotated[float, Field(json_schema_extra=_bounds(AISP_SIGMA_RANGE)), _within(AISP_SIGMA_RANGE)]
-AISPLambda = Annotated[float, Field(json_schema_extra=_bounds(AISP_LAMBDA_RANGE)), _within(AISP_LAMBDA_RANGE)]
-AISPSamples = Annotated[
-    int, Field(strict=True, json_schema_extra=_bounds(AISP_SAMPLES_RANGE)), _within(AISP_SAMPLES_RANGE)
-]
-AISPIterations = Annotated[
-    int, Field(strict=True, json_schema_extra=_bounds(AISP_ITERATIONS_RANGE)), _within(AISP_ITERATIONS_RANGE)
-]
-
-_IVG = IVGParams()
-_AISP = AISPParams()
+def _field(spec: ParamSpec) -> tuple[Any, Any]:
+    """A method parameter as a pydantic field: its type, range (checked, and shown in the schema) and default."""
+    shown = Field(json_schema_extra=_bounds(spec.bounds), strict=True if spec.kind is int else None)
+    annotation = Annotated[spec.kind, shown, _within(spec.bounds)]  # type: ignore[name-defined]
+    return annotation, Field(default=spec.default, description=spec.description)
 
 
-class IVGIn(BaseModel):
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _params_model(name: str, method: str, doc: str) -> type[BaseModel]:
+    """The request schema of ``method``'s parameters, one field per field of its library dataclass."""
+    fields: dict[str, Any] = {spec.name: _field(spec) for spec in method_params(method)}
+    return create_model(name, __base__=_Params, __doc__=doc, **fields)
+
+
+IVGIn = _params_model(
+    "IVGIn",
+    "ivg",
     """Parameters of ``method: "ivg"`` (Integrated Value Guidance); omitted fields take the defaults shown.
-    Only with method ``ivg`` (given in the request or by the profile)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    candidates: IVGCandidates = Field(
-        default=_IVG.candidates, description="C: continuations sampled per beam at each chunk."
-    )
-    chunk_tokens: IVGChunk = Field(
-        default=_IVG.chunk_tokens, description="L: tokens per chunk before the candidates are compared."
-    )
-    beams: IVGBeams = Field(
-        default=_IVG.beams,
-        description=f"B: partial responses kept after each chunk; beams x candidates must be at most "
-        f"{IVG_MAX_SEQUENCES}. beams = candidates = 1 is token-level guidance alone (and streams).",
-    )
-    implicit_weight: ImplicitWeight = Field(
-        default=_IVG.implicit_weight,
-        description="Multiplies the weights of implicit heads at the token level (0: chunk-level search only).",
-    )
-
-
-class AISPIn(BaseModel):
+    Only with method ``ivg`` (given in the request or by the profile).""",
+)
+AISPIn = _params_model(
+    "AISPIn",
+    "aisp",
     """Parameters of ``method: "aisp"`` (adaptive importance sampling on pre-logits); omitted fields take the
-    defaults shown. Only with method ``aisp`` (given in the request or by the profile)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sigma: AISPSigma = Field(
-        default=_AISP.sigma, description="Std of the Gaussian noise added to the final hidden state (0: base model)."
-    )
-    lam: AISPLambda = Field(
-        default=_AISP.lam,
-        description="Temperature of the importance weights softmax(reward / lam): small trusts the best sample.",
-    )
-    samples: AISPSamples = Field(
-        default=_AISP.samples,
-        description=f"N: responses per iteration; samples x iterations must be at most {AISP_MAX_SAMPLES}.",
-    )
-    iterations: AISPIterations = Field(default=_AISP.iterations, description="I: rounds of sampling and moving mu.")
+    defaults shown. Only with method ``aisp`` (given in the request or by the profile).""",
+)
+_BEST_OF, *_ = method_params("bon")
+BestOf = Annotated[
+    int,
+    Field(
+        ge=_BEST_OF.bounds[0],
+        le=_BEST_OF.bounds[1],
+        strict=True,
+        description=_BEST_OF.description,
+        json_schema_extra={"default": _BEST_OF.default},  # what an omitted best_of is
+    ),
+]
 
 
 class PersonalizationIn(BaseModel):
@@ -131,7 +96,7 @@ class PersonalizationIn(BaseModel):
     beta: Beta | None = None
     method: Method | None = None
     top_k: TopK | None = None
-    best_of: Annotated[int, Field(ge=BEST_OF_RANGE[0], le=BEST_OF_RANGE[1], strict=True)] | None = None
+    best_of: BestOf | None = None
     explain: bool = Field(
         default=False,
         description=(
@@ -140,10 +105,10 @@ class PersonalizationIn(BaseModel):
             "objective raised or lowered that token's score. Not a profile field: applies to this request only."
         ),
     )
-    ivg: IVGIn | None = Field(
+    ivg: IVGIn | None = Field(  # type: ignore[valid-type]
         default=None, description="Parameters of method 'ivg' (only with that method); omitted: the defaults."
     )
-    aisp: AISPIn | None = Field(
+    aisp: AISPIn | None = Field(  # type: ignore[valid-type]
         default=None, description="Parameters of method 'aisp' (only with that method); omitted: the defaults."
     )
 

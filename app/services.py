@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.cache import Cache, CachedProfiles, HeadEvent, HeadEventListener
 from app.head_sync import HeadSync
 from app.metrics import Metrics
 from app.scheduler import Scheduler
-from personalize.cache import Cache, CachedProfiles, HeadEvent, HeadEventListener
 from personalize.db import AuditStore, Database, HeadStore, ProfileStore, UserStore
 from personalize.db.migrate import current_revision, head_revision, is_up_to_date, upgrade
 from personalize.decoding.engine import Engine

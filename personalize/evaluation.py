@@ -28,13 +28,16 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 
+from personalize.data import PromptInput, prompt_ids, prompt_text
 from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
 from personalize.decoding.config import AISPParams, Compute, IVGParams
 from personalize.errors import ConfigError
+from personalize.store import RunCache
+
+__all__ = ["EvalConfig", "EvalReport", "Evaluator", "MethodRow", "RunCache", "Stat", "markdown_table"]
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
@@ -162,35 +165,6 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-class RunCache:
-    """Decoding runs and latencies stored as JSON files named by the digest of what decides them."""
-
-    VERSION = 1
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.hits = 0
-
-    def key(self, material: Mapping[str, object]) -> str:
-        blob = json.dumps({"cache_version": self.VERSION, **material}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-    def get(self, key: str) -> dict[str, object] | None:
-        path = self.directory / f"{key}.json"
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):  # absent, or cut off while written: decode again
-            return None
-        self.hits += 1
-        return dict(value)
-
-    def put(self, key: str, value: Mapping[str, object]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f"{key}.json.tmp"
-        tmp.write_text(json.dumps(value), encoding="utf-8")
-        tmp.replace(self.directory / f"{key}.json")  # atomic: a reader never sees half a file
-
-
 def _result_record(result: GenerationResult) -> dict[str, object]:
     return {
         "token_ids": list(result.token_ids),
@@ -213,15 +187,17 @@ class Evaluator:
         self,
         engine: Engine,
         rewards: Mapping[str, RewardFn],
-        prompts: Sequence[str],
+        prompts: Sequence[PromptInput],
         config: EvalConfig,
         progress: Callable[[str], None] = lambda _: None,
         cache: RunCache | None = None,
     ) -> None:
-        self.engine, self.rewards, self.prompts, self.config = engine, rewards, list(prompts), config
+        self.engine, self.rewards, self.config = engine, rewards, config
+        self.prompts = [prompt_text(p) for p in prompts]
+        """What the rewards see as each prompt (a chat's last user message)."""
         self.progress = progress
         self.cache = cache
-        self.prompt_ids = [tuple(engine.base.encode_prompt(p)) for p in self.prompts]
+        self.prompt_ids = [tuple(prompt_ids(engine.base, p)) for p in prompts]
         self.plans: dict[str, tuple[Personalization, RewardFn | None]] = {}
         """Each row's personalization and ranking reward (replayed for latency)."""
         self.scores: dict[str, dict[str, list[float]]] = {}

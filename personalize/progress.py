@@ -5,15 +5,19 @@ Rich draws nothing while a bar runs when its console is not a terminal (a contai
 rich's ``Progress`` on a terminal and otherwise a :class:`LineProgress` with the same small
 API (``add_task``, ``advance``, ``update``) that prints one line per task every
 ``interval`` seconds and when the task completes.
+
+Library jobs (training, evaluation) report through a :class:`Reporter`: :class:`Quiet` by
+default, :class:`ConsoleReporter` on the command line.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import Progress, TaskID
@@ -92,3 +96,72 @@ class LineProgress:
 def progress_bar(console: Console, interval: float = 30.0) -> Progress | LineProgress:
     """A live bar on a terminal; periodic lines (every ``interval`` s and at the end) otherwise."""
     return Progress(console=console) if console.is_terminal else LineProgress(console, interval)
+
+
+class Task(Protocol):
+    """One stage of a long job, as a reporter shows it."""
+
+    def advance(self, amount: float = 1.0) -> None: ...
+
+    def describe(self, text: str) -> None: ...
+
+
+class Reporter(Protocol):
+    """Where a library job says what it does: notes, stages with progress, and short waits."""
+
+    def note(self, message: str) -> None: ...
+
+    def task(self, label: str, total: float | None = None) -> AbstractContextManager[Task]: ...
+
+    def status(self, label: str) -> AbstractContextManager[object]: ...
+
+
+class _NoTask:
+    def advance(self, amount: float = 1.0) -> None:
+        pass
+
+    def describe(self, text: str) -> None:
+        pass
+
+
+class Quiet:
+    """A reporter that shows nothing (the default of library calls, e.g. in a notebook)."""
+
+    def note(self, message: str) -> None:
+        pass
+
+    @contextmanager
+    def task(self, label: str, total: float | None = None) -> Iterator[Task]:
+        yield _NoTask()
+
+    def status(self, label: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
+
+class _BarTask:
+    def __init__(self, bar: Progress | LineProgress, task_id: TaskID) -> None:
+        self._bar, self._id = bar, task_id
+
+    def advance(self, amount: float = 1.0) -> None:
+        self._bar.advance(self._id, amount)
+
+    def describe(self, text: str) -> None:
+        self._bar.update(self._id, description=text)
+
+
+class ConsoleReporter:
+    """Notes on ``out``; stages as :func:`progress_bar`\\ s on ``err`` (bars on a terminal, lines in a log)."""
+
+    def __init__(self, out: Console, err: Console) -> None:
+        self.out, self.err = out, err
+
+    def note(self, message: str) -> None:
+        self.out.print(message)
+
+    @contextmanager
+    def task(self, label: str, total: float | None = None) -> Iterator[Task]:
+        with progress_bar(self.err) as bar:
+            yield _BarTask(bar, bar.add_task(label, total=total))
+
+    def status(self, label: str) -> AbstractContextManager[object]:
+        return self.out.status(label)

@@ -8,6 +8,7 @@ Library code never reads the environment; the service and the CLI build one
     REDIS_URL                optional; profile cache, rate limits, cross-replica head events
     PERSONALIZE_BASE_MODEL   base model name or path (default: the embedded model)
     PERSONALIZE_DTYPE        auto (the decoder in bfloat16 where it is fast), float32, bfloat16 or float16
+    PERSONALIZE_REWARD_ROOT  the only folder the service loads hf:<dir> reward models from (default DATA_DIR/rewards)
     PERSONALIZE_*            limits and server address (see the fields below)
 """
 
@@ -45,6 +46,9 @@ class Settings(BaseSettings):
     """The base model's dtype. ``auto``: the decoder runs in bfloat16 where bf16 products are fast (CUDA,
     CPUs with AVX512-BF16/AMX), else float32; on a CPU the loaded weights stay float32 (training reads
     them) and the decoder keeps its own bf16 copy. A named dtype is used for both."""
+
+    reward_root: Path | None = None
+    """The folder ``hf:<dir>`` rewards named by heads must lie in for the service (default: DATA_DIR/rewards)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -88,6 +92,10 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def reward_dir(self) -> Path:
+        return self.reward_root or self.data_dir / "rewards"
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up the environment (idempotent) and run every check CI runs:
-# lint, format, types, import boundaries, then the unit, integration and e2e tests.
+# lint, format, types, import boundaries, the docs site, then the unit, integration and e2e tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
@@ -11,4 +11,5 @@ $V/ruff check .
 $V/ruff format --check .
 $V/mypy personalize app ui
 $V/lint-imports
+$V/mkdocs build --strict --quiet
 $V/python -m pytest -p no:cacheprovider "$@"

@@ -87,28 +87,35 @@ class Profile:
 
 @dataclass(frozen=True)
 class IVGSettings:
-    """``personalization.ivg``: chunk-level search of method ivg (the API's defaults)."""
+    """``personalization.ivg`` spelled out, for Python callers (a plain mapping of the API's fields works too)."""
 
-    candidates: int = 2
-    chunk_tokens: int = 16
-    beams: int = 2
-    implicit_weight: float = 1.0
+    candidates: int
+    chunk_tokens: int
+    beams: int
+    implicit_weight: float
 
 
 @dataclass(frozen=True)
 class AISPSettings:
-    """``personalization.aisp``: importance sampling on pre-logits of method aisp (the API's defaults)."""
+    """``personalization.aisp`` spelled out, for Python callers (a plain mapping of the API's fields works too)."""
 
-    sigma: float = 0.5
-    lam: float = 0.1
-    samples: int = 4
-    iterations: int = 4
+    sigma: float
+    lam: float
+    samples: int
+    iterations: int
+
+
+MethodValues = Mapping[str, float] | IVGSettings | AISPSettings
+
+
+def _values(params: MethodValues) -> dict[str, Any]:
+    return dict(params) if isinstance(params, Mapping) else asdict(params)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """What one request asks for; ``explain`` asks for per-token contributions. ``best_of``, ``ivg`` and
-    ``aisp`` are sent only with their own method."""
+    ``aisp`` are sent only with their own method, and only when given (else the API's defaults apply)."""
 
     weights: Mapping[str, float] = field(default_factory=dict)
     beta: float = 1.0
@@ -116,22 +123,42 @@ class GenerationSettings:
     max_tokens: int = 128
     seed: int | None = 0
     temperature: float = 0.7
-    best_of: int = 4
-    ivg: IVGSettings = field(default_factory=IVGSettings)
-    aisp: AISPSettings = field(default_factory=AISPSettings)
+    best_of: int | None = None
+    ivg: MethodValues | None = None
+    aisp: MethodValues | None = None
     explain: bool = False
 
     def personalization(self) -> dict[str, Any]:
         body: dict[str, Any] = {"weights": dict(self.weights), "beta": self.beta, "method": self.method}
-        if self.method == "bon":
+        if self.method == "bon" and self.best_of is not None:
             body["best_of"] = self.best_of
-        if self.method == "ivg":
-            body["ivg"] = asdict(self.ivg)
-        if self.method == "aisp":
-            body["aisp"] = asdict(self.aisp)
+        if self.method == "ivg" and self.ivg is not None:
+            body["ivg"] = _values(self.ivg)
+        if self.method == "aisp" and self.aisp is not None:
+            body["aisp"] = _values(self.aisp)
         if self.explain:
             body["explain"] = True
         return body
+
+
+@dataclass(frozen=True)
+class MethodParam:
+    """One of a method's parameters as the API's OpenAPI document describes it: what a form needs."""
+
+    method: str
+    name: str
+    """The field's name in the request (``best_of``, or a field of ``personalization.<method>``)."""
+    title: str
+    description: str
+    is_int: bool
+    low: float
+    high: float
+    default: float
+
+    @property
+    def key(self) -> str:
+        """A widget key unique across methods: ``best_of``, ``ivg_candidates``, ``aisp_sigma``, ..."""
+        return self.name if self.method == "bon" else f"{self.method}_{self.name}"
 
 
 Bounds = tuple[float | None, float | None]
@@ -253,6 +280,45 @@ def methods_from_openapi(schema: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(found) or KNOWN_METHODS
 
 
+def _param(method: str, name: str, prop: Mapping[str, Any]) -> MethodParam | None:
+    """A number field of the schema (``prop`` itself, or its non-null ``anyOf`` branch) as a MethodParam."""
+    branch = next((o for o in [prop, *prop.get("anyOf", ())] if o.get("type") in ("integer", "number")), None)
+    if branch is None or "minimum" not in branch or "maximum" not in branch:
+        return None
+    default = branch.get("default", prop.get("default"))
+    return MethodParam(
+        method=method,
+        name=name,
+        title=str(prop.get("title") or name.replace("_", " ").capitalize()),
+        description=str(branch.get("description") or prop.get("description") or ""),
+        is_int=branch["type"] == "integer",
+        low=float(branch["minimum"]),
+        high=float(branch["maximum"]),
+        default=float(branch["minimum"] if default is None else default),
+    )
+
+
+def method_params_from_openapi(schema: Mapping[str, Any]) -> dict[str, tuple[MethodParam, ...]]:
+    """Method -> its parameters, read from ``PersonalizationIn``: ``best_of`` for bon, and each property
+    that refers to a parameter object (``ivg`` -> ``IVGIn``, ...) for its method."""
+    try:
+        schemas = schema["components"]["schemas"]
+        properties = schemas["PersonalizationIn"]["properties"]
+    except (KeyError, TypeError):
+        return {}
+    found: dict[str, tuple[MethodParam, ...]] = {}
+    best_of = _param("bon", "best_of", properties.get("best_of") or {})
+    if best_of is not None:
+        found["bon"] = (best_of,)
+    for method, prop in properties.items():
+        ref = next((o["$ref"] for o in [prop, *prop.get("anyOf", ())] if "$ref" in o), None)
+        target = schemas.get(str(ref).rsplit("/", 1)[-1], {}) if ref else {}
+        params = [_param(method, name, p) for name, p in target.get("properties", {}).items()]
+        if params and all(p is not None for p in params):
+            found[method] = tuple(p for p in params if p is not None)
+    return found
+
+
 class ApiClient:
     """One signed-in caller (``api_key``) of the service at ``base_url``."""
 
@@ -304,11 +370,16 @@ class ApiClient:
     def objectives(self) -> list[Objective]:
         return [_objective(o) for o in self._request("GET", "/v1/objectives")["data"]]
 
-    def methods(self) -> tuple[str, ...]:
+    def openapi(self) -> Mapping[str, Any]:
+        """The service's OpenAPI document (empty if it publishes none)."""
         try:
-            return methods_from_openapi(self._request("GET", "/openapi.json"))
+            document: Mapping[str, Any] = self._request("GET", "/openapi.json")
         except ApiError:
-            return KNOWN_METHODS
+            return {}
+        return document
+
+    def methods(self) -> tuple[str, ...]:
+        return methods_from_openapi(self.openapi())
 
     def upload_head(self, files: Sequence[tuple[str, bytes]], *, activate: bool = True) -> Objective:
         parts = [("files", (name, content)) for name, content in files]

@@ -15,13 +15,16 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.artifacts import Upload, store_upload
+from app.cache import HeadEvent
 from app.deps import AdminUser, CurrentUser, RuntimeDep, ServicesDep
 from app.errors import APIError
 from app.schemas import ObjectivePatch
+from app.served_rewards import check_served_reward
 from app.services import Services
-from personalize.cache import HeadEvent
 from personalize.db.artifacts import remove_artifact
 from personalize.db.records import HeadVersionRecord, ObjectiveRecord, UserRecord
+from personalize.errors import RewardError
+from personalize.heads import ValueHead
 
 router = APIRouter(prefix="/v1/objectives", tags=["objectives"])
 MAX_FILES = 8
@@ -94,6 +97,7 @@ async def upload_head(request: Request, admin: AdminUser, services: ServicesDep,
                 root=services.settings.artifact_root,
                 base=runtime.base,
                 max_bytes=services.settings.max_upload_bytes,
+                check=lambda head: _check_reward(head, services),
             )
             meta = stored.head.meta
             services.heads.add_version(
@@ -108,6 +112,14 @@ async def upload_head(request: Request, admin: AdminUser, services: ServicesDep,
             return _objective_json(services, services.heads.get(meta.objective))
 
         return await run_in_threadpool(register)
+
+
+def _check_reward(head: ValueHead, services: Services) -> None:
+    """A head's ``hf:`` reward must lie inside the reward root (422 naming it otherwise)."""
+    try:
+        check_served_reward(head.meta.reward_name, services.settings.reward_dir)
+    except RewardError as exc:
+        raise APIError(422, f"head.json: {exc}", param="files", code="invalid_upload") from exc
 
 
 @router.patch("/{name}")

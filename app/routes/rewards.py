@@ -1,9 +1,9 @@
 """POST /v1/rewards/score: score responses with the reward functions of the active objectives.
 
 Each objective is scored by the reward its active head names in ``head.json``
-(``reward``; the objective's own name when the head names none), built by
-:func:`personalize.rewards.get_reward`. Scoring runs on a worker thread: rewards
-are CPU-bound and may load a model on first use.
+(``reward``; the objective's own name when the head names none), resolved as
+:mod:`app.served_rewards` allows (never by importing a module the name names).
+Scoring runs on a worker thread: rewards are CPU-bound and may load a model on first use.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from fastapi.concurrency import run_in_threadpool
 from app.deps import CurrentUser, ServicesDep
 from app.errors import APIError, api_error_for
 from app.schemas import ErrorResponse, RewardScoreRequest, RewardScoreResponse
+from app.served_rewards import served_reward
 from app.services import Services
 from personalize.db.records import HeadVersionRecord
 from personalize.errors import RewardError
-from personalize.rewards import RewardFunction, get_reward
+from personalize.rewards import RewardFunction
 from personalize.rewards.base import as_scores
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
@@ -63,7 +64,7 @@ def score(services: Services, body: RewardScoreRequest) -> RewardScoreResponse:
     for record in chosen:
         name = reward_name(record)
         try:
-            reward: RewardFunction = get_reward(name)
+            reward: RewardFunction = served_reward(name, services.settings.reward_dir)
             values = as_scores(name, reward(prompts, body.responses), len(body.responses))  # (N,)
         except RewardError as exc:
             raise api_error_for(exc, f"objectives.{record.objective}") from exc

@@ -11,7 +11,8 @@ all). The eval file lists the first 80 (ids up to 040) before the rest, so
 ``personalize eval --limit 80`` evaluates exactly the first eval set.
 
 Files: ``prompts_train.jsonl`` and ``prompts_eval.jsonl``, one
-``{"id", "category", "prompt"}`` object per line.
+``{"id", "category", "prompt"}`` object per line. A user's own prompts come from a file
+(:func:`read_prompts`, :mod:`personalize.data.files`); :func:`select_prompts` picks either.
 """
 
 from __future__ import annotations
@@ -20,9 +21,24 @@ import functools
 import importlib.resources
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
+from personalize.data.files import ChatPrompt, PromptFileError, PromptInput, prompt_ids, prompt_text, read_prompts
 from personalize.errors import ConfigError, PersonalizeError
+
+__all__ = [
+    "CATEGORIES",
+    "ChatPrompt",
+    "Prompt",
+    "PromptFileError",
+    "PromptInput",
+    "load_prompts",
+    "prompt_ids",
+    "prompt_text",
+    "read_prompts",
+    "select_prompts",
+]
 
 Split = Literal["train", "eval"]
 
@@ -52,6 +68,14 @@ def load_prompts(split: Split) -> list[Prompt]:
     if split not in get_args(Split):
         raise ConfigError(f"unknown prompt split {split!r}; valid splits: train, eval")
     return list(_read(split))
+
+
+def select_prompts(path: Path | None, split: Split, limit: int = 0) -> list[PromptInput]:
+    """The prompts of the file at ``path``, else the shipped ``split``; the first ``limit`` (0: all)."""
+    if limit < 0:
+        raise ConfigError(f"limit must be >= 0 (0: every prompt), got {limit}")
+    prompts: list[PromptInput] = read_prompts(path) if path is not None else [p.prompt for p in load_prompts(split)]
+    return prompts[:limit] if limit else prompts
 
 
 @functools.cache

@@ -13,6 +13,10 @@ Built-in rewards (see each class for the formula):
     positive   PositiveReward   [-1, 1]  VADER sentiment
     hf:<dir>   HFReward         logit    a local safetensors sequence-classification model
 
+Beyond these: rewards published by installed packages in the ``personalize.rewards`` entry-point
+group (by name), and ``module:function`` specs, imported by :func:`load_reward` only (a user's
+typed spec; :func:`get_reward` never imports a module that a string names).
+
 >>> from personalize.rewards import get_reward, register_reward
 >>> register_reward("shouty", lambda prompts, responses: [r.count("!") for r in responses])
 >>> get_reward("shouty")(["q"], ["hi!!"])
@@ -43,14 +47,17 @@ from personalize.rewards.base import (
     check_batch,
 )
 from personalize.rewards.hf import HF_PREFIX
+from personalize.rewards.sources import ENTRY_POINT_GROUP, entry_point, entry_point_names, import_reward, is_import_spec
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "CallableReward",
     "RewardFunction",
     "WeightedReward",
     "available_rewards",
     "clear_reward_cache",
     "get_reward",
+    "load_reward",
     "register_reward",
     "unregister_reward",
     "weighted_reward",
@@ -104,9 +111,9 @@ _cache: dict[tuple[str, Hashable], RewardFunction] = {}
 
 
 def available_rewards() -> list[str]:
-    """Registered reward names, sorted (``hf:<dir>`` is accepted on top of these)."""
+    """Registered reward names and those installed packages publish, sorted (``hf:<dir>`` is accepted on top)."""
     with _lock:
-        return sorted(_factories)
+        return sorted(set(_factories) | set(entry_point_names()))
 
 
 def _is_score_fn(fn: Callable[..., Any]) -> bool:
@@ -119,6 +126,33 @@ def _is_score_fn(fn: Callable[..., Any]) -> bool:
         p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def _factory_for(
+    name: str, reward: RewardFunction | RewardFactory | ScoreFn, description: str, value_range: tuple[float, float]
+) -> RewardFactory:
+    """How :func:`get_reward` builds ``reward``: a ready object, a wrapped scorer, or a keyword-only factory."""
+    if not callable(reward):
+        raise RewardError(f"reward {name!r} needs a callable, got {type(reward).__name__}")
+    if isinstance(reward, RewardFunction):
+        instance: RewardFunction = reward
+
+        def ready(**options: Any) -> RewardFunction:
+            if options:
+                raise RewardError(f"reward {name!r} is a ready-made object and takes no options, got {sorted(options)}")
+            return instance
+
+        return ready
+    if _is_score_fn(reward):
+        wrapped = CallableReward(name, reward, description, value_range)
+
+        def plain(**options: Any) -> RewardFunction:
+            if options:
+                raise RewardError(f"reward {name!r} is a plain callable and takes no options, got {sorted(options)}")
+            return wrapped
+
+        return plain
+    return reward  # type: ignore[return-value]  # a keyword-only factory
 
 
 def register_reward(
@@ -150,24 +184,7 @@ def register_reward(
         )
     if not callable(reward):
         raise RewardError(f"register_reward({name!r}, ...) needs a callable, got {type(reward).__name__}")
-    if isinstance(reward, RewardFunction):
-        instance: RewardFunction = reward
-
-        def factory(**options: Any) -> RewardFunction:
-            if options:
-                raise RewardError(f"reward {name!r} is a ready-made object and takes no options, got {sorted(options)}")
-            return instance
-
-    elif _is_score_fn(reward):
-        wrapped = CallableReward(name, reward, description, value_range)
-
-        def factory(**options: Any) -> RewardFunction:
-            if options:
-                raise RewardError(f"reward {name!r} is a plain callable and takes no options, got {sorted(options)}")
-            return wrapped
-
-    else:
-        factory = reward  # type: ignore[assignment]  # a keyword-only factory
+    factory = _factory_for(name, reward, description, value_range)
     with _lock:
         if name in _factories and not replace:
             raise RewardError(f"reward {name!r} is already registered; pass replace=True to override it")
@@ -201,11 +218,27 @@ def _cache_key(options: Mapping[str, Any]) -> Hashable | None:
     return key
 
 
+def _resolve(name: str) -> RewardFactory | None:
+    """The factory for ``name``: registered, ``hf:<dir>``, or published by an installed package; else None.
+    Never imports a module because ``name`` names it (that is :func:`load_reward`'s, for typed specs)."""
+    if name in _factories:
+        return _factories[name]
+    if name.startswith(HF_PREFIX):
+        path = name[len(HF_PREFIX) :]
+        if not path:
+            raise RewardError("reward name 'hf:' needs a directory: hf:<local model dir>")
+        return lambda **o: _hf(path, **o)
+    published = entry_point(name)
+    return None if published is None else _factory_for(name, published, "", UNBOUNDED)  # type: ignore[arg-type]
+
+
 def get_reward(name: str, **options: Any) -> RewardFunction:
     """The reward called ``name``, built with ``options`` on first use and cached.
 
-    ``name`` is a registered name (see :func:`available_rewards`) or ``hf:<dir>`` for a
-    local safetensors sequence-classification model. Options go to the reward's
+    ``name`` is a registered name (see :func:`available_rewards`), ``hf:<dir>`` for a local
+    safetensors sequence-classification model, or the name of a reward an installed package
+    publishes in the ``personalize.rewards`` entry-point group. A ``module:function`` spec is
+    found here only once :func:`load_reward` has imported it. Options go to the reward's
     constructor (e.g. ``get_reward("concise", tokenizer=tok, half_tokens=64)``).
     Raises RewardError for an unknown name or a reward that cannot be built.
     """
@@ -215,21 +248,32 @@ def get_reward(name: str, **options: Any) -> RewardFunction:
     with _lock:
         if options_key is not None and (name, options_key) in _cache:
             return _cache[(name, options_key)]
-        if name.startswith(HF_PREFIX):
-            path = name[len(HF_PREFIX) :]
-            if not path:
-                raise RewardError("reward name 'hf:' needs a directory: hf:<local model dir>")
-            reward = _build(name, lambda **o: _hf(path, **o), options)
-        elif name in _factories:
-            reward = _build(name, _factories[name], options)
-        else:
+        factory = _resolve(name)
+        if factory is None:
+            hint = " (a module:function reward is imported by load_reward, or --reward on the command line)"
             raise RewardError(
-                f"unknown reward {name!r}; valid rewards: {', '.join(sorted(_factories))}, "
-                f"or {HF_PREFIX}<local model dir>"
+                f"unknown reward {name!r}; valid rewards: {', '.join(available_rewards())}, "
+                f"or {HF_PREFIX}<local model dir>" + (hint if is_import_spec(name) else "")
             )
+        reward = _build(name, factory, options)
         if options_key is not None:
             _cache[(name, options_key)] = reward
         return reward
+
+
+def load_reward(spec: str, **options: Any) -> RewardFunction:
+    """:func:`get_reward`, plus ``module:function``: the module is imported and the callable (a scorer
+    ``(prompts, responses) -> one number per response``, a RewardFunction or a keyword-only factory)
+    registered under ``spec``, so that later ``get_reward(spec)`` calls in this process find it.
+
+    For specs a user typed (the command line, a notebook); a service resolving names it received
+    must use :func:`get_reward`, which never imports a module a string names.
+    """
+    with _lock:
+        known = spec in _factories or spec.startswith(HF_PREFIX) or not is_import_spec(spec)
+    if not known and entry_point(spec) is None:
+        register_reward(spec, import_reward(spec), description=f"custom reward {spec}")  # type: ignore[arg-type]
+    return get_reward(spec, **options)
 
 
 def _build(name: str, factory: RewardFactory, options: Mapping[str, Any]) -> RewardFunction:

@@ -83,7 +83,8 @@ def as_scores(name: str, values: object, n: int) -> torch.Tensor:
 class CallableReward:
     """Adapts a plain ``(prompts, responses) -> scores`` callable to :class:`RewardFunction`.
 
-    The output is checked (shape ``(N,)``, finite) and converted to float32.
+    The output is checked (shape ``(N,)``, finite) and converted to float32; an exception the
+    callable raises comes back as a RewardError naming the reward.
     """
 
     def __init__(
@@ -102,7 +103,13 @@ class CallableReward:
         check_batch(self.name, prompts, responses)
         if not responses:
             return torch.zeros(0, dtype=torch.float32)
-        return as_scores(self.name, self._fn(list(prompts), list(responses)), len(responses))
+        try:
+            values = self._fn(list(prompts), list(responses))
+        except RewardError:
+            raise
+        except Exception as exc:  # a user's function: whatever it raised, say which reward it was
+            raise RewardError(f"reward {self.name!r} raised {type(exc).__name__}: {exc}") from exc
+        return as_scores(self.name, values, len(responses))
 
     def __repr__(self) -> str:
         return f"CallableReward(name={self.name!r})"

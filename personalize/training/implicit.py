@@ -23,10 +23,10 @@ from personalize.errors import ConfigError
 from personalize.heads import Calibration, ValueHead, new_head, save_head
 from personalize.lora import LoraSpec
 from personalize.models import BaseModel
+from personalize.training.adapters import adapter_state, peft_copy
+from personalize.training.config import TrainConfig, TrainReport
 from personalize.training.rollouts import Rollout, actions
-from personalize.training.td import TrainConfig, TrainReport, adapter_state, peft_copy
-
-DEFAULT_CONFIG = TrainConfig(kind="implicit")
+from personalize.training.scored import HeadTarget, ScoredRollouts
 
 
 def select_best(rollouts: Sequence[Rollout], scores: Sequence[float], top_fraction: float) -> list[int]:
@@ -89,21 +89,14 @@ def _nll(model: Any, batch: _Batch) -> torch.Tensor:
 
 def train_implicit_head(
     base: BaseModel,
-    rollouts: Sequence[Rollout],
-    scores: Sequence[float],
-    objective: str,
-    out_dir: Path,
+    data: ScoredRollouts,
+    target: HeadTarget,
+    config: TrainConfig,
     *,
-    reward_name: str,
-    config: TrainConfig = DEFAULT_CONFIG,
-    description: str = "",
-    version: str = "1",
-    extra_meta: dict[str, Any] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[ValueHead, TrainReport]:
-    """Fine-tune a LoRA adapter on the best rollouts and save it as an ``implicit`` head in ``out_dir``."""
-    if len(rollouts) != len(scores) or not rollouts:
-        raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
+    """Fine-tune a LoRA adapter on the best rollouts and save it as an ``implicit`` head in ``target.out_dir``."""
+    rollouts, scores = data.rollouts, data.scores
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     chosen = [i for i in select_best(rollouts, scores, config.top_fraction) if actions(rollouts[i], 0)]
@@ -134,25 +127,23 @@ def train_implicit_head(
                 on_step(epoch, step, float(loss.detach()))
         report.epoch_losses.append(total / len(batches))
     report.seconds = time.perf_counter() - start
-    head = _implicit_head(base, objective, model, report, config, reward_name, description, version, extra_meta)
-    save_head(head, Path(out_dir))
+    head = _implicit_head(base, model, report, config, target)
+    save_head(head, Path(target.out_dir))
     return head, report
 
 
 def _implicit_head(
-    base: BaseModel,
-    objective: str,
-    model: Any,
-    report: TrainReport,
-    config: TrainConfig,
-    reward_name: str,
-    description: str,
-    version: str,
-    extra_meta: dict[str, Any] | None,
+    base: BaseModel, model: Any, report: TrainReport, config: TrainConfig, target: HeadTarget
 ) -> ValueHead:
     lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_targets)
     head = new_head(
-        base, objective, kind="implicit", version=version, lora=lora, description=description, steer=config.steer
+        base,
+        target.objective,
+        kind="implicit",
+        version=target.version,
+        lora=lora,
+        description=target.description,
+        steer=config.steer,
     )
     training = {
         "method": "rejection-sampling fine-tuning (best rollout per prompt, top fraction)",
@@ -160,8 +151,8 @@ def _implicit_head(
         "epoch_losses": [round(x, 6) for x in report.epoch_losses],
         "rollouts": report.rollouts,
         "seconds": round(report.seconds, 1),
-        **(extra_meta or {}),
+        **target.extra_meta,
     }
     calibration = Calibration(report.return_mean, report.return_std, 1.0)  # log-prob units: weight 1 = tuned policy
-    meta = replace(head.meta, reward=reward_name, calibration=calibration, training=training)
+    meta = replace(head.meta, reward=target.reward_name, calibration=calibration, training=training)
     return ValueHead(meta, head.output, adapter_state(model))

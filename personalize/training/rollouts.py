@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from personalize.data import PromptInput, prompt_ids, prompt_text
 from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
 from personalize.errors import ConfigError
 
@@ -61,7 +62,7 @@ def actions(rollout: Rollout, eos: int) -> list[int]:
 
 def sample_rollouts(
     engine: Engine,
-    prompts: Sequence[str],
+    prompts: Sequence[PromptInput],
     config: RolloutConfig = RolloutConfig(),
     *,
     policy: Personalization | None = None,
@@ -87,12 +88,12 @@ def sample_rollouts(
             sampling = SamplingParams(
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, seed=seed
             )
-            ids = tuple(engine.base.encode_prompt(prompt))
+            ids = tuple(prompt_ids(engine.base, prompt))
             requests.append(GenerationRequest(ids, sampling, policy))
         for (prompt, _), request, seed, result in zip(chunk, requests, seeds, engine.generate(requests), strict=True):
             rollouts.append(
                 Rollout(
-                    prompt,
+                    prompt_text(prompt),
                     request.prompt_ids,
                     result.token_ids,
                     result.text,

@@ -28,15 +28,14 @@ instead of one per token.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
 
 from personalize.errors import ConfigError
 from personalize.rewards.base import PrefixScoreFn, RewardFunction, prefix_scorer
 from personalize.rewards.text import ends_cleanly
+from personalize.training.config import SHAPING_MODES, ShapingMode
 from personalize.training.rollouts import Rollout, actions
 
-ShapingMode = Literal["none", "token", "sentence"]
-SHAPING_MODES: tuple[str, ...] = get_args(ShapingMode)
+__all__ = ["SHAPING_MODES", "ShapingMode", "charge_unfinished", "shaped_rewards", "sparse_rewards"]
 _SENTENCE_END = frozenset(".!?\n:。！？")
 
 

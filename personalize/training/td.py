@@ -10,13 +10,12 @@ Runs on the CPU, one GPU, or several through ``accelerate launch``.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,100 +23,33 @@ import torch
 from torch import nn
 
 from personalize.errors import ConfigError
-from personalize.heads import (
-    HEAD_KINDS,
-    Calibration,
-    HeadKind,
-    ValueHead,
-    check_budget_scales,
-    check_steer,
-    load_head,
-    new_head,
-    save_head,
-)
-from personalize.lora import PEFT_PREFIX, LoraSpec
+from personalize.heads import Calibration, ValueHead, load_head, new_head, save_head
+from personalize.lora import LoraSpec
 from personalize.models import BaseModel
+from personalize.training.adapters import adapter_state, peft_copy
+from personalize.training.config import TrainConfig, TrainReport
 from personalize.training.returns import lambda_returns
 from personalize.training.rollouts import Rollout, actions
-from personalize.training.shaping import charge_unfinished, sparse_rewards
+from personalize.training.scored import HeadTarget, ScoredRollouts
+from personalize.training.shaping import sparse_rewards
 from personalize.training.stopping import StopTargets, stop_targets
+
+__all__ = [
+    "TrainConfig",
+    "TrainReport",
+    "adapter_state",
+    "check_init",
+    "checkpoint_dir",
+    "peft_copy",
+    "train_value_head",
+]
+
+StepFn = Callable[[int, int, float], None]
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
     """Where per-epoch checkpoints live: beside the head folder, removed once training completes."""
     return out_dir.with_name(out_dir.name + ".checkpoint")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one head's training run (all recorded in head.json)."""
-
-    kind: HeadKind = "lora"
-    epochs: int = 3
-    lr: float = 3e-4
-    head_lr: float = 2e-3
-    batch_size: int = 8
-    gamma: float = 1.0
-    lam: float = 0.95
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    lora_layers: int = 0
-    """Adapt only the top N transformer layers (0: all)."""
-    value_rank: int = 16
-    budget_scales: tuple[float, ...] = ()
-    """Decay lengths (tokens) of the head's remaining-budget features (empty: a budget-blind head)."""
-    grad_clip: float = 1.0
-    seed: int = 0
-    top_fraction: float = 0.5
-    """``implicit`` only: keep each prompt's best rollout, then this share of those (the best-scoring)."""
-    unfinished_penalty: float = 0.0
-    """Subtracted from the reward of every rollout whose response stops mid-sentence, cut by the token
-    limit or not (training only: the reward itself, and so the evaluation, is unchanged). A reward's
-    own checks may miss some ("... practice. The fir" ends on no joining word); charging each one
-    teaches the head to finish its answer within the limit rather than to end where the checks do
-    not look (see :func:`personalize.training.shaping.charge_unfinished`)."""
-    stop_option: bool = False
-    """Value the option to end the answer at every sentence end of the rollouts: ``Q(s, EOS)`` learns
-    the reward of the answer ended there, and returns are those of the policy that ends it there when
-    that beats the prompt's expected reward (:mod:`personalize.training.stopping`)."""
-    steer: str = "all"
-    """What the trained head steers at decode time, recorded in ``head.json``: ``all`` top-k candidates,
-    or only the end-of-answer tokens (``end``: a stopping head; see :mod:`personalize.heads`)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise ConfigError(f"kind must be one of {', '.join(HEAD_KINDS)}, got {self.kind!r}")
-        for name in ("epochs", "batch_size", "lora_rank", "value_rank"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.top_fraction <= 1.0:
-            raise ConfigError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        if not 0.0 <= self.lam <= 1.0 or not 0.0 < self.gamma <= 1.0:
-            raise ConfigError(f"need 0 <= lam <= 1 and 0 < gamma <= 1, got lam={self.lam}, gamma={self.gamma}")
-        if self.lr <= 0 or self.head_lr <= 0:
-            raise ConfigError("learning rates must be > 0")
-        if not 0.0 <= self.unfinished_penalty <= 2.0:
-            raise ConfigError(f"unfinished_penalty must be in [0, 2] (reward units), got {self.unfinished_penalty}")
-        check_budget_scales(self.budget_scales, ConfigError)
-        if self.budget_scales and self.kind == "implicit":
-            raise ConfigError("budget features belong to value heads (lora, linear), not implicit heads")
-        if self.stop_option and self.kind == "implicit":
-            raise ConfigError("the stopping option trains value heads (lora, linear), not implicit heads")
-        check_steer(self.steer, ConfigError)
-
-
-@dataclass
-class TrainReport:
-    epoch_losses: list[float] = field(default_factory=list)
-    return_mean: float = 0.0
-    return_std: float = 1.0
-    scale: float = 1.0
-    seconds: float = 0.0
-    rollouts: int = 0
-    stopping: dict[str, float] = field(default_factory=dict)
-    """With the stopping option: how many sentence ends it values, how many the rule stops at, and the
-    mean reward of the rollouts against that of the stopping rule applied to them."""
 
 
 @dataclass(frozen=True)
@@ -222,41 +154,6 @@ class _Trainable(nn.Module):
         return adapter_state(self.peft) if self.kind == "lora" else None
 
 
-def peft_copy(base: BaseModel, config: TrainConfig, adapter: dict[str, torch.Tensor] | None = None) -> Any:
-    """A float32 copy of the backbone with a fresh (B = 0) peft LoRA, or ``adapter`` loaded into it."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-    layers = int(base.model.config.num_hidden_layers)
-    transform = list(range(layers - config.lora_layers, layers)) if config.lora_layers else None
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
-        target_modules=list(config.lora_targets),
-        lora_dropout=0.0,
-        bias="none",
-        layers_to_transform=transform,
-    )
-    model = copy.deepcopy(base.model).float()
-    model.requires_grad_(False)
-    peft_model = get_peft_model(model, lora)
-    if adapter is not None:  # resume or warm start: keys are in peft's on-disk format, prefix included
-        result: Any = set_peft_model_state_dict(peft_model, dict(adapter))
-        unexpected = list(result.unexpected_keys)
-        if unexpected:  # peft ignores them silently: the adapter would stay at zero
-            raise ConfigError(
-                f"adapter does not fit this LoRA configuration: {len(unexpected)} unexpected keys, e.g. {unexpected[0]}"
-            )
-    return peft_model
-
-
-def adapter_state(peft_model: Any) -> dict[str, torch.Tensor]:
-    """The trained adapter in peft's on-disk key format."""
-    from peft import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(peft_model)
-    return {PEFT_PREFIX + k.removeprefix("base_model.model."): v.detach().cpu() for k, v in state.items()}
-
-
 def _calibration_scale(base: BaseModel, trainable: _Trainable, batch: _Batch, top_k: int = 20) -> float:
     """Mean std of the head's relative values over the base top-k: z / scale has unit spread."""
     with torch.no_grad():
@@ -296,101 +193,84 @@ def _scale(
     return sum(spreads) / len(spreads)
 
 
-def train_head(
+def train_value_head(
     base: BaseModel,
-    rollouts: Sequence[Rollout],
-    scores: Sequence[float],
-    objective: str,
-    out_dir: Path,
+    data: ScoredRollouts,
+    target: HeadTarget,
+    config: TrainConfig,
     *,
-    reward_name: str,
-    config: TrainConfig = TrainConfig(),
-    description: str = "",
-    version: str = "1",
-    extra_meta: dict[str, Any] | None = None,
-    resume: bool = True,
-    on_step: Callable[[int, int, float], None] | None = None,
-    action_rewards: Sequence[Sequence[float]] | None = None,
     init: ValueHead | None = None,
-    horizon: int | None = None,
-    stop_rewards: Sequence[Mapping[int, float]] | None = None,
+    resume: bool = True,
+    on_step: StepFn | None = None,
 ) -> tuple[ValueHead, TrainReport]:
-    """Train one head on scored rollouts; write checkpoints each epoch and the final head to ``out_dir``.
+    """Train a lora or linear head on ``data``; write checkpoints each epoch and the final head.
 
-    ``action_rewards`` (one list per rollout, one reward per action: see
-    :mod:`personalize.training.shaping`) replaces the default of the final score on the last action.
     ``init`` warm-starts from a trained head of the same kind and shape (its value output and
     adapter; a checkpoint to resume from takes precedence); the epochs are counted afresh. A head
     without budget features can warm-start a budget-aware one (its budget features start at zero).
-    ``horizon`` is the rollouts' token limit (max_new_tokens): a budget-aware head needs it.
-    ``stop_rewards`` (per rollout, :func:`personalize.training.stopping.stop_scores`) are what the
-    stopping option (``config.stop_option``) needs.
-
-    ``implicit`` heads are not value heads: they are fine-tuned on the best rollouts instead
-    (see :mod:`personalize.training.implicit`; no checkpoints).
     """
-    from accelerate import Accelerator
-
-    if len(rollouts) != len(scores) or not rollouts:
-        raise ConfigError(f"need one score per rollout, got {len(rollouts)} rollouts and {len(scores)} scores")
-    if init is not None:
-        check_init(init, config, base.hidden_size)
-    if config.budget_scales and horizon is None:
-        raise ConfigError("a budget-aware head needs the rollouts' token limit (horizon)")
-    if action_rewards is not None and len(action_rewards) != len(rollouts):
-        got = len(action_rewards)
-        raise ConfigError(f"need one list of action rewards per rollout, got {got} for {len(rollouts)}")
-    if config.stop_option and (stop_rewards is None or len(stop_rewards) != len(rollouts)):
-        have = "none" if stop_rewards is None else str(len(stop_rewards))
-        raise ConfigError(f"the stopping option needs one stop-reward map per rollout, got {have} for {len(rollouts)}")
-    if config.unfinished_penalty:
-        scores, action_rewards = charge_unfinished(rollouts, scores, action_rewards, config.unfinished_penalty)
-    if config.kind == "implicit":
-        from personalize.training.implicit import train_implicit_head
-
-        return train_implicit_head(
-            base,
-            rollouts,
-            scores,
-            objective,
-            out_dir,
-            reward_name=reward_name,
-            config=config,
-            description=description,
-            version=version,
-            extra_meta=extra_meta,
-            on_step=on_step,
-        )
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    pad, eos = base.pad_token_id, base.eos_token_ids[0]
-    paid = list(action_rewards) if action_rewards is not None else sparse_rewards(rollouts, scores, eos)
-    returns = torch.tensor(list(scores), dtype=torch.float32)
+    eos = base.eos_token_ids[0]
+    paid: list[list[float]] = sparse_rewards(data.rollouts, data.scores, eos)
+    if data.action_rewards is not None:
+        paid = [list(rewards) for rewards in data.action_rewards]
+    returns = torch.tensor(list(data.scores), dtype=torch.float32)
     report = TrainReport(return_mean=float(returns.mean()), return_std=float(returns.std().clamp_min(1e-6)))
-    report.rollouts = len(rollouts)
-    stopping: StopTargets | None = None
-    if config.stop_option and stop_rewards is not None:
-        stopping = stop_targets(
-            rollouts, scores, paid, stop_rewards, eos, decode=base.decode, unfinished_penalty=config.unfinished_penalty
-        )
-        report.stopping = {
-            "ends": sum(len(v) for v in stopping.values),
-            "rule_stops": sum(len(s) for s in stopping.stops),
-            "rule_stopped_rollouts": sum(1 for s in stopping.stops if s),
-            "rollout_mean": round(float(returns.mean()), 6),
-            "rule_mean": round(sum(stopping.rule_scores) / len(stopping.rule_scores), 6),
-        }
-        extra_meta = {**(extra_meta or {}), "stopping": report.stopping}
+    report.rollouts = len(data.rollouts)
+    stopping = _stopping(base, data, paid, config, report)
+    extra = {**target.extra_meta, **({"stopping": report.stopping} if stopping is not None else {})}
+    head = _fresh_head(base, target, config, report, init)
+    checkpoint = checkpoint_dir(Path(target.out_dir))
+    first_epoch = _resume(checkpoint, head, base, report) if resume else 0
+    run = _Run(base, data, paid, stopping, config, head, report, checkpoint, extra)
+    run.epochs(first_epoch, on_step)
+    report.seconds = time.perf_counter() - start
+    final = _save(head, run.model, Path(target.out_dir), report, config, extra)
+    if run.accelerator.is_main_process:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return final, report
+
+
+def _stopping(
+    base: BaseModel, data: ScoredRollouts, paid: list[list[float]], config: TrainConfig, report: TrainReport
+) -> StopTargets | None:
+    """The stopping option's targets (None without it), summed up in ``report.stopping``."""
+    if not config.stop_option or data.stop_rewards is None:
+        return None
+    stopping = stop_targets(
+        data.rollouts,
+        data.scores,
+        paid,
+        data.stop_rewards,
+        base.eos_token_ids[0],
+        decode=base.decode,
+        unfinished_penalty=config.unfinished_penalty,
+    )
+    report.stopping = {
+        "ends": sum(len(v) for v in stopping.values),
+        "rule_stops": sum(len(s) for s in stopping.stops),
+        "rule_stopped_rollouts": sum(1 for s in stopping.stops if s),
+        "rollout_mean": round(report.return_mean, 6),
+        "rule_mean": round(sum(stopping.rule_scores) / len(stopping.rule_scores), 6),
+    }
+    return stopping
+
+
+def _fresh_head(
+    base: BaseModel, target: HeadTarget, config: TrainConfig, report: TrainReport, init: ValueHead | None
+) -> ValueHead:
+    """The untrained head (its bias at the mean return), or ``init``'s weights in its shape."""
     lora = LoraSpec(config.lora_rank, config.lora_alpha, config.lora_targets) if config.kind == "lora" else None
     head = new_head(
         base,
-        objective,
+        target.objective,
         kind=config.kind,
-        version=version,
+        version=target.version,
         value_rank=config.value_rank,
         lora=lora,
-        description=description,
-        reward=reward_name,
+        description=target.description,
+        reward=target.reward_name,
         init_bias=report.return_mean,
         seed=config.seed,
         budget_scales=config.budget_scales,
@@ -400,61 +280,103 @@ def train_head(
     if init is not None:
         head.output.load_plain(init.output.state_dict())
         head.adapter = init.adapter
-    checkpoint = checkpoint_dir(Path(out_dir))
-    first_epoch = 0
-    if resume and (checkpoint / "state.json").is_file():
-        state = json.loads((checkpoint / "state.json").read_text())
-        restored = load_head(checkpoint / "head", base)
-        head.output.load_plain(restored.output.state_dict())
-        head.adapter = restored.adapter
-        first_epoch, report.epoch_losses = int(state["epoch"]), list(state["losses"])
-    head.output.requires_grad_(True)
-    trainable = _Trainable(base, head, config)
-    lora_params = [p for n, p in trainable.named_parameters() if "lora_" in n and p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": lora_params, "lr": config.lr}, {"params": list(head.output.parameters()), "lr": config.head_lr}],
-        weight_decay=0.0,
-    )
-    order = torch.randperm(len(rollouts), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    accelerator = Accelerator(cpu=base.device.type == "cpu")
-    trainable, optimizer = accelerator.prepare(trainable, optimizer)
-    model: _Trainable = accelerator.unwrap_model(trainable)
-    my_batches = batches[accelerator.process_index :: accelerator.num_processes]
-    for epoch in range(first_epoch, config.epochs):
-        total, count = 0.0, 0
-        for step, idx in enumerate(my_batches):
-            stop = None if stopping is None else ([stopping.values[i] for i in idx], [stopping.stops[i] for i in idx])
-            batch = _collate([rollouts[i] for i in idx], [paid[i] for i in idx], pad, eos, horizon, stop)
-            batch = _Batch(*(t.to(accelerator.device) for t in asdict_shallow(batch)))
-            q, q_end = trainable(batch)  # (B, T), (B, T, E)
-            cut = {} if stopping is None else {"stops": batch.stops, "stop_values": batch.end_returns}
-            targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam, **cut)
-            error, targeted = ((q - targets) ** 2 * batch.mask).sum(), batch.mask.sum()
-            if stopping is not None:  # ending at each sentence end: its known return, for every end token
-                end_error = ((q_end - batch.end_returns.unsqueeze(-1)) ** 2).mean(-1)
-                error, targeted = error + (end_error * batch.ends).sum(), targeted + batch.ends.sum()
-            loss = error / targeted.clamp_min(1.0)
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(list(model.parameters()), config.grad_clip)
-            optimizer.step()
-            total, count = total + float(loss.detach()), count + 1
-            if on_step is not None:
-                on_step(epoch, step, float(loss.detach()))
-        report.epoch_losses.append(total / max(count, 1))
-        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device, horizon)
-        if accelerator.is_main_process:  # a checkpoint is a calibrated head too: it can be evaluated as it stands
-            _save(head, model, checkpoint / "head", report, config, extra_meta)
-            state = {"epoch": epoch + 1, "losses": report.epoch_losses}
-            (checkpoint / "state.json").write_text(json.dumps(state))
-    if first_epoch >= config.epochs:  # resumed after the last epoch: nothing was trained or calibrated in this run
-        report.scale = _scale(base, model, rollouts, paid, order, accelerator.device, horizon)
-    report.seconds = time.perf_counter() - start
-    final = _save(head, model, Path(out_dir), report, config, extra_meta)
-    if accelerator.is_main_process:
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    return final, report
+    return head
+
+
+def _resume(checkpoint: Path, head: ValueHead, base: BaseModel, report: TrainReport) -> int:
+    """The epoch to start from: after the last checkpointed one (its weights and losses restored), else 0."""
+    if not (checkpoint / "state.json").is_file():
+        return 0
+    state = json.loads((checkpoint / "state.json").read_text())
+    restored = load_head(checkpoint / "head", base)
+    head.output.load_plain(restored.output.state_dict())
+    head.adapter = restored.adapter
+    report.epoch_losses = list(state["losses"])
+    return int(state["epoch"])
+
+
+class _Run:
+    """One training run's model, optimizer and batches (through ``accelerate``: CPU, one GPU or several)."""
+
+    def __init__(
+        self,
+        base: BaseModel,
+        data: ScoredRollouts,
+        paid: list[list[float]],
+        stopping: StopTargets | None,
+        config: TrainConfig,
+        head: ValueHead,
+        report: TrainReport,
+        checkpoint: Path,
+        extra: Mapping[str, Any],
+    ) -> None:
+        from accelerate import Accelerator
+
+        self.base, self.data, self.paid, self.stopping, self.config = base, data, paid, stopping, config
+        self.head, self.report, self.checkpoint, self.extra = head, report, checkpoint, extra
+        head.output.requires_grad_(True)
+        trainable = _Trainable(base, head, config)
+        lora_params = [p for n, p in trainable.named_parameters() if "lora_" in n and p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": lora_params, "lr": config.lr},
+                {"params": list(head.output.parameters()), "lr": config.head_lr},
+            ],
+            weight_decay=0.0,
+        )
+        n = len(data.rollouts)
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).tolist()
+        batches = [self.order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
+        self.accelerator = Accelerator(cpu=base.device.type == "cpu")
+        self.trainable, self.optimizer = self.accelerator.prepare(trainable, optimizer)
+        self.model: _Trainable = self.accelerator.unwrap_model(self.trainable)
+        self.batches = batches[self.accelerator.process_index :: self.accelerator.num_processes]
+
+    def epochs(self, first_epoch: int, on_step: StepFn | None) -> None:
+        """Epochs ``first_epoch`` to the last, each checkpointed as a calibrated head."""
+        config, report = self.config, self.report
+        for epoch in range(first_epoch, config.epochs):
+            total, count = 0.0, 0
+            for step, idx in enumerate(self.batches):
+                loss = self.step(idx)
+                total, count = total + loss, count + 1
+                if on_step is not None:
+                    on_step(epoch, step, loss)
+            report.epoch_losses.append(total / max(count, 1))
+            report.scale = self.calibrate()
+            if self.accelerator.is_main_process:  # a checkpoint is a calibrated head: it can be evaluated as is
+                _save(self.head, self.model, self.checkpoint / "head", report, config, self.extra)
+                state = {"epoch": epoch + 1, "losses": report.epoch_losses}
+                (self.checkpoint / "state.json").write_text(json.dumps(state))
+        if first_epoch >= config.epochs:  # resumed after the last epoch: nothing was trained or calibrated here
+            report.scale = self.calibrate()
+
+    def calibrate(self) -> float:
+        horizon = self.data.horizon
+        return _scale(
+            self.base, self.model, self.data.rollouts, self.paid, self.order, self.accelerator.device, horizon
+        )
+
+    def step(self, idx: Sequence[int]) -> float:
+        """One optimizer step on the rollouts ``idx``; returns the loss."""
+        stopping, config = self.stopping, self.config
+        stop = None if stopping is None else ([stopping.values[i] for i in idx], [stopping.stops[i] for i in idx])
+        rollouts, paid = [self.data.rollouts[i] for i in idx], [self.paid[i] for i in idx]
+        batch = _collate(rollouts, paid, self.base.pad_token_id, self.base.eos_token_ids[0], self.data.horizon, stop)
+        batch = _Batch(*(t.to(self.accelerator.device) for t in asdict_shallow(batch)))
+        q, q_end = self.trainable(batch)  # (B, T), (B, T, E)
+        cut = {} if stopping is None else {"stops": batch.stops, "stop_values": batch.end_returns}
+        targets = lambda_returns(batch.rewards, q, batch.mask, gamma=config.gamma, lam=config.lam, **cut)
+        error, targeted = ((q - targets) ** 2 * batch.mask).sum(), batch.mask.sum()
+        if stopping is not None:  # ending at each sentence end: its known return, for every end token
+            end_error = ((q_end - batch.end_returns.unsqueeze(-1)) ** 2).mean(-1)
+            error, targeted = error + (end_error * batch.ends).sum(), targeted + batch.ends.sum()
+        loss = error / targeted.clamp_min(1.0)
+        self.optimizer.zero_grad()
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(list(self.model.parameters()), config.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
 
 
 def check_init(init: ValueHead, config: TrainConfig, hidden_size: int) -> None:
@@ -493,7 +415,7 @@ def _save(
     directory: Path,
     report: TrainReport,
     config: TrainConfig,
-    extra_meta: dict[str, Any] | None,
+    extra_meta: Mapping[str, Any] | None,
 ) -> ValueHead:
     training = {
         "config": {**asdict(config), "lora_targets": list(config.lora_targets)},

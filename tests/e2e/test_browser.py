@@ -34,6 +34,8 @@ SCREENSHOT = ROOT / "docs" / "ui.png"
 SCREENSHOT_HEIGHT = 1400
 UI_TIMEOUT_MS = 60_000
 ANSWER_TIMEOUT_MS = 420_000
+STRAY_TEXT = "The number inputs shown for each method"
+"""A module-level string Streamlit once rendered at the top of the Generate page."""
 
 
 def _shipped_objectives() -> set[str]:
@@ -79,6 +81,8 @@ def test_sign_in_move_the_concise_slider_and_generate(tmp_path: Path, data_dir: 
 
                 page.get_by_role("button", name="Sign in").click(timeout=UI_TIMEOUT_MS)  # the key is pre-filled
                 expect(page.get_by_text("Signed in as")).to_be_visible(timeout=UI_TIMEOUT_MS)
+                expect(page.get_by_role("heading", name="Generate")).to_be_visible(timeout=UI_TIMEOUT_MS)
+                assert STRAY_TEXT not in page.locator("body").inner_text()  # only what the page means to say
 
                 concise = page.locator('input[type="range"][aria-label^="concise"]')
                 expect(concise).to_have_count(1, timeout=UI_TIMEOUT_MS)

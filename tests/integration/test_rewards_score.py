@@ -117,3 +117,61 @@ def test_bad_bodies_are_422_naming_the_field(rewarded: Service, body: dict[str, 
 def test_without_a_prompt_is_422(rewarded: Service) -> None:
     response = rewarded.client.post("/v1/rewards/score", json={"responses": ["hi"]}, headers=rewarded.auth())
     assert response.status_code == 422 and response.json()["error"]["param"] == "prompt"
+
+
+def test_a_head_naming_a_python_function_registers_but_the_service_never_imports_it(
+    rewarded: Service, tiny_head_dir: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import uuid
+
+    module = f"reward_probe_{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "imported"
+    (tmp_path / f"{module}.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('yes')\n"
+        "def score(prompts, responses):\n    return [1.0] * len(responses)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable, were the service ever to import it
+    register_head(rewarded, tiny_head_dir("formal", kind="linear", seed=4, reward=f"{module}:score"))
+    response = score(rewarded, objectives=["formal"])
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "reward_error" and error["param"] == "objectives.formal"
+    assert f"{module}:score" in error["message"] and "imports no module" in error["message"]
+    ranked = rewarded.client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "default",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": 4,
+            "personalization": {"method": "bon", "best_of": 2, "weights": {"formal": 1.0}},
+        },
+        headers=rewarded.auth(),
+    )
+    assert ranked.status_code == 422, ranked.text  # Best-of-N would rank with it: refused the same way
+    assert f"{module}:score" in ranked.json()["error"]["message"]
+    assert module not in sys.modules and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("reward", "says"),
+    [("hf:/somewhere/else/model", "outside this service's reward root"), ("hf:model", "absolute paths")],
+)
+def test_an_hf_reward_outside_the_reward_root_is_refused_at_upload(
+    rewarded: Service, tiny_head_dir: Callable[..., Path], reward: str, says: str
+) -> None:
+    from tests.integration.helpers import head_files
+
+    folder = tiny_head_dir("judged", kind="linear", seed=5, reward=reward)
+    response = rewarded.client.post("/v1/objectives", files=head_files(folder), headers=rewarded.auth())
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "files" and says in error["message"] and reward in error["message"]
+    assert rewarded.client.get("/v1/objectives/judged", headers=rewarded.auth()).status_code == 404
+
+
+def test_an_hf_reward_inside_the_reward_root_registers(rewarded: Service, tiny_head_dir: Callable[..., Path]) -> None:
+    inside = rewarded.settings.reward_dir / "judge"
+    register_head(rewarded, tiny_head_dir("judged", kind="linear", seed=5, reward=f"hf:{inside}"))
+    response = score(rewarded, objectives=["judged"])
+    assert response.status_code == 422 and "not a directory" in response.json()["error"]["message"]  # no model yet

@@ -178,10 +178,10 @@ def texts(at: AppTest) -> str:
 
 
 class DemoProcess:
-    """``python -m personalize.cli demo`` with its output read line by line on a thread."""
+    """``python -m app.cli demo`` with its output read line by line on a thread."""
 
     def __init__(self, env: dict[str, str], heads: Path | list[Path], api_port: int, ui_port: int) -> None:
-        argv = [sys.executable, "-m", "personalize.cli", "demo"]
+        argv = [sys.executable, "-m", "app.cli", "demo"]
         for folder in heads if isinstance(heads, list) else [heads]:
             argv += ["--heads", str(folder)]
         argv += ["--api-port", str(api_port), "--ui-port", str(ui_port)]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from personalize.cli import app as cli_app
+from app.cli import app as cli_app
 from personalize.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.demo import KEYS_FILE, DemoConfig, DemoError, check_port_free, prepare_demo, ui_app_path
 from personalize.db import Database, HeadStore, UserStore
-from personalize.demo import KEYS_FILE, DemoConfig, DemoError, check_port_free, prepare_demo, ui_app_path
 from personalize.models import BaseModel
 from personalize.settings import Settings
 from tests.integration.conftest import free_port

@@ -136,7 +136,7 @@ def test_adapter_rows_match_peft(tmp_path: Path) -> None:
 def test_commands_read_the_weights_of_the_wanted_heads_only(
     tiny_base: BaseModel, tmp_path: Path, tiny_head_dir
 ) -> None:
-    from personalize.cli import _load_heads
+    from personalize.commands.options import load_heads as _load_heads
 
     folder = tmp_path / "heads"
     for objective in ("harmless", "positive"):

@@ -4,7 +4,7 @@ answer side by side, streamed, each with its rewards; the token view; save and l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -12,14 +12,15 @@ import streamlit as st
 
 from ui import session
 from ui.client import (
-    AISPSettings,
     ApiClient,
     ApiError,
     ConflictError,
     GenerationSettings,
-    IVGSettings,
+    MethodParam,
     Objective,
     User,
+    method_params_from_openapi,
+    methods_from_openapi,
 )
 from ui.rewards import AnswerRewards, score_answers, show_rewards
 from ui.streams import Answer, stream_side_by_side
@@ -39,41 +40,8 @@ LABELS = {"base": "Base model", "personalized": "Personalized"}
 ANSWERS = "last_answers"
 REWARDS = "last_rewards"
 PROFILE_VERSION = "profile_version"
-
-
-@dataclass(frozen=True)
-class NumberInput:
-    """One of a method's parameters: its widget key, label, bounds and step (the server checks them too)."""
-
-    key: str
-    label: str
-    low: float
-    high: float
-    step: float
-    default: float
-
-    @property
-    def is_int(self) -> bool:
-        return all(float(v).is_integer() for v in (self.low, self.high, self.step, self.default))
-
-
-_IVG, _AISP = IVGSettings(), AISPSettings()
-METHOD_INPUTS: dict[str, tuple[NumberInput, ...]] = {
-    "bon": (NumberInput("best_of", "N for Best-of-N", 1, 16, 1, 4),),
-    "ivg": (
-        NumberInput("ivg_candidates", "Candidates per beam (C)", 1, 8, 1, _IVG.candidates),
-        NumberInput("ivg_chunk_tokens", "Tokens per chunk (L)", 1, 256, 1, _IVG.chunk_tokens),
-        NumberInput("ivg_beams", "Beams kept (B)", 1, 8, 1, _IVG.beams),
-        NumberInput("ivg_implicit_weight", "Implicit head weight", -5.0, 5.0, 0.1, _IVG.implicit_weight),
-    ),
-    "aisp": (
-        NumberInput("aisp_sigma", "Noise sigma", 0.0, 10.0, 0.1, _AISP.sigma),
-        NumberInput("aisp_lam", "Lambda (weight temperature)", 0.001, 100.0, 0.05, _AISP.lam),
-        NumberInput("aisp_samples", "Samples per iteration (N)", 1, 16, 1, _AISP.samples),
-        NumberInput("aisp_iterations", "Iterations (I)", 1, 8, 1, _AISP.iterations),
-    ),
-}
-"""The number inputs shown for each method (C x B <= 64 and N x I <= 256 hold at these bounds)."""
+FLOAT_STEP = 0.05
+Params = Mapping[str, Sequence[MethodParam]]
 
 
 def weight_key(objective: str) -> str:
@@ -104,7 +72,7 @@ def load_profile(api: ApiClient, user: User, objectives: Sequence[Objective], me
     return "; ".join(notes) or None
 
 
-def _defaults(objectives: Sequence[Objective], methods: Sequence[str]) -> None:
+def _defaults(objectives: Sequence[Objective], methods: Sequence[str], params: Params) -> None:
     defaults: dict[str, Any] = {
         "prompt": DEFAULT_PROMPT,
         "beta": 2.0,
@@ -113,15 +81,21 @@ def _defaults(objectives: Sequence[Objective], methods: Sequence[str]) -> None:
         "temperature": 0.7,
         "seed": 0,
     }
-    for inputs in METHOD_INPUTS.values():
-        defaults.update({i.key: int(i.default) if i.is_int else i.default for i in inputs})
+    for inputs in params.values():  # each method's parameters start at the API's defaults
+        defaults.update({p.key: int(p.default) if p.is_int else p.default for p in inputs})
     defaults.update({weight_key(o.name): 0.0 for o in objectives})
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
 
 
-def _settings(objectives: Sequence[Objective]) -> GenerationSettings:
+def _values(inputs: Sequence[MethodParam]) -> dict[str, float]:
     state = st.session_state
+    return {p.name: int(state[p.key]) if p.is_int else float(state[p.key]) for p in inputs}
+
+
+def _settings(objectives: Sequence[Objective], params: Params) -> GenerationSettings:
+    state = st.session_state
+    best_of = _values(params.get("bon", ())).get("best_of")
     return GenerationSettings(
         weights={o.name: float(state[weight_key(o.name)]) for o in objectives},
         beta=float(state["beta"]),
@@ -129,19 +103,9 @@ def _settings(objectives: Sequence[Objective]) -> GenerationSettings:
         max_tokens=int(state["max_tokens"]),
         seed=int(state["seed"]),
         temperature=float(state["temperature"]),
-        best_of=int(state["best_of"]),
-        ivg=IVGSettings(
-            candidates=int(state["ivg_candidates"]),
-            chunk_tokens=int(state["ivg_chunk_tokens"]),
-            beams=int(state["ivg_beams"]),
-            implicit_weight=float(state["ivg_implicit_weight"]),
-        ),
-        aisp=AISPSettings(
-            sigma=float(state["aisp_sigma"]),
-            lam=float(state["aisp_lam"]),
-            samples=int(state["aisp_samples"]),
-            iterations=int(state["aisp_iterations"]),
-        ),
+        best_of=None if best_of is None else int(best_of),
+        ivg=_values(params["ivg"]) if "ivg" in params else None,
+        aisp=_values(params["aisp"]) if "aisp" in params else None,
     )
 
 
@@ -160,20 +124,22 @@ def _method_picker(methods: Sequence[str]) -> None:
         st.caption(f"**{method}**: {METHOD_HELP.get(method, 'offered by this server')}")
 
 
-def _method_inputs(method: str) -> None:
-    inputs = METHOD_INPUTS.get(method, ())
+def _method_inputs(inputs: Sequence[MethodParam]) -> None:
+    """The chosen method's parameters, as the API's OpenAPI document describes them (bounds, defaults, help)."""
     if not inputs:
         return
-    st.markdown(f"**{method} parameters**")
-    for column, spec in zip(st.columns(4), inputs, strict=False):
+    st.markdown(f"**{inputs[0].method} parameters**")
+    for column, p in zip(st.columns(4), inputs, strict=False):
         with column:
-            if spec.is_int:
-                st.number_input(spec.label, int(spec.low), int(spec.high), step=int(spec.step), key=spec.key)
+            if p.is_int:
+                st.number_input(p.title, int(p.low), int(p.high), step=1, key=p.key, help=p.description or None)
             else:
-                st.number_input(spec.label, spec.low, spec.high, step=spec.step, key=spec.key, format="%.3g")
+                st.number_input(
+                    p.title, p.low, p.high, step=FLOAT_STEP, key=p.key, format="%.3g", help=p.description or None
+                )
 
 
-def _form(objectives: Sequence[Objective]) -> tuple[bool, bool]:
+def _form(objectives: Sequence[Objective], params: Params) -> tuple[bool, bool]:
     """The prompt and every knob in one form (one change, one request); returns (generate, save)."""
     with st.form("generate_form"):
         st.text_area("Prompt", key="prompt", height=80)
@@ -203,7 +169,7 @@ def _form(objectives: Sequence[Objective]) -> tuple[bool, bool]:
             st.slider("Temperature (0 = greedy)", 0.0, 1.5, step=0.05, key="temperature")
         with right:
             st.number_input("Seed (same seed, same text)", min_value=0, max_value=2**31 - 1, step=1, key="seed")
-        _method_inputs(str(st.session_state["method"]))
+        _method_inputs(params.get(str(st.session_state["method"]), ()))
         buttons = st.columns([1, 1, 4])
         with buttons[0]:
             generate = st.form_submit_button("Generate", type="primary", key="generate")
@@ -296,11 +262,12 @@ def main() -> None:
     st.caption("The same frozen model answers twice: plain, and steered by your weights at every token.")
     try:
         objectives = [o for o in api.objectives() if o.active]
-        methods = api.methods()
+        document = api.openapi()  # what the service accepts: its methods and their parameters
     except ApiError as exc:
         st.error(f"Cannot read the objectives from the service: {exc}")
         st.stop()
-    _defaults(objectives, methods)
+    methods, params = methods_from_openapi(document), method_params_from_openapi(document)
+    _defaults(objectives, methods, params)
     profile_box = st.container()
     if PROFILE_VERSION not in st.session_state:  # first visit: start from the saved profile
         try:
@@ -321,8 +288,8 @@ def main() -> None:
         profile_box.success(message)
 
     _method_picker(methods)
-    generate, save = _form(objectives)
-    settings = _settings(objectives)
+    generate, save = _form(objectives, params)
+    settings = _settings(objectives, params)
     if save:
         try:
             saved = api.save_profile(user.id, settings, version=st.session_state.get(PROFILE_VERSION))

@@ -7,8 +7,8 @@
                                            stop (SIGTERM, then SIGKILL after a grace period)
     run_demo(...)                          all of it, until Ctrl-C or SIGTERM
 
-The API runs as ``python -m personalize.cli serve`` and the UI as ``python -m streamlit run ui/app.py``;
-this module never imports either web layer. It reports progress through a ``say`` callback (the CLI
+The API runs as ``python -m app.cli serve`` and the UI as ``python -m streamlit run ui/app.py``, each a
+child process of this one (their supervisor). It reports progress through a ``say`` callback (the CLI
 prints it), never ``print``.
 """
 
@@ -220,7 +220,7 @@ class DemoConfig:
 
 
 def ui_app_path() -> Path:
-    """``ui/app.py`` of the installed ``ui`` package (found, not imported: the library stays web-free)."""
+    """``ui/app.py`` of the installed ``ui`` package (found, not imported: the service never imports the UI)."""
     spec = importlib.util.find_spec("ui")
     if spec is None or not spec.submodule_search_locations:
         raise DemoError("the 'ui' package is not installed: run `bash scripts/setup.sh` (pip install -e .)")
@@ -317,7 +317,7 @@ class DemoServers:
         check_port_free(cfg.host, cfg.api_port, "API")
         check_port_free(cfg.host, cfg.ui_port, "UI")
         env = self._env()
-        api_argv = [sys.executable, "-m", "personalize.cli", "serve", "--host", cfg.host, "--port", str(cfg.api_port)]
+        api_argv = [sys.executable, "-m", "app.cli", "serve", "--host", cfg.host, "--port", str(cfg.api_port)]
         self._spawn("api", api_argv, env)
         ui_env = {**env, "PERSONALIZE_API_URL": cfg.api_url, "PERSONALIZE_UI_API_KEY": self.keys.user_key}
         ui_argv = streamlit_argv(cfg.host, cfg.ui_port)
