@@ -102,7 +102,15 @@ def merge_personalization(
     ivg, aisp = _method_params(override, method)
     try:
         merged = Personalization(
-            weights=weights, beta=beta, method=method, top_k=top_k, best_of=best_of, ivg=ivg, aisp=aisp
+            weights=weights,
+            beta=beta,
+            method=method,
+            top_k=top_k,
+            best_of=best_of,
+            ivg=ivg,
+            aisp=aisp,
+            within_top_k=override.within_top_k if override is not None else False,
+            chunk_tokens=override.chunk_tokens if override is not None else None,
         )
     except ConfigError as exc:
         raise api_error_for(exc, "personalization") from exc

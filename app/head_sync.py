@@ -21,6 +21,7 @@ from personalize.decoding.engine import Engine
 from personalize.errors import PersonalizeError
 from personalize.heads import ValueHead, load_head
 from personalize.models import BaseModel
+from personalize.remote.engine import RemoteEngine
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class HeadSync:
         *,
         artifact_root: Path,
         base: BaseModel,
-        engine: Engine,
+        engine: Engine | RemoteEngine,
         scheduler: Scheduler,
         timeout_s: float = 120.0,
     ) -> None:

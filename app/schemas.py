@@ -13,7 +13,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 from pydantic_core import PydanticCustomError
 
-from personalize.decoding.config import BETA_RANGE, METHODS, TEMPERATURE_RANGE, TOP_K_RANGE, WEIGHT_RANGE
+from personalize.decoding.config import (
+    BETA_RANGE,
+    CHUNK_TOKENS_RANGE,
+    METHODS,
+    TEMPERATURE_RANGE,
+    TOP_K_RANGE,
+    WEIGHT_RANGE,
+)
 from personalize.method_params import ParamSpec, method_params
 
 ObjectiveName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -110,6 +117,19 @@ class PersonalizationIn(BaseModel):
     )
     aisp: AISPIn | None = Field(  # type: ignore[valid-type]
         default=None, description="Parameters of method 'aisp' (only with that method); omitted: the defaults."
+    )
+    within_top_k: bool = Field(
+        default=False,
+        description="Sample only among the base model's `top_k` candidates (the support a remote base model "
+        "offers); by default every other token keeps its base probability. Not a profile field.",
+    )
+    chunk_tokens: int | None = Field(
+        default=None,
+        ge=CHUNK_TOKENS_RANGE[0],
+        le=CHUNK_TOKENS_RANGE[1],
+        description="Remote base model only: tokens the upstream proposes per call (speculative chunk length L); "
+        "omitted: chosen per sequence from the observed acceptance (docs: Remote base models). 1 is per-token "
+        "remote VAS. Not a profile field.",
     )
 
 

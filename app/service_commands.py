@@ -11,7 +11,16 @@ import typer
 import uvicorn
 
 from app.demo import DemoConfig, DemoSetup, prepare_demo, run_demo, streamlit_argv
-from personalize.commands.options import BaseModelOpt, HeadsOpt, console, err, fail, settings
+from personalize.commands.options import (
+    BaseModelOpt,
+    HeadsOpt,
+    RemoteModelOpt,
+    RemoteUrlOpt,
+    console,
+    err,
+    fail,
+    settings,
+)
 from personalize.errors import PersonalizeError
 
 
@@ -19,8 +28,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: PERSONALIZE_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: PERSONALIZE_PORT or 8000).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    remote_url: RemoteUrlOpt = None,
+    remote_model: RemoteModelOpt = None,
 ) -> None:
-    """Serve the OpenAI-compatible API (one process: one model, one batching decoder)."""
+    """Serve the OpenAI-compatible API (one process: one model, one batching decoder; with --remote-url the
+    model runs on that upstream server and this process steers it)."""
+    for name, value in (("PERSONALIZE_REMOTE_URL", remote_url), ("PERSONALIZE_REMOTE_MODEL", remote_model)):
+        if value:
+            os.environ[name] = value  # the app factory reads the settings from the environment
     config = settings()
     uvicorn.run(
         "app.main:create_app_from_env",

@@ -21,6 +21,7 @@ from personalize.db import AuditStore, Database, HeadStore, ProfileStore, UserSt
 from personalize.db.migrate import current_revision, head_revision, is_up_to_date, upgrade
 from personalize.decoding.engine import Engine
 from personalize.models import BaseModel
+from personalize.remote.engine import RemoteEngine
 from personalize.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,23 +32,29 @@ class ModelBundle:
     """What an engine factory returns: the base model and an engine over it (no heads yet)."""
 
     base: BaseModel
-    engine: Engine
+    engine: Engine | RemoteEngine
 
 
 EngineFactory = Callable[[Settings], ModelBundle]
 
 
 def default_engine_factory(settings: Settings) -> ModelBundle:
+    """The base model and its engine; with ``remote_url`` set, the engine steering that upstream model
+    (the local model then carries the heads only)."""
     from personalize.models import load_base_model
 
     base = load_base_model(settings.base_model, data_dir=settings.data_dir, dtype=settings.torch_dtype)
+    if settings.remote_url:
+        from personalize.remote.setup import remote_engine
+
+        return ModelBundle(base, remote_engine(settings, Engine(base)))
     return ModelBundle(base, Engine(base))
 
 
 @dataclass
 class ModelRuntime:
     base: BaseModel
-    engine: Engine
+    engine: Engine | RemoteEngine
     scheduler: Scheduler
     head_sync: HeadSync
 

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench.servers import create_user, start_personalize
 
 PROMPTS = (
     "How do I clean my keyboard without damaging it?",
@@ -140,37 +139,6 @@ def slope_mb_per_10min(samples: list[tuple[float, float]]) -> float:
     return num / den * 600
 
 
-def start_server(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    exe = Path(sys.executable).parent / "personalize"
-    env = {**os.environ, "PERSONALIZE_DATA_DIR": str(data_dir), "PERSONALIZE_PORT": str(port)}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    subprocess.run([str(exe), "demo", "--prepare-only"], env=env, check=True, capture_output=True)
-    key = json.loads((data_dir / "demo-keys.json").read_text())["admin_key"]
-    log = open(data_dir / "soak-server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    server = subprocess.Popen([str(exe), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return server, key
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited; see {data_dir / 'soak-server.log'}")
-        time.sleep(1)
-    raise RuntimeError("the server did not become ready in 300 s")
-
-
-def create_user(url: str, admin_key: str, name: str) -> str:
-    response = httpx.post(
-        f"{url}/v1/users", json={"name": name}, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30
-    )
-    response.raise_for_status()
-    return str(response.json()["api_key"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -181,9 +149,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="personalize-soak-"))
-    server, admin_key = start_server(data_dir, args.port)
-    url = f"http://127.0.0.1:{args.port}"
-    keys = [create_user(url, admin_key, f"soak-{seed}") for seed in range(args.clients)]  # a key per client
+    server = start_personalize(data_dir, args.port)
+    url = server.url
+    keys = [create_user(url, server.key, f"soak-{seed}") for seed in range(args.clients)]  # a key per client
     tally, stop = Tally(), threading.Event()
     threads = [
         threading.Thread(target=client_loop, args=(url, keys[seed], seed, stop, tally), daemon=True)
@@ -201,8 +169,7 @@ def main() -> None:
         stop.set()
         for thread in threads:
             thread.join(150)
-        server.terminate()
-        server.wait(60)
+        server.stop()
     report(args, samples, tally, start)
 
 

@@ -35,6 +35,7 @@ from personalize.data import PromptInput, prompt_ids, prompt_text
 from personalize.decoding import Engine, GenerationRequest, GenerationResult, Personalization, SamplingParams
 from personalize.decoding.config import AISPParams, Compute, IVGParams
 from personalize.errors import ConfigError
+from personalize.remote.engine import RemoteEngine
 from personalize.store import RunCache
 
 __all__ = ["EvalConfig", "EvalReport", "Evaluator", "MethodRow", "RunCache", "Stat", "markdown_table"]
@@ -185,7 +186,7 @@ class Evaluator:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | RemoteEngine,
         rewards: Mapping[str, RewardFn],
         prompts: Sequence[PromptInput],
         config: EvalConfig,

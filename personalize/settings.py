@@ -8,6 +8,7 @@ Library code never reads the environment; the service and the CLI build one
     REDIS_URL                optional; profile cache, rate limits, cross-replica head events
     PERSONALIZE_BASE_MODEL   base model name or path (default: the embedded model)
     PERSONALIZE_DTYPE        auto (the decoder in bfloat16 where it is fast), float32, bfloat16 or float16
+    PERSONALIZE_REMOTE_URL   an upstream server running the base model (vLLM, ...); PERSONALIZE_REMOTE_MODEL its model
     PERSONALIZE_REWARD_ROOT  the only folder the service loads hf:<dir> reward models from (default DATA_DIR/rewards)
     PERSONALIZE_*            limits and server address (see the fields below)
 """
@@ -46,6 +47,18 @@ class Settings(BaseSettings):
     """The base model's dtype. ``auto``: the decoder runs in bfloat16 where bf16 products are fast (CUDA,
     CPUs with AVX512-BF16/AMX), else float32; on a CPU the loaded weights stay float32 (training reads
     them) and the decoder keeps its own bf16 copy. A named dtype is used for both."""
+
+    remote_url: str | None = None
+    """An OpenAI-compatible server (vLLM, ...) running the base model: the local model then only carries the
+    heads (it must share the upstream's tokenizer) and the upstream proposes the tokens."""
+    remote_model: str | None = None
+    """The model name the upstream serves (its ``--served-model-name``)."""
+    remote_api_key: str | None = None
+    """Bearer key for an upstream that needs one."""
+    remote_timeout_s: float = Field(default=60.0, gt=0)
+    """How long one upstream call may take (retried twice with backoff before the request fails with 504)."""
+    remote_tokenizer_hash: str | None = None
+    """For an upstream without ``/tokenize``: its tokenizer's fingerprint, which must equal the local one."""
 
     reward_root: Path | None = None
     """The folder ``hf:<dir>`` rewards named by heads must lie in for the service (default: DATA_DIR/rewards)."""

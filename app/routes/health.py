@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.deps import ServicesDep
+from personalize.remote.engine import RemoteEngine
 
 router = APIRouter(tags=["health"])
 
@@ -36,6 +37,10 @@ def readyz(services: ServicesDep) -> JSONResponse:
         body["model"] = runtime.model_id
         body["heads"] = {name: meta.version for name, meta in runtime.engine.objectives.items()}
         body["queue_depth"] = runtime.scheduler.depth
+        if isinstance(runtime.engine, RemoteEngine):
+            body["upstream"] = runtime.engine.upstream.name
+            if not runtime.engine.healthy():
+                problems.append(f"upstream: {runtime.engine.upstream.name} does not answer")
         if not runtime.head_sync.synced.is_set():
             problems.append("heads: not synced yet")
         if runtime.head_sync.failed:

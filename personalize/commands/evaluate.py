@@ -17,6 +17,9 @@ from personalize.commands.options import (
     BaseModelOpt,
     HeadsOpt,
     PromptsOpt,
+    RemoteModelOpt,
+    RemoteUrlOpt,
+    build_engine,
     console,
     err,
     fail,
@@ -26,12 +29,14 @@ from personalize.commands.options import (
     parse_floats,
     parse_pairs,
     settings,
+    with_remote,
 )
 from personalize.decoding.config import AISPParams, IVGParams
 from personalize.errors import ConfigError, PersonalizeError
 
 if TYPE_CHECKING:
     from personalize.evaluation import EvalConfig, EvalReport
+    from personalize.settings import Settings
 
 _IVG, _AISP = IVGParams(), AISPParams()
 IVG_DEFAULT = f"{_IVG.candidates},{_IVG.chunk_tokens},{_IVG.beams}"
@@ -85,15 +90,16 @@ def _evaluate(
     prompts: list[Any],
     cache: Path | None,
     store_runs: bool,
+    data: Settings,
 ) -> EvalReport:
-    """Load the model, the heads and their rewards, and run the evaluation with progress on stderr."""
-    from personalize.decoding import Engine
+    """Load the model, the heads and their rewards, and run the evaluation with progress on stderr.
+
+    With a remote base model nothing is stored or reused: stored runs are keyed by the local backbone."""
     from personalize.evaluation import Evaluator
     from personalize.progress import progress_bar
     from personalize.rewards import get_reward
     from personalize.store import ArtifactStore
 
-    data = settings()
     base = load_base(data, base_model)
     loaded, missing = load_heads(base, set(config.objectives) | set(config.implicit.values()), heads, data.data_dir)
     if missing:
@@ -101,7 +107,7 @@ def _evaluate(
     import_head_rewards(loaded)
     by_objective = {h.objective: h.meta.reward_name for h in loaded}
     rewards = {name: get_reward(by_objective[name]) for name in config.objectives}  # the reward each head names
-    run_cache = ArtifactStore(data.data_dir).runs(cache) if store_runs else None
+    run_cache = ArtifactStore(data.data_dir).runs(cache) if store_runs and not data.remote_url else None
     with progress_bar(err) as bar:
         task = bar.add_task("evaluating", total=None)
 
@@ -109,7 +115,8 @@ def _evaluate(
             err.log(f"{label}")  # a line per configuration: readable in logs, not only on a terminal
             bar.update(task, description=f"evaluating: {label}")
 
-        report = Evaluator(Engine(base, loaded), rewards, prompts, config, progress=progress, cache=run_cache).run()
+        engine = build_engine(data, base, loaded)
+        report = Evaluator(engine, rewards, prompts, config, progress=progress, cache=run_cache).run()
     if run_cache is not None:
         err.print(f"{run_cache.hits} stored runs reused from {run_cache.directory}")
     return report
@@ -149,6 +156,8 @@ def evaluate(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode everything; store nothing.")] = False,
     base_model: BaseModelOpt = None,
     heads: HeadsOpt = None,
+    remote_url: RemoteUrlOpt = None,
+    remote_model: RemoteModelOpt = None,
 ) -> None:
     """Compare base, VAS, Best-of-N, IVG and AISP on the eval prompts; write JSON, a Markdown table and plots."""
     from personalize.data import select_prompts
@@ -173,7 +182,8 @@ def evaluate(
             aisp=AISPParams(sigma=aisp_sigma, lam=aisp_lam, iterations=aisp_iterations),
         )
         chosen = select_prompts(prompts, "eval", limit)
-        report = _evaluate(config, base_model, heads, chosen, cache, store_runs=not no_cache)
+        data = with_remote(settings(), remote_url, remote_model)
+        report = _evaluate(config, base_model, heads, chosen, cache, store_runs=not no_cache, data=data)
     except PersonalizeError as exc:
         raise fail(exc) from exc
     _write(report, {"json": json_out, "markdown": markdown, "plot": plot, "compute_plot": compute_plot})

@@ -13,6 +13,9 @@ from personalize.commands.method_options import MethodValues, with_method_option
 from personalize.commands.options import (
     BaseModelOpt,
     HeadsOpt,
+    RemoteModelOpt,
+    RemoteUrlOpt,
+    build_engine,
     console,
     err,
     fail,
@@ -21,6 +24,7 @@ from personalize.commands.options import (
     load_heads,
     parse_weights,
     settings,
+    with_remote,
 )
 from personalize.errors import PersonalizeError
 
@@ -84,13 +88,15 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     base_model: BaseModelOpt = None,
     heads: HeadsOpt = None,
+    remote_url: RemoteUrlOpt = None,
+    remote_model: RemoteModelOpt = None,
     *,
     method_values: MethodValues,
 ) -> None:
     """Generate one answer, steered by the given objective weights."""
-    from personalize.decoding import Engine, GenerationRequest, SamplingParams
+    from personalize.decoding import GenerationRequest, SamplingParams
 
-    config = settings()
+    config = with_remote(settings(), remote_url, remote_model)
     try:
         personalization = _personalization(weights, beta, method, top_k, method_values)
         sampling = SamplingParams(
@@ -100,7 +106,7 @@ def generate(
         loaded, _ = load_heads(base, set(personalization.weights), heads, config.data_dir)
         if personalization.method in ("bon", "aisp"):
             import_head_rewards(loaded)
-        engine = Engine(base, loaded)
+        engine = build_engine(config, base, loaded)
         request = GenerationRequest(tuple(base.encode_prompt(prompt, chat=not raw)), sampling, personalization)
         start = time.perf_counter()
         result = _run(engine, request, as_json)

@@ -19,8 +19,10 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from personalize.decoding import Engine
     from personalize.heads import ValueHead
     from personalize.models import BaseModel
+    from personalize.remote.engine import RemoteEngine
     from personalize.rewards import RewardFunction
     from personalize.settings import Settings
 
@@ -38,6 +40,18 @@ HeadsOpt = Annotated[
         help="Head directory, or a folder of head directories (repeatable). "
         "Default: the shipped heads plus DATA_DIR/heads.",
     ),
+]
+RemoteUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--remote-url",
+        help="An OpenAI-compatible server (vLLM, ...) running the base model; the local model (--base-model) "
+        "carries the heads and must share its tokenizer. Default: PERSONALIZE_REMOTE_URL.",
+    ),
+]
+RemoteModelOpt = Annotated[
+    str | None,
+    typer.Option("--remote-model", help="The model name the upstream serves. Default: PERSONALIZE_REMOTE_MODEL."),
 ]
 PromptsOpt = Annotated[
     Path | None,
@@ -61,6 +75,21 @@ def load_base(config: Settings, base_model: str | None) -> BaseModel:
     from personalize.models import load_base_model
 
     return load_base_model(base_model or config.base_model, data_dir=config.data_dir, dtype=config.torch_dtype)
+
+
+def with_remote(config: Settings, remote_url: str | None, remote_model: str | None) -> Settings:
+    """The settings with the command line's remote options applied (they win over the environment)."""
+    update = {k: v for k, v in (("remote_url", remote_url), ("remote_model", remote_model)) if v}
+    return config.model_copy(update=update) if update else config
+
+
+def build_engine(config: Settings, base: BaseModel, heads: list[ValueHead]) -> Engine | RemoteEngine:
+    """A local engine over ``base`` and ``heads``; with a remote URL set, the engine that steers the upstream."""
+    from personalize.decoding import Engine
+    from personalize.remote.setup import remote_engine
+
+    local = Engine(base, heads)
+    return remote_engine(config, local) if config.remote_url else local
 
 
 def head_dirs(heads: list[Path] | None, data_dir: Path) -> list[Path]:

@@ -13,6 +13,7 @@ its context length is read and enforced.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from personalize.decoding.config import GenerationRequest, GenerationResult, StreamEvent
@@ -61,6 +62,7 @@ class RemoteEngine:
         self.context_length = min(limits)
         """Prompt + max_new_tokens must fit the upstream's context and the local backbone's."""
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upstream")
+        self._healthy, self._checked_at = True, 0.0
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -100,7 +102,11 @@ class RemoteEngine:
         return self.local.cost(request)
 
     def healthy(self) -> bool:
-        return self.upstream.healthy()
+        """Whether the upstream answers (asked at most once a second, however often this is called)."""
+        now = time.monotonic()
+        if now - self._checked_at >= 1.0:
+            self._healthy, self._checked_at = self.upstream.healthy(), now
+        return self._healthy
 
     # ---- decoding ----------------------------------------------------------------------------
     def validate(self, request: GenerationRequest, *, reward_given: bool = False) -> None:

@@ -253,7 +253,7 @@ class OpenAIUpstream:
 
     def healthy(self) -> bool:
         try:
-            return self._client.get("/v1/models", timeout=5).status_code == 200
+            return self._client.get("/v1/models", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
