@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from personalize.errors import UpstreamError
+from personalize.errors import UpstreamError, UpstreamTimeoutError
 from personalize.models import BaseModel
 from personalize.remote.upstream import TOKENIZER_PROBES, ChunkRequest, Proposal, UpstreamInfo
 
@@ -28,6 +28,10 @@ class ModelUpstream:
         self.context_length = context_length
         self.outside_top_k = outside_top_k  # misbehave: sample the (k+1)-th token
         self.fail_after = fail_after  # raise on calls after this many
+        self.down = False  # every call fails and health checks say so, until set back
+        self.timing_out = False  # every call times out
+        self.hold: threading.Event | None = None  # calls wait for it (or for their cancellation)
+        self.cancelled_calls = 0
         self.calls = 0
         self.requests: list[ChunkRequest] = []
         self._lock = threading.Lock()
@@ -36,8 +40,16 @@ class ModelUpstream:
         with self._lock:
             self.calls += 1
             self.requests.append(request)
-            if self.fail_after is not None and self.calls > self.fail_after:
+            if self.down or (self.fail_after is not None and self.calls > self.fail_after):
                 raise UpstreamError(f"{self.name} is down")
+            if self.timing_out:
+                raise UpstreamTimeoutError(f"{self.name} timed out")
+        if self.hold is not None:
+            while not self.hold.wait(0.01):
+                if cancelled is not None and cancelled.is_set():
+                    with self._lock:
+                        self.cancelled_calls += 1
+                    return None
         gen = torch.Generator().manual_seed(request.seed)
         ids = list(request.prompt_ids)
         tokens, top_ids, top_lp = [], [], []
@@ -75,4 +87,4 @@ class ModelUpstream:
                 raise UpstreamContractError(f"{self.name} tokenizes {probe!r} differently")
 
     def healthy(self) -> bool:
-        return True
+        return not self.down

@@ -236,3 +236,21 @@ def test_openai_upstream_pins_q_and_parses_vllm_answers() -> None:
     )
     with pytest.raises(UpstreamError, match="too long"):
         refusing.propose(ChunkRequest((1,), 2, temperature=1.0, seed=0))
+
+
+def test_a_client_that_leaves_aborts_its_upstream_call(engines) -> None:
+    local, _ = engines
+    upstream = ModelUpstream(build_tiny_base())
+    upstream.hold = threading.Event()
+    batch = RemoteEngine(local, upstream).open_batch()
+    prompt = tuple(local.base.encode_prompt(PROMPT))
+    batch.add([request(local.base, prompt, seed=0, n=8, weights={"concise": 1.0})])
+    batch.advance()  # the call is in flight, held by the upstream
+    batch.cancel(0)
+    batch.emit()  # the request leaves: its call is told so
+    deadline = threading.Event()
+    for _ in range(200):
+        if upstream.cancelled_calls:
+            break
+        deadline.wait(0.01)
+    assert upstream.cancelled_calls == 1 and batch.done
