@@ -217,11 +217,19 @@ class ProfileOut(BaseModel):
     updated_at: str
 
 
+MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
+MAX_GRACE_S = 30 * 24 * 3600
+KeyLifetime = Annotated[int, Field(ge=1, le=MAX_KEY_LIFETIME_S)]
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")]
     role: Literal["user", "admin"] = "user"
+    expires_in_seconds: KeyLifetime | None = Field(
+        default=None, description="The API key stops working this many seconds from now (omitted: never)."
+    )
 
 
 class UserOut(BaseModel):
@@ -235,6 +243,42 @@ class UserOut(BaseModel):
 class UserCreated(UserOut):
     api_key: str
     """Shown only in this response; only its hash is stored."""
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = Field(
+        default=0,
+        description="How long the user's other keys keep working (0, the default: they stop now).",
+    )
+    expires_in_seconds: KeyLifetime | None = Field(
+        default=None, description="The new key stops working this many seconds from now (omitted: never)."
+    )
+
+
+class KeyOut(BaseModel):
+    """An API key as listings show it: never the key itself."""
+
+    id: str
+    user_id: str
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    status: Literal["active", "expired", "revoked"]
+    created_at: str
+    created_by: str | None
+    expires_at: str | None
+    revoked_at: str | None
+
+
+class KeyList(BaseModel):
+    object: Literal["list"]
+    data: list[KeyOut]
+
+
+class KeyIssued(BaseModel):
+    api_key: str = Field(description="The new key: shown only in this response; only its hash is stored.")
+    key: KeyOut
+    retired: list[KeyOut] = Field(description="The user's other keys, revoked now or ending after the grace period.")
 
 
 class ObjectivePatch(BaseModel):

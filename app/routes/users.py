@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Header, Response, status
 from app.deps import AdminUser, CurrentUser, ServicesDep, require_self_or_admin
 from app.errors import APIError, api_error_for
 from app.schemas import ProfileIn, ProfileOut, UserCreate, UserCreated, UserOut
+from personalize.db.models import utcnow
 from personalize.db.records import ProfileRecord, UserRecord
 from personalize.decoding.config import Personalization
 from personalize.errors import ConfigError, UnknownObjectiveError
@@ -47,7 +49,8 @@ def _parse_if_match(value: str | None) -> int | None:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_user(body: UserCreate, admin: AdminUser, services: ServicesDep) -> UserCreated:
-    created = services.users.create(body.name, body.role, actor_id=admin.id)
+    expires = utcnow() + timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
+    created = services.users.create(body.name, body.role, actor_id=admin.id, expires_at=expires)
     return UserCreated(**_user_out(created.user).model_dump(), api_key=created.api_key)
 
 
