@@ -152,21 +152,73 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _GenerationParams(BaseModel):
-    """Fields shared by chat and text completions; unknown OpenAI fields are accepted and ignored."""
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 256
+MAX_MESSAGE_CHARS = 65_536
+MAX_PROMPT_CHARS = 65_536
+MAX_USER_CHARS = 256
+MAX_CONTENT_PARTS = 64
 
-    model_config = ConfigDict(extra="ignore")
+
+def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
+    strings = [value] if isinstance(value, str) else list(value or ())
+    if len(strings) > MAX_STOP_STRINGS:
+        raise PydanticCustomError(
+            "too_many_stop", "at most {max} stop strings, got {n}", {"max": MAX_STOP_STRINGS, "n": len(strings)}
+        )
+    for text in strings:
+        if not 1 <= len(text) <= MAX_STOP_CHARS:
+            raise PydanticCustomError(
+                "stop_length",
+                "each stop string must have 1 to {max} characters, got one of {n}",
+                {"max": MAX_STOP_CHARS, "n": len(text)},
+            )
+    return value
+
+
+def _at_most_chars(limit: int) -> AfterValidator:
+    """Refuse text (a string, or the text parts of a message) longer than ``limit`` characters."""
+
+    def check(value: Any) -> Any:
+        n = len(value) if isinstance(value, str) else sum(len(getattr(p, "text", p)) for p in value)
+        if n > limit:
+            raise PydanticCustomError("too_long", "at most {max} characters, got {n}", {"max": limit, "n": n})
+        return value
+
+    return AfterValidator(check)
+
+
+StopField = Annotated[
+    str | list[str] | None,
+    Field(
+        description=f"Up to {MAX_STOP_STRINGS} strings of 1 to {MAX_STOP_CHARS} characters where the answer ends.",
+        json_schema_extra={"maxItems": MAX_STOP_STRINGS},
+    ),
+    AfterValidator(_check_stop),
+]
+
+
+class _GenerationParams(BaseModel):
+    """Fields shared by chat and text completions.
+
+    OpenAI fields this server does not implement (``tools``, ``tool_choice``, ``response_format``,
+    ``functions``, ``audio``, ...) are refused with 422 naming them; other unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str = "default"
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1], allow_inf_nan=False)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
     n: Annotated[int, Field(ge=1)] = 1
-    stop: str | list[Annotated[str, StringConstraints(min_length=1)]] | None = None
+    stop: StopField = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = Field(
+        default=None, description=f"Whose profile steers the request (id or name, at most {MAX_USER_CHARS} chars)."
+    )
     personalization: PersonalizationIn | None = None
 
 
@@ -179,7 +231,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Annotated[
+        str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)],
+        Field(description=f"At most {MAX_MESSAGE_CHARS} characters."),
+        _at_most_chars(MAX_MESSAGE_CHARS),
+    ]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -188,12 +244,16 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_GenerationParams):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
 class CompletionRequest(_GenerationParams):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: Annotated[
+        str | Annotated[list[str], Field(min_length=1, max_length=1)],
+        Field(description=f"At most {MAX_PROMPT_CHARS} characters."),
+        _at_most_chars(MAX_PROMPT_CHARS),
+    ]
 
 
 class ProfileIn(BaseModel):
@@ -432,6 +492,23 @@ class RewardScoreResponse(BaseModel):
         "objective's own name."
     )
     head_versions: dict[str, str] = Field(description="Objective -> the active head version whose reward was used.")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessOut(BaseModel):
+    """What /readyz knows; ``problems`` is there only when ``status`` is ``not ready``."""
+
+    status: Literal["ready", "not ready"]
+    replica: str
+    redis: str | None = Field(description="null: no Redis configured.")
+    model: str | None = None
+    heads: dict[str, str] | None = None
+    queue_depth: int | None = None
+    head_errors: dict[str, str] | None = None
+    problems: list[str] | None = None
 
 
 class ErrorDetail(BaseModel):
