@@ -215,11 +215,11 @@ def prepare(
     if not prompt_ids:
         raise APIError(422, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
     request = GenerationRequest(tuple(prompt_ids), sampling, personalization)
+    check_work(request, runtime.engine.head_kinds(), services.settings.max_request_work)
     try:
         runtime.engine.validate(request)
     except ContextLengthError as exc:
         raise api_error_for(exc, prompt_param) from exc
     except UnknownObjectiveError as exc:
         raise api_error_for(exc, f"personalization.weights.{exc.name}") from exc
-    check_work(request, runtime.engine.head_kinds(), services.settings.max_request_work)
     return PreparedRequest(request, target.id, runtime.model_id)

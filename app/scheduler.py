@@ -56,6 +56,10 @@ class SchedulerStoppedError(Exception):
     """The scheduler was stopped before the request ran."""
 
 
+class DecoderDeadError(SchedulerStoppedError):
+    """The decoder thread ended unexpectedly; nothing can be decoded until the service restarts."""
+
+
 class DeadlineExceededError(Exception):
     """The request's deadline passed before it finished; ends its event stream."""
 
@@ -217,7 +221,7 @@ class Scheduler:
             if self._stopping:
                 raise SchedulerStoppedError("the server is shutting down")
             if self._thread.ident is not None and not self._thread.is_alive():
-                raise SchedulerStoppedError("the decoder thread is not running")
+                raise DecoderDeadError("the decoder thread is not running; the service needs a restart")
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(f"the decoder queue is full ({self.max_queue} requests waiting); retry shortly")
             self._pending.append(ticket)

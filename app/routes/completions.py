@@ -29,6 +29,7 @@ from app.generation import PreparedRequest, prepare
 from app.inflight import Lease
 from app.scheduler import (
     DeadlineExceededError,
+    DecoderDeadError,
     QueueFullError,
     RequestCancelledError,
     SchedulerStoppedError,
@@ -127,9 +128,8 @@ def _submit(services: Services, runtime: ModelRuntime, prepared: PreparedRequest
 
 
 def _stopped(exc: BaseException) -> APIError:
-    return APIError(
-        503, str(exc), type="server_error", code="shutting_down", headers={"Retry-After": SHUTTING_DOWN_RETRY_S}
-    )
+    code = "decoder_unavailable" if isinstance(exc, DecoderDeadError) else "shutting_down"
+    return APIError(503, str(exc), type="server_error", code=code, headers={"Retry-After": SHUTTING_DOWN_RETRY_S})
 
 
 @dataclass
