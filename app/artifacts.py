@@ -22,8 +22,10 @@ from typing import BinaryIO
 
 from app.errors import APIError
 from personalize.db.artifacts import CHUNK, content_sha256, place, staging_dir
+from personalize.errors import RewardError
 from personalize.heads import ALLOWED_FILES, HEAD_JSON, UNSAFE_SUFFIXES, ValueHead, load_head
 from personalize.models import BaseModel
+from personalize.rewards.hf import check_reward_location
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -70,8 +72,12 @@ def check_names(uploads: Sequence[Upload]) -> None:
         raise _bad("the upload has no .safetensors file")
 
 
-def store_upload(uploads: Sequence[Upload], *, root: Path, base: BaseModel, max_bytes: int) -> StoredHead:
-    """Validate and store an uploaded head; raises APIError or a HeadError subclass."""
+def store_upload(
+    uploads: Sequence[Upload], *, root: Path, base: BaseModel, max_bytes: int, reward_root: Path
+) -> StoredHead:
+    """Validate and store an uploaded head; raises APIError or a HeadError subclass.
+
+    A head whose ``reward`` is ``hf:<dir>`` must name a folder inside ``reward_root``."""
     check_names(uploads)
     staging = staging_dir(root)
     try:
@@ -88,6 +94,10 @@ def store_upload(uploads: Sequence[Upload], *, root: Path, base: BaseModel, max_
                     out.write(chunk)
             digests[upload.name] = digest.hexdigest()
         head = load_head(staging, base)
+        try:
+            check_reward_location(head.meta.reward, reward_root)
+        except RewardError as exc:
+            raise APIError(422, str(exc), param="files", code="reward_outside_root") from exc
         sha = content_sha256(digests)
         return StoredHead(head, sha, place(staging, root, sha), total)
     except BaseException:

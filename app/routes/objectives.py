@@ -94,6 +94,7 @@ async def upload_head(request: Request, admin: AdminUser, services: ServicesDep,
                 root=services.settings.artifact_root,
                 base=runtime.base,
                 max_bytes=services.settings.max_upload_bytes,
+                reward_root=services.settings.rewards_dir,
             )
             meta = stored.head.meta
             services.heads.add_version(

@@ -23,6 +23,7 @@ from personalize.db.records import HeadVersionRecord
 from personalize.errors import RewardError
 from personalize.rewards import RewardFunction, get_reward
 from personalize.rewards.base import as_scores
+from personalize.rewards.hf import check_reward_location
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 422, 429)}
@@ -63,6 +64,7 @@ def score(services: Services, body: RewardScoreRequest) -> RewardScoreResponse:
     for record in chosen:
         name = reward_name(record)
         try:
+            check_reward_location(name, services.settings.rewards_dir)
             reward: RewardFunction = get_reward(name)
             values = as_scores(name, reward(prompts, body.responses), len(body.responses))  # (N,)
         except RewardError as exc:

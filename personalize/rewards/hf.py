@@ -38,6 +38,23 @@ def check_model_dir(path: Path) -> None:
         raise RewardError(f"hf reward: {path} has no *.safetensors weights")
 
 
+def check_reward_location(name: str, root: Path) -> None:
+    """Refuse an ``hf:<dir>`` reward whose folder is not inside ``root`` (links and '..' resolved).
+
+    What a service checks before it builds a reward that an uploaded head names: a head
+    may not make the server read a model from anywhere else on its disk. Other names
+    (registered rewards) are not paths and pass."""
+    if not isinstance(name, str) or not name.startswith(HF_PREFIX):
+        return
+    path = Path(name[len(HF_PREFIX) :]).expanduser()
+    resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    if not resolved.is_relative_to(Path(root).resolve()):
+        raise RewardError(
+            f"reward {name!r} names a folder outside the reward root {str(root)!r}; "
+            f"put the reward model under it and name it {HF_PREFIX}{Path(root) / '<model dir>'}"
+        )
+
+
 class HFReward:
     """Score of a local sequence-classification reward model on the (prompt, response) pair.
     Range unbounded (the model's raw logit), higher = better by that model.
