@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import APIError, forbidden, not_ready, unauthorized
 from app.services import ModelRuntime, Services
@@ -19,20 +20,23 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+"""Declares the bearer scheme in the OpenAPI document; the checks and messages are below."""
+
+
 def get_current_user(
     request: Request,
     services: ServicesDep,
-    authorization: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> UserRecord:
     """The user owning the request's ``Authorization: Bearer <key>``, rate-limited per key.
 
     The key's id is left in ``request.state.key_id`` (per-key limits use it)."""
-    if not authorization:
-        raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    scheme, _, key = authorization.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    if credentials is None:
+        if not request.headers.get("authorization"):
+            raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         raise unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+    key = credentials.credentials.strip()
     grant = services.auth.authenticate(key)
     if grant is None:
         raise unauthorized("invalid API key (unknown, revoked or expired)")

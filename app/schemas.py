@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from personalize.decoding.config import (
@@ -31,10 +31,21 @@ from personalize.decoding.config import (
     IVGParams,
 )
 
+
+def _whole_number(value: Any) -> Any:
+    """``30.0`` is the integer 30 (as in JSON Schema and the OpenAI API); ``30.5``, ``"30"`` or ``true`` are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WHOLE = BeforeValidator(_whole_number)
+"""On strict integer fields: accept integral floats, still refuse strings and booleans."""
+
 ObjectiveName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 Weight = Annotated[float, Field(ge=WEIGHT_RANGE[0], le=WEIGHT_RANGE[1], allow_inf_nan=False)]
 Beta = Annotated[float, Field(ge=BETA_RANGE[0], le=BETA_RANGE[1], allow_inf_nan=False)]
-TopK = Annotated[int, Field(ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1], strict=True)]
+TopK = Annotated[int, WHOLE, Field(ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1], strict=True)]
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 _Number = TypeVar("_Number", int, float)
@@ -61,18 +72,22 @@ def _bounds(bounds: tuple[float, float]) -> dict[str, Any]:
 
 
 IVGCandidates = Annotated[
-    int, Field(strict=True, json_schema_extra=_bounds(IVG_CANDIDATES_RANGE)), _within(IVG_CANDIDATES_RANGE)
+    int, WHOLE, Field(strict=True, json_schema_extra=_bounds(IVG_CANDIDATES_RANGE)), _within(IVG_CANDIDATES_RANGE)
 ]
-IVGChunk = Annotated[int, Field(strict=True, json_schema_extra=_bounds(IVG_CHUNK_RANGE)), _within(IVG_CHUNK_RANGE)]
-IVGBeams = Annotated[int, Field(strict=True, json_schema_extra=_bounds(IVG_BEAMS_RANGE)), _within(IVG_BEAMS_RANGE)]
+IVGChunk = Annotated[
+    int, WHOLE, Field(strict=True, json_schema_extra=_bounds(IVG_CHUNK_RANGE)), _within(IVG_CHUNK_RANGE)
+]
+IVGBeams = Annotated[
+    int, WHOLE, Field(strict=True, json_schema_extra=_bounds(IVG_BEAMS_RANGE)), _within(IVG_BEAMS_RANGE)
+]
 ImplicitWeight = Annotated[float, Field(json_schema_extra=_bounds(WEIGHT_RANGE)), _within(WEIGHT_RANGE)]
 AISPSigma = Annotated[float, Field(json_schema_extra=_bounds(AISP_SIGMA_RANGE)), _within(AISP_SIGMA_RANGE)]
 AISPLambda = Annotated[float, Field(json_schema_extra=_bounds(AISP_LAMBDA_RANGE)), _within(AISP_LAMBDA_RANGE)]
 AISPSamples = Annotated[
-    int, Field(strict=True, json_schema_extra=_bounds(AISP_SAMPLES_RANGE)), _within(AISP_SAMPLES_RANGE)
+    int, WHOLE, Field(strict=True, json_schema_extra=_bounds(AISP_SAMPLES_RANGE)), _within(AISP_SAMPLES_RANGE)
 ]
 AISPIterations = Annotated[
-    int, Field(strict=True, json_schema_extra=_bounds(AISP_ITERATIONS_RANGE)), _within(AISP_ITERATIONS_RANGE)
+    int, WHOLE, Field(strict=True, json_schema_extra=_bounds(AISP_ITERATIONS_RANGE)), _within(AISP_ITERATIONS_RANGE)
 ]
 
 _IVG = IVGParams()
@@ -131,7 +146,7 @@ class PersonalizationIn(BaseModel):
     beta: Beta | None = None
     method: Method | None = None
     top_k: TopK | None = None
-    best_of: Annotated[int, Field(ge=BEST_OF_RANGE[0], le=BEST_OF_RANGE[1], strict=True)] | None = None
+    best_of: Annotated[int, WHOLE, Field(ge=BEST_OF_RANGE[0], le=BEST_OF_RANGE[1], strict=True)] | None = None
     explain: bool = Field(
         default=False,
         description=(
@@ -484,7 +499,7 @@ class RewardScoreResponse(BaseModel):
     objectives: dict[str, list[float]] = Field(
         description="Objective -> one score per response, in the order the responses were sent."
     )
-    ranges: dict[str, tuple[float | None, float | None]] = Field(
+    ranges: dict[str, Annotated[list[float | None], Field(min_length=2, max_length=2)]] = Field(
         description="Objective -> [low, high] of its reward function's scores; null where unbounded."
     )
     rewards: dict[str, str] = Field(

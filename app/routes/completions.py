@@ -54,6 +54,14 @@ CONTRIBUTION_DIGITS = 4
 STREAM_DOC = "The completion, or with `stream: true` a `text/event-stream` of chunks ending in `data: [DONE]`."
 ERROR_RESPONSES = error_responses(400, 401, 403, 404, 413, 422, 429, 503, 504)
 SHUTTING_DOWN_RETRY_S = "5"
+SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event (with `stream: true`): its `data` is a JSON chunk, or an error object, "
+    "and `[DONE]` last.",
+    "properties": {"data": {"type": "string"}},
+    "required": ["data"],
+}
+SSE_CONTENT: dict[str, Any] = {"content": {"text/event-stream": {"schema": SSE_EVENT}}}
 
 
 def _explained(event: StreamEvent) -> dict[str, Any]:
@@ -367,7 +375,7 @@ async def _serve(
 @router.post(
     "/chat/completions",
     response_model=None,
-    responses={200: {"model": ChatCompletionResponse, "description": STREAM_DOC}, **ERROR_RESPONSES},
+    responses={200: {"model": ChatCompletionResponse, "description": STREAM_DOC, **SSE_CONTENT}, **ERROR_RESPONSES},
 )
 async def chat_completions(
     request: Request,
@@ -394,7 +402,7 @@ async def chat_completions(
 @router.post(
     "/completions",
     response_model=None,
-    responses={200: {"model": CompletionResponse, "description": STREAM_DOC}, **ERROR_RESPONSES},
+    responses={200: {"model": CompletionResponse, "description": STREAM_DOC, **SSE_CONTENT}, **ERROR_RESPONSES},
 )
 async def completions(
     request: Request,

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from app.artifacts import Upload, store_upload
 from app.deps import AdminUser, CurrentUser, RuntimeDep, ServicesDep
-from app.errors import APIError
+from app.errors import APIError, error_responses
 from app.schemas import ObjectivePatch
 from app.services import Services
 from personalize.cache import HeadEvent
@@ -58,17 +58,17 @@ def _objective_json(services: Services, objective: ObjectiveRecord) -> dict[str,
     }
 
 
-@router.get("")
+@router.get("", responses=error_responses(401, 429, 503))
 def list_objectives(_user: CurrentUser, services: ServicesDep) -> dict[str, Any]:
     return {"object": "list", "data": [_objective_json(services, o) for o in services.heads.objectives()]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=error_responses(401, 404, 429, 503))
 def get_objective(name: str, _user: CurrentUser, services: ServicesDep) -> dict[str, Any]:
     return _objective_json(services, services.heads.get(name))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503))
 async def upload_head(request: Request, admin: AdminUser, services: ServicesDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Register a head: multipart files ``head.json`` + ``*.safetensors`` (field name free),
     optional form field ``activate`` (default true)."""
@@ -111,7 +111,7 @@ async def upload_head(request: Request, admin: AdminUser, services: ServicesDep,
         return await run_in_threadpool(register)
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503))
 def patch_objective(name: str, body: ObjectivePatch, admin: AdminUser, services: ServicesDep) -> dict[str, Any]:
     """``{"active": true, "version": "2"}`` activates a version (default: the newest);
     ``{"active": false}`` unloads the objective everywhere but keeps its versions."""
@@ -129,7 +129,7 @@ def patch_objective(name: str, body: ObjectivePatch, admin: AdminUser, services:
     return _objective_json(services, services.heads.get(name))
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", responses=error_responses(401, 403, 404, 429, 503))
 def delete_objective(name: str, admin: AdminUser, services: ServicesDep) -> dict[str, Any]:
     removed = services.heads.delete_objective(name, actor_id=admin.id)
     services.heads_changed(HeadEvent("deleted", name, "", services.replica_id))
