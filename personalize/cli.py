@@ -734,6 +734,9 @@ def demo(
     prepare_only: Annotated[
         bool, typer.Option("--prepare-only", help="Set everything up and print the keys; start no server.")
     ] = False,
+    users: Annotated[
+        bool, typer.Option("--users/--no-users", help="Create the demo users (--no-users: heads only, no keys).")
+    ] = True,
 ) -> None:
     """Prepare the embedded default (model cache, database, heads, demo users), then serve the API and the UI
     until Ctrl-C."""
@@ -759,6 +762,9 @@ def demo(
             console.print("[yellow]no heads found: the UI works without sliders until an admin uploads one[/yellow]")
         for folder, reason in setup.skipped.items():
             err.print(f"[yellow]skipped head {folder}: {reason}[/yellow]")
+        if keys is None:
+            console.print("no demo users created: make users with `personalize users create NAME [--admin]`")
+            return
         origin = "stored keys reused" if setup.keys_reused else "created (keys stored for the next run)"
         console.print(f"demo users {origin} in {settings.data_dir / 'demo-keys.json'}:")
         console.print(f"  user  [bold]{keys.user_name}[/bold]  API key: [bold]{keys.user_key}[/bold]", soft_wrap=True)
@@ -766,8 +772,10 @@ def demo(
 
     try:
         if prepare_only:
-            report(prepare_demo(settings, folders, say))
+            report(prepare_demo(settings, folders, say, users=users))
             return
+        if not users:
+            raise typer.BadParameter("--no-users goes with --prepare-only (the demo servers need the demo users)")
         config = DemoConfig(host=host, api_port=api_port, ui_port=ui_port)
         run_demo(settings, config, folders, say, on_setup=report)
     except PersonalizeError as exc:
