@@ -315,6 +315,7 @@ def revocation_phase(server: Server) -> dict[str, Any]:
 def shutdown_phase(server: Server, key: str, in_flight: int = 4) -> dict[str, Any]:
     assert server.process is not None
     statuses: list[int] = []
+    ended: list[float] = []
     body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 256, "stream": True}
 
     def stream() -> None:
@@ -327,6 +328,7 @@ def shutdown_phase(server: Server, key: str, in_flight: int = 4) -> dict[str, An
                 statuses.append(response.status_code if done else -response.status_code)
         except httpx.HTTPError:
             statuses.append(0)
+        ended.append(time.monotonic())
 
     threads = [threading.Thread(target=stream) for _ in range(in_flight)]
     for thread in threads:
@@ -338,7 +340,13 @@ def shutdown_phase(server: Server, key: str, in_flight: int = 4) -> dict[str, An
     exited = time.monotonic() - start
     for thread in threads:
         thread.join(120)
-    return {"in_flight": in_flight, "statuses": statuses, "exit_code": code, "exit_after_s": round(exited, 2)}
+    return {
+        "in_flight": in_flight,
+        "statuses": statuses,
+        "last_stream_done_after_s": round(max(ended) - start, 2) if ended else None,
+        "exit_code": code,
+        "exit_after_s": round(exited, 2),
+    }
 
 
 # ---- main -----------------------------------------------------------------------------------
