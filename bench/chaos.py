@@ -233,7 +233,7 @@ def schemathesis_pass(
         "--max-examples", str(args.max_examples), "--seed", str(args.seed), "--no-color", "--workers", "1",
         "--request-timeout", "60", "--report", "junit", "--report-junit-path", str(report), *selector,
     ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=report.parent)  # its cache goes there
     report.with_suffix(".txt").write_text(done.stdout + done.stderr)
     suites = ET.parse(report).getroot().iter("testsuite") if report.is_file() else iter(())
     failures = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
