@@ -95,8 +95,8 @@ def test_postgres_stopped_under_load_answers_503_never_500_and_recovers(
         unseen = client.get("/v1/users/me", headers={"Authorization": "Bearer pz-never-seen-key"})
         threading.Event().wait(OUTAGE_S)  # the outage itself lasts this long
         assert client.get("/readyz").status_code == 503
+        up = time.monotonic()  # from here on PostgreSQL may answer again
         private_pg.start()
-        up = time.monotonic()
 
         def recovered() -> bool:
             tail = [status for at, _name, status in log if at > time.monotonic() - 0.5]
