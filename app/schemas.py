@@ -293,7 +293,6 @@ class ProfileOut(BaseModel):
 
 
 MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
-MAX_GRACE_S = 30 * 24 * 3600
 KeyLifetime = Annotated[int, Field(ge=1, le=MAX_KEY_LIFETIME_S)]
 
 
@@ -318,42 +317,6 @@ class UserOut(BaseModel):
 class UserCreated(UserOut):
     api_key: str
     """Shown only in this response; only its hash is stored."""
-
-
-class KeyRotate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = Field(
-        default=0,
-        description="How long the user's other keys keep working (0, the default: they stop now).",
-    )
-    expires_in_seconds: KeyLifetime | None = Field(
-        default=None, description="The new key stops working this many seconds from now (omitted: never)."
-    )
-
-
-class KeyOut(BaseModel):
-    """An API key as listings show it: never the key itself."""
-
-    id: str
-    user_id: str
-    prefix: str = Field(description="The key's first characters, to tell keys apart.")
-    status: Literal["active", "expired", "revoked"]
-    created_at: str
-    created_by: str | None
-    expires_at: str | None
-    revoked_at: str | None
-
-
-class KeyList(BaseModel):
-    object: Literal["list"]
-    data: list[KeyOut]
-
-
-class KeyIssued(BaseModel):
-    api_key: str = Field(description="The new key: shown only in this response; only its hash is stored.")
-    key: KeyOut
-    retired: list[KeyOut] = Field(description="The user's other keys, revoked now or ending after the grace period.")
 
 
 class ObjectivePatch(BaseModel):
@@ -507,23 +470,6 @@ class RewardScoreResponse(BaseModel):
         "objective's own name."
     )
     head_versions: dict[str, str] = Field(description="Objective -> the active head version whose reward was used.")
-
-
-class HealthOut(BaseModel):
-    status: Literal["ok"]
-
-
-class ReadinessOut(BaseModel):
-    """What /readyz knows; ``problems`` is there only when ``status`` is ``not ready``."""
-
-    status: Literal["ready", "not ready"]
-    replica: str
-    redis: str | None = Field(description="null: no Redis configured.")
-    model: str | None = None
-    heads: dict[str, str] | None = None
-    queue_depth: int | None = None
-    head_errors: dict[str, str] | None = None
-    problems: list[str] | None = None
 
 
 class ErrorDetail(BaseModel):

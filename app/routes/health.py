@@ -8,17 +8,36 @@ heads are not synced yet, or the server is shutting down.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.deps import ServicesDep
-from app.schemas import HealthOut, ReadinessOut
 
 router = APIRouter(tags=["health"])
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessOut(BaseModel):
+    """What /readyz knows; ``problems`` is there only when ``status`` is ``not ready``."""
+
+    status: Literal["ready", "not ready"]
+    replica: str
+    redis: str | None = Field(description="null: no Redis configured.")
+    model: str | None = None
+    heads: dict[str, str] | None = None
+    queue_depth: int | None = None
+    head_errors: dict[str, str] | None = None
+    problems: list[str] | None = None
+
+
 METRICS_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Prometheus text format.",

@@ -19,7 +19,7 @@ from fastapi import APIRouter, status
 
 from app.deps import CurrentUser, ServicesDep, require_self_or_admin
 from app.errors import error_responses
-from app.schemas import KeyIssued, KeyList, KeyOut, KeyRotate
+from app.key_schemas import KeyIssued, KeyList, KeyOut, KeyRotate
 from app.services import Services
 from personalize.db.models import utcnow
 from personalize.db.records import ApiKeyRecord, UserRecord
