@@ -61,7 +61,8 @@ class DemoKeys:
 
 @dataclass(frozen=True)
 class DemoSetup:
-    keys: DemoKeys
+    keys: DemoKeys | None
+    """None when preparing without demo users (``users=False``)."""
     keys_reused: bool
     registered: tuple[str, ...]
     """Heads registered by this run, as ``objective@version``."""
@@ -126,7 +127,7 @@ def _ensure_users(database_url: str, path: Path) -> tuple[DemoKeys, bool]:
 
 
 def _register_heads(
-    settings: Settings, folders: Sequence[Path], admin_id: str, backbone_id: str | None
+    settings: Settings, folders: Sequence[Path], admin_id: str | None, backbone_id: str | None
 ) -> tuple[list[str], list[str], dict[str, str]]:
     """Register head folders not registered yet; a head already there is left alone."""
     from personalize.db import Database, HeadStore, NotFoundError, StoreError
@@ -165,8 +166,12 @@ def _register_heads(
     return registered, present, skipped
 
 
-def prepare_demo(settings: Settings, head_folders: Sequence[Path], say: Say = log.info) -> DemoSetup:
-    """Everything the servers need, done once: a second call finds it all in place and returns quickly."""
+def prepare_demo(
+    settings: Settings, head_folders: Sequence[Path], say: Say = log.info, *, users: bool = True
+) -> DemoSetup:
+    """Everything the servers need, done once: a second call finds it all in place and returns quickly.
+
+    ``users=False`` registers the heads but creates no demo user (a production set-up)."""
     from personalize.db.migrate import upgrade
     from personalize.heads import discover_heads
 
@@ -180,9 +185,12 @@ def prepare_demo(settings: Settings, head_folders: Sequence[Path], say: Say = lo
             say("preparing the embedded base model (first run only, about 20 s)")
         ensure_embedded_cache(settings.data_dir)
     upgrade(settings.database_url)
-    keys, reused = _ensure_users(settings.database_url, settings.data_dir / KEYS_FILE)
+    keys: DemoKeys | None = None
+    reused = False
+    if users:
+        keys, reused = _ensure_users(settings.database_url, settings.data_dir / KEYS_FILE)
     registered, present, skipped = _register_heads(
-        settings, discover_heads(list(head_folders)), keys.admin_id, backbone_id
+        settings, discover_heads(list(head_folders)), keys.admin_id if keys else None, backbone_id
     )
     return DemoSetup(keys, reused, tuple(registered), tuple(present), skipped)
 
@@ -413,6 +421,7 @@ def run_demo(
             on_setup(setup)
         if stop.is_set():
             return
+        assert setup.keys is not None  # run_demo prepares with users
         servers = DemoServers(settings, config, setup.keys)
         try:
             say(f"starting the API on {config.api_url} and the UI on {config.ui_url} (logs in {servers.log_dir})")

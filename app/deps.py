@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import APIError, forbidden, not_ready, unauthorized
 from app.services import ModelRuntime, Services
 from personalize.db.records import UserRecord
-from personalize.db.users import hash_api_key
 
 
 def get_services(request: Request) -> Services:
@@ -20,22 +20,29 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+"""Declares the bearer scheme in the OpenAPI document; the checks and messages are below."""
+
+
 def get_current_user(
+    request: Request,
     services: ServicesDep,
-    authorization: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> UserRecord:
-    """The user owning the request's ``Authorization: Bearer <key>``, rate-limited per key."""
-    if not authorization:
-        raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    scheme, _, key = authorization.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    """The user owning the request's ``Authorization: Bearer <key>``, rate-limited per key.
+
+    The key's id is left in ``request.state.key_id`` (per-key limits use it)."""
+    if credentials is None:
+        if not request.headers.get("authorization"):
+            raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         raise unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-    user = services.users.authenticate(key)
-    if user is None:
-        raise unauthorized("invalid API key")
+    key = credentials.credentials.strip()
+    grant = services.auth.authenticate(key)
+    if grant is None:
+        raise unauthorized("invalid API key (unknown, revoked or expired)")
+    request.state.key_id = grant.key_id
     limit = services.settings.rate_limit_per_minute
-    decision = services.cache.allow_request(hash_api_key(key)[:16], limit)
+    decision = services.cache.allow_request(grant.key_id[:16], limit)
     if not decision.allowed:
         services.metrics.rejected.labels("rate_limit").inc()
         raise APIError(
@@ -43,9 +50,14 @@ def get_current_user(
             f"rate limit of {limit} requests per minute exceeded; retry in {decision.retry_after_s} s",
             type="rate_limit_error",
             code="rate_limit_exceeded",
-            headers={"Retry-After": str(decision.retry_after_s)},
+            headers={
+                "Retry-After": str(decision.retry_after_s),
+                "x-ratelimit-limit-requests": str(limit),
+                "x-ratelimit-remaining-requests": str(decision.remaining),
+                "x-ratelimit-reset-requests": f"{decision.retry_after_s}s",
+            },
         )
-    return user
+    return grant.user
 
 
 CurrentUser = Annotated[UserRecord, Depends(get_current_user)]

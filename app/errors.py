@@ -3,7 +3,9 @@
     {"error": {"message": str, "type": str, "param": str | null, "code": str | null}}
 
 Library exceptions (:mod:`personalize.errors`, :mod:`personalize.db.errors`) are
-mapped by class below; the service's own refusals raise :class:`APIError`.
+mapped by class below; the service's own refusals raise :class:`APIError`. A
+database that cannot be reached (connection refused or lost, a timeout) is a 503
+with ``Retry-After``, never a 500.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from personalize.db.errors import AlreadyExistsError, NotFoundError, VersionConflictError
@@ -36,6 +39,14 @@ from personalize.errors import (
 log = logging.getLogger(__name__)
 
 INVALID = "invalid_request_error"
+DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+)
+"""Database errors that mean "not reachable now" (an outage), as opposed to a bad query."""
+DEFAULT_DB_RETRY_AFTER_S = 5
 
 
 class APIError(Exception):
@@ -58,6 +69,36 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers
+
+
+_STATUS_DOC = {
+    400: "The body is not valid JSON.",
+    401: "Missing, unknown, revoked or expired API key.",
+    403: "The API key may not do this (an admin key is needed, or it is another user's resource).",
+    404: "The named resource does not exist.",
+    409: "Conflict: a stale profile version, or a name or version that is taken.",
+    413: "The request body is over the size limit.",
+    422: "A field is invalid, unsupported or over a limit; `error.param` names it.",
+    429: "Too many requests: per-minute rate, requests in flight for this key, or a full decoder queue "
+    "(see `Retry-After` and the `x-ratelimit-*` headers).",
+    503: "Not available now: the database cannot be reached, the model is not ready, or the server is "
+    "shutting down (see `Retry-After`).",
+    504: "The request's server-side deadline passed before it finished.",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the error body's schema."""
+    from app.schemas import ErrorResponse
+
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({int(s) for s in statuses}):
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": _STATUS_DOC[status]}
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        out[status] = entry
+    return out
 
 
 def unauthorized(message: str) -> APIError:
@@ -164,6 +205,23 @@ async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def database_unavailable(retry_after_s: int = DEFAULT_DB_RETRY_AFTER_S) -> APIError:
+    return APIError(
+        503,
+        f"the database cannot be reached right now; retry in {retry_after_s} s",
+        type="server_error",
+        code="database_unavailable",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+async def _on_database_outage(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    services = getattr(request.app.state, "services", None)
+    retry = services.settings.db_retry_after_s if services is not None else DEFAULT_DB_RETRY_AFTER_S
+    return _json(database_unavailable(retry))
+
+
 async def _on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return _json(APIError(500, "internal server error", type="server_error", code="internal_error"))
@@ -174,4 +232,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PersonalizeError, _on_library_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for outage in DATABASE_OUTAGES:
+        app.add_exception_handler(outage, _on_database_outage)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -1,16 +1,18 @@
 """From an OpenAI-style request to a validated GenerationRequest.
 
-Resolves whose profile applies (the ``user`` field: the caller's own unless the
-caller is an admin), merges the per-request ``personalization`` override over
-that profile, checks limits, and tokenizes the prompt.
+Refuses OpenAI fields this server does not implement, resolves whose profile
+applies (the ``user`` field: the caller's own unless the caller is an admin),
+merges the per-request ``personalization`` override over that profile, checks
+limits (the work cap of :mod:`app.budget` included), and tokenizes the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from app.budget import check_work
 from app.errors import APIError, api_error_for, forbidden
 from app.schemas import PersonalizationIn, _GenerationParams
 from app.services import ModelRuntime, Services
@@ -35,6 +37,47 @@ class PreparedRequest:
     @property
     def prompt_tokens(self) -> int:
         return len(self.request.prompt_ids)
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+# OpenAI fields this server does not implement -> the values that ask for nothing (sent by some clients).
+UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
+    "tools": _absent,
+    "tool_choice": lambda v: v is None or v == "none",
+    "parallel_tool_calls": _absent,
+    "functions": _absent,
+    "function_call": lambda v: v is None or v == "none",
+    "response_format": lambda v: v is None or v == {"type": "text"},
+    "audio": _absent,
+    "modalities": lambda v: v is None or v == ["text"],
+    "prediction": _absent,
+    "web_search_options": _absent,
+    "reasoning_effort": _absent,
+    "presence_penalty": lambda v: v is None or v == 0,
+    "frequency_penalty": lambda v: v is None or v == 0,
+    "store": lambda v: v is None or v is False,
+    "suffix": _absent,
+    "echo": lambda v: v is None or v is False,
+    "best_of": lambda v: v is None or v == 1,
+}
+
+
+def refuse_unsupported(body: _GenerationParams) -> None:
+    """422 naming the first OpenAI field in the body that asks for something this server does not do."""
+    extra = body.model_extra or {}
+    for name, harmless in UNSUPPORTED.items():
+        if name in extra and not harmless(extra[name]):
+            hint = " (Best-of-N is personalization.best_of with method 'bon')" if name == "best_of" else ""
+            raise APIError(
+                422,
+                f"{name!r} is not supported by this server{hint}; leave it out. Unsupported here: "
+                f"{', '.join(sorted(UNSUPPORTED))}",
+                param=name,
+                code="unsupported_parameter",
+            )
 
 
 def resolve_user(services: Services, caller: UserRecord, requested: str | None) -> UserRecord:
@@ -171,6 +214,7 @@ def prepare(
     prompt_param: str,
 ) -> PreparedRequest:
     """Everything but decoding; runs on a worker thread (database, tokenizer)."""
+    refuse_unsupported(body)
     check_model(runtime, body.model)
     sampling = sampling_params(services, body, max_tokens)
     target = resolve_user(services, caller, body.user)
@@ -179,6 +223,7 @@ def prepare(
     if not prompt_ids:
         raise APIError(422, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
     request = GenerationRequest(tuple(prompt_ids), sampling, personalization)
+    check_work(request, runtime.engine.head_kinds(), services.settings.max_request_work)
     try:
         runtime.engine.validate(request)
     except ContextLengthError as exc:

@@ -16,7 +16,8 @@ from fastapi.concurrency import run_in_threadpool
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import audit, completions, health, models, objectives, rewards, users
+from app.openapi import install_openapi
+from app.routes import audit, completions, health, keys, models, objectives, rewards, users
 from app.services import EngineFactory, Services, default_engine_factory
 from personalize.settings import Settings
 
@@ -47,7 +48,8 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    routers = (completions, models, objectives, rewards, users, audit, health)
+    install_openapi(app)
+    routers = (completions, models, objectives, rewards, users, keys, audit, health)
     for module in routers:
         app.include_router(module.router)
 

@@ -11,6 +11,12 @@ request that arrives mid-batch therefore starts after one step, not after the
 longest answer of the batch; a seeded request decodes the same text whether it
 joins a running batch or runs alone.
 
+A request may carry a deadline: :meth:`Ticket.expire` drops it like a client
+that left (it stops costing compute before the next step) and ends its event
+stream with :class:`DeadlineExceededError`. The worker records when its last
+step ended, so a health check can tell a dead or stuck decoder
+(:meth:`Scheduler.health`).
+
 Anything else that touches the engine (loading or removing heads) is submitted
 with :meth:`Scheduler.call_between_batches`. While one waits, no request joins:
 the running batch drains, the calls run on the decoder thread with no batch
@@ -48,6 +54,14 @@ class RequestCancelledError(Exception):
 
 class SchedulerStoppedError(Exception):
     """The scheduler was stopped before the request ran."""
+
+
+class DecoderDeadError(SchedulerStoppedError):
+    """The decoder thread ended unexpectedly; nothing can be decoded until the service restarts."""
+
+
+class DeadlineExceededError(Exception):
+    """The request's deadline passed before it finished; ends its event stream."""
 
 
 class RunningBatch(Protocol):
@@ -114,9 +128,16 @@ class Ticket:
         """Drop the request (its client disconnected); safe to call from any thread.
 
         Whoever is still iterating its events gets :class:`RequestCancelledError`."""
+        self._drop(RequestCancelledError())
+
+    def expire(self) -> None:
+        """Drop the request because its deadline passed; its events end with :class:`DeadlineExceededError`."""
+        self._drop(DeadlineExceededError("the request's deadline passed before it finished"))
+
+    def _drop(self, reason: BaseException) -> None:
         if not self._cancelled.is_set():
             self._cancelled.set()
-            self._deliver(RequestCancelledError())
+            self._deliver(reason)
 
     @property
     def cancelled(self) -> bool:
@@ -190,6 +211,10 @@ class Scheduler:
         self.on_batch: Callable[[int], None] | None = None
         """Called (on the worker thread) with the number of live requests each time requests
         join the batch (the first ones included)."""
+        self.busy = False
+        """The worker is decoding (or running a head change) rather than waiting for work."""
+        self.last_progress = time.monotonic()
+        """When the worker last finished a step (or picked up work)."""
 
     # ---- public API (event loop / any thread) -------------------------------------------
     @property
@@ -200,6 +225,17 @@ class Scheduler:
 
     def start(self) -> None:
         self._thread.start()
+
+    def health(self, stall_s: float) -> str | None:
+        """What is wrong with the decoder thread (dead, or busy with no step for ``stall_s``), or None."""
+        if self._stopping:
+            return "decoder: stopped"
+        if self._thread.ident is not None and not self._thread.is_alive():
+            return "decoder: the thread is not running"
+        quiet = time.monotonic() - self.last_progress
+        if self.busy and quiet > stall_s:
+            return f"decoder: stuck, no step has ended for {quiet:.0f} s"
+        return None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Refuse queued requests and calls; requests already decoding finish first."""
@@ -221,6 +257,8 @@ class Scheduler:
         with self._wakeup:
             if self._stopping:
                 raise SchedulerStoppedError("the server is shutting down")
+            if self._thread.ident is not None and not self._thread.is_alive():
+                raise DecoderDeadError("the decoder thread is not running; the service needs a restart")
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(f"the decoder queue is full ({self.max_queue} requests waiting); retry shortly")
             self._pending.append(ticket)
@@ -244,10 +282,12 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             with self._wakeup:
+                self.busy = False
                 while not self._stopping and not self._pending and not self._controls:
                     self._wakeup.wait()
                 if self._stopping:
                     return
+                self.busy, self.last_progress = True, time.monotonic()
                 controls, self._controls = list(self._controls), deque()
             for control in controls:
                 self._run_control(control)
@@ -284,6 +324,7 @@ class Scheduler:
                         del live[event.index]
                 self.kv_cache_tokens, self.kv_cache_bytes = batch.cache_tokens, batch.cache_bytes
                 batch.advance()
+                self.last_progress = time.monotonic()
         except Exception as exc:
             log.exception("decoding a batch of %d requests failed", len(live))
             for ticket in live.values():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 from pydantic_core import PydanticCustomError
 
 from personalize.decoding.config import (
@@ -23,10 +23,21 @@ from personalize.decoding.config import (
 )
 from personalize.method_params import ParamSpec, method_params
 
+
+def _whole_number(value: Any) -> Any:
+    """``30.0`` is the integer 30 (as in JSON Schema and the OpenAI API); ``30.5``, ``"30"`` or ``true`` are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WHOLE = BeforeValidator(_whole_number)
+"""On strict integer fields: accept integral floats, still refuse strings and booleans."""
+
 ObjectiveName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 Weight = Annotated[float, Field(ge=WEIGHT_RANGE[0], le=WEIGHT_RANGE[1], allow_inf_nan=False)]
 Beta = Annotated[float, Field(ge=BETA_RANGE[0], le=BETA_RANGE[1], allow_inf_nan=False)]
-TopK = Annotated[int, Field(ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1], strict=True)]
+TopK = Annotated[int, WHOLE, Field(ge=TOP_K_RANGE[0], le=TOP_K_RANGE[1], strict=True)]
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 _Number = TypeVar("_Number", int, float)
@@ -55,7 +66,11 @@ def _bounds(bounds: tuple[float, float]) -> dict[str, Any]:
 def _field(spec: ParamSpec) -> tuple[Any, Any]:
     """A method parameter as a pydantic field: its type, range (checked, and shown in the schema) and default."""
     shown = Field(json_schema_extra=_bounds(spec.bounds), strict=True if spec.kind is int else None)
-    annotation = Annotated[spec.kind, shown, _within(spec.bounds)]  # type: ignore[name-defined]
+    annotation: Any
+    if spec.kind is int:  # 30.0 is 30; "30" and true are refused
+        annotation = Annotated[int, WHOLE, shown, _within(spec.bounds)]
+    else:
+        annotation = Annotated[spec.kind, shown, _within(spec.bounds)]  # type: ignore[name-defined]
     return annotation, Field(default=spec.default, description=spec.description)
 
 
@@ -84,6 +99,7 @@ AISPIn = _params_model(
 _BEST_OF, *_ = method_params("bon")
 BestOf = Annotated[
     int,
+    WHOLE,
     Field(
         ge=_BEST_OF.bounds[0],
         le=_BEST_OF.bounds[1],
@@ -137,21 +153,73 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _GenerationParams(BaseModel):
-    """Fields shared by chat and text completions; unknown OpenAI fields are accepted and ignored."""
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 256
+MAX_MESSAGE_CHARS = 65_536
+MAX_PROMPT_CHARS = 65_536
+MAX_USER_CHARS = 256
+MAX_CONTENT_PARTS = 64
 
-    model_config = ConfigDict(extra="ignore")
+
+def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
+    strings = [value] if isinstance(value, str) else list(value or ())
+    if len(strings) > MAX_STOP_STRINGS:
+        raise PydanticCustomError(
+            "too_many_stop", "at most {max} stop strings, got {n}", {"max": MAX_STOP_STRINGS, "n": len(strings)}
+        )
+    for text in strings:
+        if not 1 <= len(text) <= MAX_STOP_CHARS:
+            raise PydanticCustomError(
+                "stop_length",
+                "each stop string must have 1 to {max} characters, got one of {n}",
+                {"max": MAX_STOP_CHARS, "n": len(text)},
+            )
+    return value
+
+
+def _at_most_chars(limit: int) -> AfterValidator:
+    """Refuse text (a string, or the text parts of a message) longer than ``limit`` characters."""
+
+    def check(value: Any) -> Any:
+        n = len(value) if isinstance(value, str) else sum(len(getattr(p, "text", p)) for p in value)
+        if n > limit:
+            raise PydanticCustomError("too_long", "at most {max} characters, got {n}", {"max": limit, "n": n})
+        return value
+
+    return AfterValidator(check)
+
+
+StopField = Annotated[
+    str | list[str] | None,
+    Field(
+        description=f"Up to {MAX_STOP_STRINGS} strings of 1 to {MAX_STOP_CHARS} characters where the answer ends.",
+        json_schema_extra={"maxItems": MAX_STOP_STRINGS},
+    ),
+    AfterValidator(_check_stop),
+]
+
+
+class _GenerationParams(BaseModel):
+    """Fields shared by chat and text completions.
+
+    OpenAI fields this server does not implement (``tools``, ``tool_choice``, ``response_format``,
+    ``functions``, ``audio``, ...) are refused with 422 naming them; other unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str = "default"
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1], allow_inf_nan=False)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
     n: Annotated[int, Field(ge=1)] = 1
-    stop: str | list[Annotated[str, StringConstraints(min_length=1)]] | None = None
+    stop: StopField = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = Field(
+        default=None, description=f"Whose profile steers the request (id or name, at most {MAX_USER_CHARS} chars)."
+    )
     personalization: PersonalizationIn | None = None
 
 
@@ -164,7 +232,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Annotated[
+        str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)],
+        Field(description=f"At most {MAX_MESSAGE_CHARS} characters."),
+        _at_most_chars(MAX_MESSAGE_CHARS),
+    ]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -173,12 +245,16 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_GenerationParams):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
 class CompletionRequest(_GenerationParams):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: Annotated[
+        str | Annotated[list[str], Field(min_length=1, max_length=1)],
+        Field(description=f"At most {MAX_PROMPT_CHARS} characters."),
+        _at_most_chars(MAX_PROMPT_CHARS),
+    ]
 
 
 class ProfileIn(BaseModel):
@@ -202,11 +278,18 @@ class ProfileOut(BaseModel):
     updated_at: str
 
 
+MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
+KeyLifetime = Annotated[int, Field(ge=1, le=MAX_KEY_LIFETIME_S)]
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")]
     role: Literal["user", "admin"] = "user"
+    expires_in_seconds: KeyLifetime | None = Field(
+        default=None, description="The API key stops working this many seconds from now (omitted: never)."
+    )
 
 
 class UserOut(BaseModel):
@@ -372,7 +455,7 @@ class RewardScoreResponse(BaseModel):
     objectives: dict[str, list[float]] = Field(
         description="Objective -> one score per response, in the order the responses were sent."
     )
-    ranges: dict[str, tuple[float | None, float | None]] = Field(
+    ranges: dict[str, Annotated[list[float | None], Field(min_length=2, max_length=2)]] = Field(
         description="Objective -> [low, high] of its reward function's scores; null where unbounded."
     )
     rewards: dict[str, str] = Field(

@@ -3,6 +3,8 @@
 The database, stores and cache are ready as soon as the app starts; the model
 (base + engine + scheduler + head sync) loads on a background thread so that
 ``/healthz`` answers at once and ``/readyz`` turns 200 when decoding can start.
+A load that fails is tried again, waiting ``model_load_retry_s`` and doubling up
+to ``model_load_retry_max_s``, until it succeeds or the app stops.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.auth import AuthCache
 from app.cache import Cache, CachedProfiles, HeadEvent, HeadEventListener
 from app.head_sync import HeadSync
+from app.inflight import InFlightLimiter
 from app.metrics import Metrics
 from app.scheduler import Scheduler
 from personalize.db import AuditStore, Database, HeadStore, ProfileStore, UserStore
 from personalize.db.migrate import current_revision, head_revision, is_up_to_date, upgrade
+from personalize.db.session import Timeouts
 from personalize.decoding.engine import Engine
+from personalize.key_events import KeyChangeListener, publish_key_change
 from personalize.models import BaseModel
 from personalize.remote.engine import RemoteEngine
 from personalize.settings import Settings
@@ -74,8 +80,15 @@ class Services:
                 f"the database schema is at {current_revision(settings.database_url) or 'base'}, "
                 f"not {head_revision()}: run `personalize db upgrade` first"
             )
-        self.db = Database(settings.database_url)
+        timeouts = Timeouts(
+            connect_s=settings.db_connect_timeout_s,
+            statement_s=settings.db_statement_timeout_s,
+            pool_s=settings.db_pool_timeout_s,
+        )
+        self.db = Database(settings.database_url, timeouts)
         self.users = UserStore(self.db)
+        self.auth = AuthCache(self.users.keys, fresh_s=settings.auth_cache_ttl_s, stale_s=settings.auth_cache_stale_s)
+        self.in_flight = InFlightLimiter(settings.max_in_flight_per_key)
         self.heads = HeadStore(self.db)
         self.audit = AuditStore(self.db)
         self.cache = Cache(
@@ -91,16 +104,31 @@ class Services:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._listener: HeadEventListener | None = None
+        self._key_listener: KeyChangeListener | None = None
+        self.load_attempts = 0
+        self._bundle: ModelBundle | None = None
+        self.draining = False
+        """Set when shutdown starts: no new completion is admitted, /readyz answers 503."""
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self, engine_factory: EngineFactory | None) -> None:
+        if self.settings.redis_url:
+            self._key_listener = KeyChangeListener(
+                self.settings.redis_url, self.settings.redis_prefix, self.auth.forget_user
+            ).start()
         if engine_factory is None:
             self.load_error = "no model configured"
             return
-        self._spawn("model-loader", lambda: self._load(engine_factory))
+        self._spawn("model-loader", lambda: self._load_with_retries(engine_factory))
+
+    def begin_drain(self) -> None:
+        """Stop admitting completions (requests already admitted go on)."""
+        self.draining = True
 
     def stop(self) -> None:
         self._stop.set()
+        if self._key_listener is not None:
+            self._key_listener.stop()
         if self._listener is not None:
             self._listener.stop()
         if self.runtime is not None:
@@ -115,9 +143,24 @@ class Services:
         self._threads.append(thread)
         thread.start()
 
-    def _load(self, engine_factory: EngineFactory) -> None:
+    def _load_with_retries(self, engine_factory: EngineFactory) -> None:
+        wait = self.settings.model_load_retry_s
+        while not self._stop.is_set():
+            self.load_attempts += 1
+            if self._load(engine_factory):
+                return
+            self.load_error = f"{self.load_error} (attempt {self.load_attempts}; next try in {wait:g} s)"
+            if self._stop.wait(wait):
+                return
+            wait = min(wait * 2, self.settings.model_load_retry_max_s)
+
+    def _load(self, engine_factory: EngineFactory) -> bool:
+        """One try at loading the model; True when it is ready (or the app is stopping)."""
+        scheduler: Scheduler | None = None
         try:
-            bundle = engine_factory(self.settings)
+            if self._bundle is None:  # a model that loaded is kept: a retry only redoes what failed after it
+                self._bundle = engine_factory(self.settings)
+            bundle = self._bundle
             scheduler = Scheduler(
                 bundle.engine,
                 max_queue=self.settings.queue_size,
@@ -137,18 +180,22 @@ class Services:
             )
             sync.reconcile()
         except Exception as exc:
-            log.exception("the model could not be loaded")
+            log.exception("the model could not be loaded (attempt %d)", self.load_attempts)
             self.load_error = f"{type(exc).__name__}: {exc}"
-            return
+            if scheduler is not None:
+                scheduler.stop(0)
+            return False
         self.metrics.track_queue(lambda: scheduler.depth)
         self.metrics.track_kv_cache(lambda: scheduler.kv_cache_tokens, lambda: scheduler.kv_cache_bytes)
+        self.load_error = None
         self.runtime = ModelRuntime(bundle.base, bundle.engine, scheduler, sync)
         if self._stop.is_set():
             scheduler.stop()
-            return
+            return True
         self._listener = self.cache.subscribe_head_events(self._on_head_event)
         self._spawn("head-sync", self._sync_periodically)
         log.info("model %s ready on replica %s", bundle.base.backbone_id, self.replica_id)
+        return True
 
     # ---- head changes ------------------------------------------------------------------
     def _on_head_event(self, event: HeadEvent) -> None:
@@ -164,6 +211,11 @@ class Services:
                 runtime.head_sync.reconcile()
             except Exception:
                 log.exception("periodic head sync failed")
+
+    def keys_changed(self, user_id: str) -> None:
+        """After a local key change: forget the user's cached keys here, then tell the other replicas."""
+        self.auth.forget_user(user_id)
+        publish_key_change(self.settings.redis_url, self.settings.redis_prefix, user_id, self.replica_id)
 
     def heads_changed(self, event: HeadEvent) -> None:
         """After a local admin change: apply it here, then tell the other replicas."""

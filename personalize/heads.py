@@ -70,6 +70,7 @@ from personalize.errors import (
     TokenizerMismatchError,
     UnsafeArtifactError,
 )
+from personalize.head_checks import check_adapter_file, check_finite, check_meta_sizes, check_value_file
 from personalize.lora import PEFT_PREFIX, LoraSpec, adapter_pairs
 from personalize.models import BaseModel
 
@@ -399,6 +400,18 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise HeadFormatError(f"{path.name} is not a valid safetensors file: {exc}") from exc
 
 
+def _check_files_before_loading(directory: Path, meta: HeadMeta, base: BaseModel | None) -> None:
+    """Sizes and weight-file headers against the metadata (and ``base``), before any allocation."""
+    check_meta_sizes(meta, base.hidden_size if base is not None else None)
+    if meta.kind != "implicit":
+        check_value_file(directory / VALUE_FILE, meta)
+    if meta.kind in ADAPTER_KINDS:
+        layers = None
+        if base is not None:
+            layers = {name: (m.in_features, m.out_features) for name, m in linear_layers(base.model).items()}
+        check_adapter_file(directory / ADAPTER_FILE, meta, layers)
+
+
 def load_head(directory: Path, base: BaseModel | None = None) -> ValueHead:
     """Load and validate a head directory; with ``base``, also check it fits that backbone."""
     directory = Path(directory)
@@ -411,19 +424,16 @@ def load_head(directory: Path, base: BaseModel | None = None) -> ValueHead:
         raise HeadFormatError(f"{HEAD_JSON} is not valid JSON: {exc}") from exc
     if meta.format_version != FORMAT_VERSION:
         raise HeadFormatError(f"head format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
+    _check_files_before_loading(directory, meta, base)
     output = TokenValueOutput(meta.hidden_size, meta.value_rank, budget_scales=meta.budget_scales)
     if meta.kind != "implicit":  # an implicit head's value comes from its adapter: its output stays zero
         state = _load_tensors(directory / VALUE_FILE)
-        expected = {k: tuple(v.shape) for k, v in output.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        if got != expected:
-            raise HeadFormatError(
-                f"{VALUE_FILE} tensors {got} do not match hidden={meta.hidden_size}, rank={meta.value_rank}, "
-                f"budget features={len(meta.budget_scales)}"
-            )
+        check_finite(state, VALUE_FILE)
         output.load_state_dict(state)
     output.requires_grad_(False)
     adapter = _load_tensors(directory / ADAPTER_FILE) if meta.kind in ADAPTER_KINDS else None
+    if adapter is not None:
+        check_finite(adapter, ADAPTER_FILE)
     head = ValueHead(meta, output, adapter)
     if base is not None:
         check_compatible(head, base)

@@ -88,11 +88,46 @@ class Settings(BaseSettings):
     auto_migrate: bool | None = None
     """Upgrade the database schema on start; default: only for SQLite."""
 
+    # ---- hardening: timeouts, caches, budgets (docs/hardening.md) ----
+    db_connect_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    db_statement_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    """Longest wait for a free pooled connection."""
+    db_retry_after_s: int = Field(default=5, ge=1, le=3600)
+    """``Retry-After`` on the 503 answered while the database cannot be reached."""
+    auth_cache_ttl_s: float = Field(default=10.0, ge=0, le=30)
+    """A key seen valid is not re-read from the database for this long (a revocation made elsewhere
+    reaches this replica within this time when Redis cannot tell it sooner)."""
+    auth_cache_stale_s: float = Field(default=30.0, ge=0, le=30)
+    """While the database cannot be reached, a key seen valid this recently keeps working."""
+    model_load_retry_s: float = Field(default=2.0, gt=0, le=3600)
+    """First wait before loading a model that failed to load again (doubling each try)."""
+    model_load_retry_max_s: float = Field(default=60.0, gt=0, le=3600)
+    decoder_stall_s: float = Field(default=120.0, gt=0)
+    """/readyz reports the decoder stuck when it has work and no step ended for this long."""
+    max_in_flight_per_key: int = Field(default=8, ge=0)
+    """Completions one API key may have running at once on a replica (0: no limit)."""
+    max_request_work: int = Field(default=65_536, ge=1)
+    """Largest work of one completion request: sequences x rows x (prompt + max_tokens) tokens."""
+    request_timeout_s: float = Field(default=300.0, ge=0)
+    """Server-side deadline of a completion request, queueing included (0: none)."""
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    """After SIGTERM, how long requests in flight may take to finish."""
+
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         if not self.database_url:
             # The model is frozen; this runs once, during validation.
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'personalize.db'}")
+        return self
+
+    @model_validator(mode="after")
+    def _stale_not_shorter_than_fresh(self) -> Settings:
+        if self.auth_cache_stale_s < self.auth_cache_ttl_s:
+            raise ValueError(
+                f"auth_cache_stale_s ({self.auth_cache_stale_s}) must be at least auth_cache_ttl_s "
+                f"({self.auth_cache_ttl_s})"
+            )
         return self
 
     @property

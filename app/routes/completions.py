@@ -1,4 +1,12 @@
-"""POST /v1/chat/completions and /v1/completions (OpenAI wire format, SSE streaming)."""
+"""POST /v1/chat/completions and /v1/completions (OpenAI wire format, SSE streaming).
+
+Each request holds one of its key's in-flight slots (:mod:`app.inflight`) until
+its response is complete, and has a server-side deadline (``request_timeout_s``,
+queueing included). When the deadline passes the request stops decoding at once;
+a plain request gets 504 (``code: "timeout"``); a stream that already started
+gets an error event with that body, then ``data: [DONE]``. While the server is
+shutting down new requests get 503 with ``Retry-After``.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +14,32 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from app.deps import CurrentUser, RuntimeDep, ServicesDep
-from app.errors import APIError, api_error_for, error_body
+from app.errors import APIError, api_error_for, error_body, error_responses
 from app.generation import PreparedRequest, prepare
-from app.scheduler import QueueFullError, RequestCancelledError, SchedulerStoppedError, Ticket
+from app.inflight import Lease
+from app.scheduler import (
+    DeadlineExceededError,
+    DecoderDeadError,
+    QueueFullError,
+    RequestCancelledError,
+    SchedulerStoppedError,
+    Ticket,
+)
 from app.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
-    ErrorResponse,
     _GenerationParams,
 )
 from app.services import ModelRuntime, Services
@@ -36,9 +52,16 @@ router = APIRouter(prefix="/v1", tags=["completions"])
 Kind = Literal["chat", "text"]
 CONTRIBUTION_DIGITS = 4
 STREAM_DOC = "The completion, or with `stream: true` a `text/event-stream` of chunks ending in `data: [DONE]`."
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 429, 503)
+ERROR_RESPONSES = error_responses(400, 401, 403, 404, 413, 422, 429, 503, 504)
+SHUTTING_DOWN_RETRY_S = "5"
+SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event (with `stream: true`): its `data` is a JSON chunk, or an error object, "
+    "and `[DONE]` last.",
+    "properties": {"data": {"type": "string"}},
+    "required": ["data"],
 }
+SSE_CONTENT: dict[str, Any] = {"content": {"text/event-stream": {"schema": SSE_EVENT}}}
 
 
 def _explained(event: StreamEvent) -> dict[str, Any]:
@@ -108,8 +131,43 @@ def _submit(services: Services, runtime: ModelRuntime, prepared: PreparedRequest
         services.metrics.rejected.labels("queue_full").inc()
         raise APIError(429, str(exc), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from exc
     except SchedulerStoppedError as exc:
-        raise APIError(503, str(exc), type="server_error", code="shutting_down") from exc
+        raise _stopped(exc) from exc
     return ticket
+
+
+def _stopped(exc: BaseException) -> APIError:
+    code = "decoder_unavailable" if isinstance(exc, DecoderDeadError) else "shutting_down"
+    return APIError(503, str(exc), type="server_error", code=code, headers={"Retry-After": SHUTTING_DOWN_RETRY_S})
+
+
+@dataclass
+class _Guard:
+    """What a request holds until its response is complete: its in-flight slot and its deadline timer."""
+
+    lease: Lease
+    deadline: float | None
+    """Event-loop time when the request must end (None: no deadline)."""
+    timer: asyncio.TimerHandle | None = None
+
+    def arm(self, ticket: Ticket) -> None:
+        if self.deadline is not None:
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_at(self.deadline, ticket.expire)
+
+    def release(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.lease.release()
+
+
+async def _guarded(request: Request, services: Services) -> _Guard:
+    """Admit a request: refused while draining, or over its key's in-flight limit."""
+    if services.draining:
+        raise _stopped(SchedulerStoppedError("the server is shutting down"))
+    lease = services.in_flight.acquire(request.state.key_id)
+    timeout = services.settings.request_timeout_s
+    deadline = asyncio.get_running_loop().time() + timeout if timeout > 0 else None
+    return _Guard(lease, deadline)
 
 
 def _record(services: Services, output: _Output) -> None:
@@ -132,7 +190,9 @@ def _error_of(exc: BaseException) -> APIError:
     if isinstance(exc, PersonalizeError):
         return api_error_for(exc)
     if isinstance(exc, SchedulerStoppedError):
-        return APIError(503, str(exc), type="server_error", code="shutting_down")
+        return _stopped(exc)
+    if isinstance(exc, DeadlineExceededError):
+        return APIError(504, str(exc), type="server_error", code="timeout")
     return APIError(500, "decoding failed", type="server_error", code="internal_error")
 
 
@@ -167,16 +227,19 @@ async def _respond(
     stream: bool,
     include_usage: bool,
     explain: bool,
+    guard: _Guard,
 ) -> Response:
     ticket = _submit(services, runtime, prepared)
+    guard.arm(ticket)
     completion_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
     output = _Output(prepared, runtime, explain=explain)
     if stream:
         return StreamingResponse(
-            _sse(request, services, ticket, output, kind, completion_id, created, include_usage),
+            _sse(request, services, ticket, output, kind, completion_id, created, include_usage, guard),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(guard.release),  # also when the stream never started
         )
 
     async def collect() -> None:
@@ -188,6 +251,7 @@ async def _respond(
     try:
         await asyncio.wait({collector, disconnect}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        guard.release()
         disconnect.cancel()
         if not collector.done():
             ticket.cancel()
@@ -220,6 +284,7 @@ async def _sse(
     completion_id: str,
     created: int,
     include_usage: bool,
+    guard: _Guard,
 ) -> AsyncIterator[str]:
     prepared = output.prepared
 
@@ -272,15 +337,45 @@ async def _sse(
         error = _error_of(exc)
         yield _sse_data(error_body(error.message, error.type, error.param, error.code))
     finally:
+        guard.release()
         watcher.cancel()
         ticket.cancel()  # drops the request if the stream ended early (the client went away)
     yield "data: [DONE]\n\n"
 
 
+async def _serve(
+    request: Request,
+    services: Services,
+    runtime: ModelRuntime,
+    body: _GenerationParams,
+    kind: Kind,
+    prepare_request: Callable[[], PreparedRequest],
+) -> Response:
+    """Admit, prepare (on a worker thread), queue and answer one request."""
+    guard = await _guarded(request, services)
+    try:
+        prepared = await run_in_threadpool(prepare_request)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _respond(
+            request,
+            services,
+            runtime,
+            prepared,
+            kind=kind,
+            stream=body.stream,
+            include_usage=include_usage,
+            explain=_wants_explain(body),
+            guard=guard,
+        )
+    except BaseException:
+        guard.release()
+        raise
+
+
 @router.post(
     "/chat/completions",
     response_model=None,
-    responses={200: {"model": ChatCompletionResponse, "description": STREAM_DOC}, **ERROR_RESPONSES},
+    responses={200: {"model": ChatCompletionResponse, "description": STREAM_DOC, **SSE_CONTENT}, **ERROR_RESPONSES},
 )
 async def chat_completions(
     request: Request,
@@ -301,24 +396,13 @@ async def chat_completions(
             prompt_param="messages",
         )
 
-    prepared = await run_in_threadpool(prepare_chat)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(
-        request,
-        services,
-        runtime,
-        prepared,
-        kind="chat",
-        stream=body.stream,
-        include_usage=include_usage,
-        explain=_wants_explain(body),
-    )
+    return await _serve(request, services, runtime, body, "chat", prepare_chat)
 
 
 @router.post(
     "/completions",
     response_model=None,
-    responses={200: {"model": CompletionResponse, "description": STREAM_DOC}, **ERROR_RESPONSES},
+    responses={200: {"model": CompletionResponse, "description": STREAM_DOC, **SSE_CONTENT}, **ERROR_RESPONSES},
 )
 async def completions(
     request: Request,
@@ -340,15 +424,4 @@ async def completions(
             prompt_param="prompt",
         )
 
-    prepared = await run_in_threadpool(prepare_text)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(
-        request,
-        services,
-        runtime,
-        prepared,
-        kind="text",
-        stream=body.stream,
-        include_usage=include_usage,
-        explain=_wants_explain(body),
-    )
+    return await _serve(request, services, runtime, body, "text", prepare_text)

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from app.artifacts import Upload, store_upload
 from app.cache import HeadEvent
 from app.deps import AdminUser, CurrentUser, RuntimeDep, ServicesDep
-from app.errors import APIError
+from app.errors import APIError, error_responses
 from app.schemas import ObjectivePatch
 from app.served_rewards import check_served_reward
 from app.services import Services
@@ -61,17 +61,17 @@ def _objective_json(services: Services, objective: ObjectiveRecord) -> dict[str,
     }
 
 
-@router.get("")
+@router.get("", responses=error_responses(401, 429, 503))
 def list_objectives(_user: CurrentUser, services: ServicesDep) -> dict[str, Any]:
     return {"object": "list", "data": [_objective_json(services, o) for o in services.heads.objectives()]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=error_responses(401, 404, 429, 503))
 def get_objective(name: str, _user: CurrentUser, services: ServicesDep) -> dict[str, Any]:
     return _objective_json(services, services.heads.get(name))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503))
 async def upload_head(request: Request, admin: AdminUser, services: ServicesDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Register a head: multipart files ``head.json`` + ``*.safetensors`` (field name free),
     optional form field ``activate`` (default true)."""
@@ -119,10 +119,10 @@ def _check_reward(head: ValueHead, services: Services) -> None:
     try:
         check_served_reward(head.meta.reward_name, services.settings.reward_dir)
     except RewardError as exc:
-        raise APIError(422, f"head.json: {exc}", param="files", code="invalid_upload") from exc
+        raise APIError(422, f"head.json: {exc}", param="files", code="reward_outside_root") from exc
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503))
 def patch_objective(name: str, body: ObjectivePatch, admin: AdminUser, services: ServicesDep) -> dict[str, Any]:
     """``{"active": true, "version": "2"}`` activates a version (default: the newest);
     ``{"active": false}`` unloads the objective everywhere but keeps its versions."""
@@ -140,7 +140,7 @@ def patch_objective(name: str, body: ObjectivePatch, admin: AdminUser, services:
     return _objective_json(services, services.heads.get(name))
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", responses=error_responses(401, 403, 404, 429, 503))
 def delete_objective(name: str, admin: AdminUser, services: ServicesDep) -> dict[str, Any]:
     removed = services.heads.delete_objective(name, actor_id=admin.id)
     services.heads_changed(HeadEvent("deleted", name, "", services.replica_id))

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from app.deps import CurrentUser, ServicesDep
-from app.errors import APIError, api_error_for
-from app.schemas import ErrorResponse, RewardScoreRequest, RewardScoreResponse
+from app.errors import APIError, api_error_for, error_responses
+from app.schemas import RewardScoreRequest, RewardScoreResponse
 from app.served_rewards import served_reward
 from app.services import Services
 from personalize.db.records import HeadVersionRecord
@@ -26,7 +25,7 @@ from personalize.rewards import RewardFunction
 from personalize.rewards.base import as_scores
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 422, 429)}
+ERROR_RESPONSES = error_responses(400, 401, 413, 422, 429, 503)
 
 
 def _chosen(active: Sequence[HeadVersionRecord], wanted: Sequence[str] | None) -> list[HeadVersionRecord]:
@@ -59,7 +58,7 @@ def score(services: Services, body: RewardScoreRequest) -> RewardScoreResponse:
     chosen = _chosen(services.heads.active_versions(), body.objectives)
     prompts = [body.prompt] * len(body.responses)
     scores: dict[str, list[float]] = {}
-    ranges: dict[str, tuple[float | None, float | None]] = {}
+    ranges: dict[str, list[float | None]] = {}
     rewards: dict[str, str] = {}
     for record in chosen:
         name = reward_name(record)
@@ -70,7 +69,7 @@ def score(services: Services, body: RewardScoreRequest) -> RewardScoreResponse:
             raise api_error_for(exc, f"objectives.{record.objective}") from exc
         scores[record.objective] = [float(v) for v in values.tolist()]
         low, high = reward.value_range
-        ranges[record.objective] = (_bound(low), _bound(high))
+        ranges[record.objective] = [_bound(low), _bound(high)]
         rewards[record.objective] = name
     return RewardScoreResponse(
         object="reward_scores",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
 
 from app.deps import AdminUser, CurrentUser, ServicesDep, require_self_or_admin
-from app.errors import APIError, api_error_for
+from app.errors import APIError, api_error_for, error_responses
 from app.schemas import ProfileIn, ProfileOut, UserCreate, UserCreated, UserOut
+from personalize.db.models import utcnow
 from personalize.db.records import ProfileRecord, UserRecord
 from personalize.decoding.config import Personalization
 from personalize.errors import ConfigError, UnknownObjectiveError
@@ -45,24 +47,25 @@ def _parse_if_match(value: str | None) -> int | None:
     return int(tag)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503))
 def create_user(body: UserCreate, admin: AdminUser, services: ServicesDep) -> UserCreated:
-    created = services.users.create(body.name, body.role, actor_id=admin.id)
+    expires = utcnow() + timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
+    created = services.users.create(body.name, body.role, actor_id=admin.id, expires_at=expires)
     return UserCreated(**_user_out(created.user).model_dump(), api_key=created.api_key)
 
 
-@router.get("/me")
+@router.get("/me", responses=error_responses(401, 429, 503))
 def whoami(user: CurrentUser) -> UserOut:
     return _user_out(user)
 
 
-@router.get("/{user_id}/profile")
+@router.get("/{user_id}/profile", responses=error_responses(401, 403, 404, 429, 503))
 def get_profile(user_id: str, user: CurrentUser, services: ServicesDep, response: Response) -> ProfileOut:
     require_self_or_admin(user, user_id)
     return _profile_out(services.profiles.get(user_id), response)
 
 
-@router.put("/{user_id}/profile")
+@router.put("/{user_id}/profile", responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503))
 def put_profile(
     user_id: str,
     body: ProfileIn,

@@ -3,8 +3,10 @@
 from personalize.db.audit import AuditStore
 from personalize.db.errors import AlreadyExistsError, NotFoundError, StoreError, VersionConflictError
 from personalize.db.heads import HeadStore
+from personalize.db.keys import ApiKeyStore
 from personalize.db.profiles import ProfileStore
 from personalize.db.records import (
+    ApiKeyRecord,
     CreatedUser,
     HeadVersionRecord,
     ObjectiveRecord,
@@ -16,6 +18,8 @@ from personalize.db.users import UserStore
 
 __all__ = [
     "AlreadyExistsError",
+    "ApiKeyRecord",
+    "ApiKeyStore",
     "AuditStore",
     "CreatedUser",
     "Database",

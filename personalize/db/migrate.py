@@ -20,12 +20,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
-from personalize.db.session import create_db_engine, normalize_url
+from personalize.db.session import Timeouts, create_db_engine, normalize_url
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 ADVISORY_LOCK_KEY = 0x7065_7273_6F6E  # "person": any constant shared by all replicas
+MIGRATION_TIMEOUTS = Timeouts(statement_s=1800.0)
+"""Waiting for another replica's migration (the lock) and the migration itself may take long."""
 
 
 def alembic_config(url: str) -> Config:
@@ -54,7 +56,7 @@ def _sqlite_file_lock(url: str) -> Iterator[None]:
 @contextmanager
 def _locked_connection(url: str) -> Iterator[Connection]:
     """A connection held under the migration lock for its whole life."""
-    engine = create_db_engine(url)
+    engine = create_db_engine(url, MIGRATION_TIMEOUTS)
     try:
         if engine.dialect.name == "postgresql":
             with engine.connect() as conn:
@@ -68,7 +70,13 @@ def _locked_connection(url: str) -> Iterator[Connection]:
                     conn.commit()
         else:
             with _sqlite_file_lock(engine.url.render_as_string()), engine.connect() as conn:
+                # A batch migration re-creates a table (copy, drop, rename): with foreign keys on, the
+                # drop would cascade into the rows that reference it. Checked again afterwards.
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 yield conn
+                problems = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if problems:
+                    raise RuntimeError(f"the migration left rows with dangling foreign keys: {problems[:5]}")
     finally:
         engine.dispose()
 

@@ -2,7 +2,8 @@
 
 objectives      one row per objective name (conciseness, helpfulness, ...)
 head_versions   uploaded heads: artifact location + sha256, identity checks, active flag
-users           API callers: role and the sha256 of their API key (never the key)
+users           API callers: name and role
+api_keys        each user's API keys: sha256 (never the key), prefix, expiry, revocation
 profiles        one per user: weights per objective, beta, method, version (optimistic locking)
 audit_log       admin actions: who did what to which target, when
 """
@@ -81,14 +82,32 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     role: Mapped[str] = mapped_column(String(16), default=ROLE_USER)
-    api_key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     key_prefix: Mapped[str] = mapped_column(String(16))
-    """The first characters of the key, to tell keys apart in listings; not a secret."""
+    """The first characters of the user's newest key, to tell keys apart in listings; not a secret."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     profile: Mapped[Profile | None] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
     )
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="user", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ApiKey(Base):
+    """One API key of a user. A key works while it is neither revoked nor past ``expires_at``."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The first characters of the key, to tell keys apart in listings; not a secret."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    user: Mapped[User] = relationship(back_populates="keys")
 
 
 class Profile(Base):

@@ -24,6 +24,46 @@ class UserRecord:
 
 
 @dataclass(frozen=True)
+class ApiKeyRecord:
+    """One API key as listings show it: never the key nor its hash."""
+
+    id: str
+    user_id: str
+    prefix: str
+    created_at: datetime
+    created_by: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def status(self, now: datetime) -> str:
+        """``active``, ``expired`` or ``revoked`` at ``now``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a successful authentication yields: the user, and which key (and until when) it used."""
+
+    user: UserRecord
+    key_id: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key: the only time it exists in clear text."""
+
+    record: ApiKeyRecord
+    api_key: str
+    retired: tuple[ApiKeyRecord, ...] = ()
+    """Keys a rotation revoked or gave an end to."""
+
+
+@dataclass(frozen=True)
 class CreatedUser:
     """A new user and its API key: the only time the key exists in clear text."""
 

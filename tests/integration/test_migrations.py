@@ -17,7 +17,7 @@ from tests.integration.conftest import _pg_available, _pg_execute, _pg_url
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"objectives", "head_versions", "users", "profiles", "audit_log"}
+TABLES = {"objectives", "head_versions", "users", "api_keys", "profiles", "audit_log"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -76,3 +76,46 @@ def test_replicas_upgrading_at_once_all_succeed(empty_database: str) -> None:
     assert errors == []
     assert migrate.current_revision(empty_database) == migrate.head_revision()
     assert _tables(empty_database) == TABLES
+
+
+def test_keys_survive_the_api_keys_migration_both_ways(empty_database: str) -> None:
+    """A user created before keys had their own table keeps their key across upgrade and downgrade."""
+    from sqlalchemy import text
+
+    from personalize.db import Database, UserStore
+    from personalize.db.keys import hash_api_key
+
+    migrate.upgrade(empty_database, "0001")
+    engine = create_db_engine(empty_database)
+    key = "pz-old-key-from-before"
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, name, role, api_key_sha256, key_prefix, created_at) "
+                    "VALUES ('u1', 'old', 'user', :h, 'pz-old-k', CURRENT_TIMESTAMP)"
+                ),
+                {"h": hash_api_key(key)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO profiles (user_id, weights, beta, method, top_k, version, updated_at) "
+                    "VALUES ('u1', '{}', 2.0, 'vas', 20, 3, CURRENT_TIMESTAMP)"
+                )
+            )
+        migrate.upgrade(empty_database)
+        db = Database(empty_database)
+        try:
+            user = UserStore(db).authenticate(key)
+            assert user is not None and user.id == "u1"
+            issued = UserStore(db).keys.rotate("old", actor_id=None)
+        finally:
+            db.dispose()
+        migrate.downgrade(empty_database, "0001")
+        with engine.connect() as conn:
+            digest = conn.execute(text("SELECT api_key_sha256 FROM users WHERE id = 'u1'")).scalar_one()
+        assert digest == hash_api_key(issued.api_key)  # the newest working key is the one kept
+        with engine.connect() as conn:  # re-creating the users table (SQLite) must not cascade into profiles
+            assert conn.execute(text("SELECT version FROM profiles WHERE user_id = 'u1'")).scalar_one() == 3
+    finally:
+        engine.dispose()

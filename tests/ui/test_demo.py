@@ -80,6 +80,20 @@ def test_prepare_without_any_head(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert not setup.registered and not setup.present and setup.keys.user_key.startswith("pz-")
 
 
+def test_prepare_without_users_registers_heads_only(
+    tmp_path: Path, tiny_model_dir: Path, tiny_head_dir: Callable[..., Path]
+) -> None:
+    settings = _settings(tmp_path / "data", tiny_model_dir)
+    setup = prepare_demo(settings, [tiny_head_dir("concise", seed=1)], users=False)
+    assert setup.keys is None and setup.registered == ("concise@1",)
+    assert not (settings.data_dir / KEYS_FILE).exists()
+    db = Database(settings.database_url)
+    try:
+        assert UserStore(db).all() == []
+    finally:
+        db.dispose()
+
+
 def test_config_and_ports_are_checked() -> None:
     with pytest.raises(DemoError, match="different ports"):
         DemoConfig(api_port=9000, ui_port=9000)
