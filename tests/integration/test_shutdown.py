@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from app.cli_commands import draining_server
+from app.service_commands import draining_server
 
 from app.main import create_app
 from personalize.db import Database, UserStore
