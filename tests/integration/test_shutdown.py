@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from app.service_commands import draining_server
 
 from app.main import create_app
+from app.service_commands import draining_server
 from personalize.db import Database, UserStore
 from tests.integration.conftest import Backend, free_port, make_settings, tiny_engine_factory, wait_until
 from tests.integration.helpers import sse_events
