@@ -2,10 +2,9 @@
 
     work = sequences x rows x (prompt tokens + max_tokens)
 
-- rows: a sequence's batch rows, 1 base row + 1 per adapter head (``lora`` or
-  ``implicit``) with a non-zero weight when the method steers token by token
-  (``vas``, ``ivg``); ``linear`` heads add no row; ``base``, ``bon`` and ``aisp``
-  sequences are 1 row.
+- rows: a sequence's batch rows as the engine lays them out (``Engine.cost``): 1 base row
+  + 1 per adapter head (``lora`` or ``implicit``) it reads (``vas``, ``ivg``); ``linear``
+  heads add no row; ``base``, ``bon`` and ``aisp`` sequences are 1 row.
 - sequences: 1 for ``base``/``vas``; ``best_of`` for ``bon``; ``candidates x beams``
   for ``ivg``; ``samples x iterations`` for ``aisp``.
 
@@ -16,14 +15,16 @@ request is refused with 422 naming the field that multiplies the work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from app.errors import APIError
+from app.scheduler import Cost
 from personalize.decoding.config import GenerationRequest
 
-ADAPTER_KINDS = frozenset({"lora", "implicit"})
-ROW_METHODS = frozenset({"vas", "ivg"})
+
+class Costed(Protocol):
+    def cost(self, request: GenerationRequest) -> Cost: ...
 
 
 @dataclass(frozen=True)
@@ -41,24 +42,28 @@ class Work:
         return self.sequences * self.rows * self.tokens
 
 
-def request_work(request: GenerationRequest, head_kinds: Mapping[str, str]) -> Work:
+def request_work(request: GenerationRequest, engine: Costed, copies: int = 1) -> Work:
+    """The work of ``copies`` answers to ``request`` (``n``)."""
     p = request.personalization
     tokens = len(request.prompt_ids) + request.sampling.max_new_tokens
-    rows = 1
-    if p.method in ROW_METHODS:
-        rows += sum(1 for name in p.active_weights if head_kinds.get(name) in ADAPTER_KINDS)
+    cost = engine.cost(request)
+    rows = cost.rows // cost.sequences  # each sequence of a request has the same rows
     if p.method == "bon":
-        return Work(p.best_of, rows, tokens, "personalization.best_of", "best_of or max_tokens")
-    if p.method == "ivg":
-        return Work(p.ivg.sequences, rows, tokens, "personalization.ivg", "ivg.candidates x ivg.beams or max_tokens")
-    if p.method == "aisp":
-        return Work(p.aisp.total, rows, tokens, "personalization.aisp", "aisp.samples x aisp.iterations or max_tokens")
-    return Work(1, rows, tokens, "max_tokens", "max_tokens, the prompt or the number of weighted adapter heads")
+        sequences, field, hint = p.best_of, "personalization.best_of", "best_of or max_tokens"
+    elif p.method == "ivg":
+        sequences, field, hint = p.ivg.sequences, "personalization.ivg", "ivg.candidates x ivg.beams or max_tokens"
+    elif p.method == "aisp":
+        sequences, field, hint = p.aisp.total, "personalization.aisp", "aisp.samples x aisp.iterations or max_tokens"
+    else:
+        sequences, field, hint = 1, "max_tokens", "max_tokens, the prompt or the number of weighted adapter heads"
+    if copies > 1:
+        return Work(sequences * copies, rows, tokens, "n", f"n, or {hint}")
+    return Work(sequences, rows, tokens, field, hint)
 
 
-def check_work(request: GenerationRequest, head_kinds: Mapping[str, str], cap: int) -> Work:
-    """The request's work; APIError 422 naming the field and the cap when it is over ``cap``."""
-    work = request_work(request, head_kinds)
+def check_work(request: GenerationRequest, engine: Costed, cap: int, copies: int = 1) -> Work:
+    """The request's work (``copies`` answers); APIError 422 naming the field and the cap when it is over ``cap``."""
+    work = request_work(request, engine, copies)
     if work.total > cap:
         raise APIError(
             422,

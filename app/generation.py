@@ -9,7 +9,7 @@ limits (the work cap of :mod:`app.budget` included), and tokenizes the prompt.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from app.budget import check_work
@@ -25,6 +25,7 @@ from personalize.decoding.config import (
     Personalization,
     SamplingParams,
 )
+from personalize.decoding.rng import derive_seed
 from personalize.errors import ConfigError, ContextLengthError, UnknownObjectiveError
 
 
@@ -33,10 +34,26 @@ class PreparedRequest:
     request: GenerationRequest
     user_id: str
     model_id: str
+    logprobs: bool = False
+    """Whether each choice reports its tokens' log-probabilities."""
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.request.prompt_ids)
+
+    @property
+    def top_logprobs(self) -> int:
+        return self.request.sampling.top_logprobs
+
+    def choices(self, n: int) -> list[GenerationRequest]:
+        """``n`` requests for ``n`` answers: the first with the request's seed, the others derived from it
+        (random when no seed was given)."""
+        seed = self.request.sampling.seed
+        out = [self.request]
+        for i in range(1, n):
+            derived = derive_seed(seed, i) if seed is not None else None
+            out.append(replace(self.request, sampling=replace(self.request.sampling, seed=derived)))
+        return out
 
 
 def _absent(value: Any) -> bool:
@@ -188,9 +205,8 @@ def sampling_params(services: Services, body: _GenerationParams, max_tokens: int
             param="max_tokens",
             code="invalid_value",
         )
-    if body.n != 1:
-        raise APIError(422, f"n must be 1 on this server, got {body.n}", param="n", code="invalid_value")
     stop: tuple[str, ...] = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    _, top_logprobs = logprob_request(body)
     try:
         return SamplingParams(
             max_new_tokens=wanted,
@@ -198,9 +214,38 @@ def sampling_params(services: Services, body: _GenerationParams, max_tokens: int
             top_p=body.top_p,
             stop=stop,
             seed=body.seed,
+            top_logprobs=top_logprobs,
+            logit_bias=logit_bias(body),
         )
     except ConfigError as exc:
         raise api_error_for(exc) from exc
+
+
+def logprob_request(body: _GenerationParams) -> tuple[bool, int]:
+    """(report log-probabilities?, alternatives per position): chat's ``logprobs``/``top_logprobs``,
+    text completions' ``logprobs`` (an integer: the alternatives)."""
+    wanted = getattr(body, "logprobs", None)
+    top = getattr(body, "top_logprobs", None)
+    if isinstance(wanted, bool):  # chat completions
+        if top is not None and not wanted:
+            raise APIError(422, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+        return wanted, int(top or 0)
+    return wanted is not None, int(wanted or 0)
+
+
+def logit_bias(body: _GenerationParams) -> dict[int, float]:
+    """``logit_bias``'s keys (token ids written as strings, as OpenAI takes them) as integers."""
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        if not key.strip().isdigit():
+            raise APIError(
+                422,
+                f"logit_bias keys are token ids (digits), got {key!r}",
+                param=f"logit_bias.{key}",
+                code="invalid_value",
+            )
+        bias[int(key)] = value
+    return bias
 
 
 def prepare(
@@ -223,11 +268,14 @@ def prepare(
     if not prompt_ids:
         raise APIError(422, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
     request = GenerationRequest(tuple(prompt_ids), sampling, personalization)
-    check_work(request, runtime.engine.head_kinds(), services.settings.max_request_work)
+    check_work(request, runtime.engine, services.settings.max_request_work, copies=body.n)
     try:
         runtime.engine.validate(request)
     except ContextLengthError as exc:
         raise api_error_for(exc, prompt_param) from exc
     except UnknownObjectiveError as exc:
         raise api_error_for(exc, f"personalization.weights.{exc.name}") from exc
-    return PreparedRequest(request, target.id, runtime.model_id)
+    except ConfigError as exc:
+        field = "logit_bias" if "logit_bias" in str(exc) else None
+        raise api_error_for(exc, field) from exc
+    return PreparedRequest(request, target.id, runtime.model_id, logprob_request(body)[0])

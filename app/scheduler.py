@@ -94,6 +94,9 @@ class Cost(Protocol):
     def rows(self) -> int: ...
 
     @property
+    def sequences(self) -> int: ...
+
+    @property
     def kv_bytes(self) -> int: ...
 
 

@@ -16,6 +16,8 @@ from pydantic_core import PydanticCustomError
 from personalize.decoding.config import (
     BETA_RANGE,
     CHUNK_TOKENS_RANGE,
+    LOGIT_BIAS_MAX,
+    LOGIT_BIAS_RANGE,
     METHODS,
     TEMPERATURE_RANGE,
     TOP_K_RANGE,
@@ -160,6 +162,7 @@ MAX_MESSAGE_CHARS = 65_536
 MAX_PROMPT_CHARS = 65_536
 MAX_USER_CHARS = 256
 MAX_CONTENT_PARTS = 64
+MAX_CHOICES = 8
 
 
 def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
@@ -212,7 +215,17 @@ class _GenerationParams(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1], allow_inf_nan=False)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
-    n: Annotated[int, Field(ge=1)] = 1
+    n: Annotated[int, WHOLE, Field(ge=1, le=MAX_CHOICES, strict=True)] = Field(
+        default=1,
+        description=f"Answers to generate (at most {MAX_CHOICES}); they decode together in the running batch, "
+        "seeded from `seed` (choice i > 0 with a seed derived from it), and count n times against the work cap.",
+    )
+    logit_bias: dict[str, Annotated[float, Field(ge=LOGIT_BIAS_RANGE[0], le=LOGIT_BIAS_RANGE[1])]] | None = Field(
+        default=None,
+        max_length=LOGIT_BIAS_MAX,
+        description="Token id (as a string) -> bias in [-100, 100], added to the base model's logits before the "
+        "top-k and the value guidance, as OpenAI adds it to logits. Not with a remote base model.",
+    )
     stop: StopField = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     stream: bool = False
@@ -247,9 +260,21 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_GenerationParams):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = Field(
+        default=False,
+        description="Return each token's log-probability under the distribution it was drawn from (see the "
+        "API docs: per method).",
+    )
+    top_logprobs: Annotated[int, WHOLE, Field(ge=0, le=20, strict=True)] | None = Field(
+        default=None, description="With `logprobs`: the most likely alternatives at each position (0-20)."
+    )
 
 
 class CompletionRequest(_GenerationParams):
+    logprobs: Annotated[int, WHOLE, Field(ge=0, le=20, strict=True)] | None = Field(
+        default=None,
+        description="Return each token's log-probability and this many most likely alternatives (0-20).",
+    )
     prompt: Annotated[
         str | Annotated[list[str], Field(min_length=1, max_length=1)],
         Field(description=f"At most {MAX_PROMPT_CHARS} characters."),
@@ -335,10 +360,32 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
+class TextLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = Field(default=None, description="Only with `logprobs: true`.")
     finish_reason: Literal["stop", "length"] | None
     token_contributions: list[TokenContribution] | None = Field(
         default=None, description="Only with `personalization.explain: true`."
@@ -410,7 +457,7 @@ class ChatCompletionResponse(BaseModel):
 class TextChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = Field(default=None, description="Only with `logprobs` set.")
     finish_reason: Literal["stop", "length"] | None
     token_contributions: list[TokenContribution] | None = Field(
         default=None, description="Only with `personalization.explain: true`."

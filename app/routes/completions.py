@@ -14,8 +14,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -27,6 +27,7 @@ from app.deps import CurrentUser, RuntimeDep, ServicesDep
 from app.errors import APIError, api_error_for, error_body, error_responses
 from app.generation import PreparedRequest, prepare
 from app.inflight import Lease
+from app.logprobs import chat_logprobs, text_logprobs
 from app.scheduler import (
     DeadlineExceededError,
     DecoderDeadError,
@@ -44,7 +45,7 @@ from app.schemas import (
 )
 from app.services import ModelRuntime, Services
 from personalize.decoding import methods
-from personalize.decoding.config import Compute, StreamEvent
+from personalize.decoding.config import Compute, StreamEvent, TokenLogprob
 from personalize.errors import PersonalizeError
 
 router = APIRouter(prefix="/v1", tags=["completions"])
@@ -76,13 +77,15 @@ def _wants_explain(body: _GenerationParams) -> bool:
 
 @dataclass
 class _Output:
-    """What one request produced so far, and its token count for ``usage``."""
+    """What one choice produced so far, and its token count for ``usage``."""
 
     prepared: PreparedRequest
     runtime: ModelRuntime
+    index: int = 0
     explain: bool = False
     parts: list[str] = field(default_factory=list)
     explained: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     tokens: int = 0
     finish_reason: str | None = None
     compute: Compute | None = None
@@ -90,6 +93,7 @@ class _Output:
 
     def add(self, event: StreamEvent) -> None:
         self.parts.append(event.text)
+        self.logprobs.extend(event.tokens)
         if event.compute is not None:
             self.compute = event.compute
         if self.explain:
@@ -107,13 +111,30 @@ class _Output:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def usage(self) -> dict[str, int]:
-        prompt = self.prepared.prompt_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": self.tokens, "total_tokens": prompt + self.tokens}
+    def logprobs_json(self, kind: Kind, entries: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any] | None:
+        """``choices[].logprobs`` for ``entries`` (None unless the request asked for log-probabilities)."""
+        if not self.prepared.logprobs:
+            return None
+        tokenizer, top = self.runtime.base.tokenizer, self.prepared.top_logprobs
+        if kind == "chat":
+            return chat_logprobs(tokenizer, entries, top)
+        return text_logprobs(tokenizer, entries, top, offset)
 
-    def compute_json(self) -> dict[str, Any] | None:
-        """The ``compute`` object (see :class:`app.schemas.ComputeOut`)."""
-        return asdict(self.compute) if self.compute is not None else None
+
+def _usage(outputs: Sequence[_Output]) -> dict[str, int]:
+    """The prompt counted once, the completion tokens of every choice (as OpenAI counts ``n``)."""
+    prompt = outputs[0].prepared.prompt_tokens
+    completion = sum(o.tokens for o in outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _compute_json(outputs: Sequence[_Output]) -> dict[str, Any] | None:
+    """The ``compute`` object (see :class:`app.schemas.ComputeOut`), summed over the choices."""
+    costs = [o.compute for o in outputs if o.compute is not None]
+    if not costs:
+        return None
+    total = {name: sum(getattr(c, name) for c in costs) for name in (f.name for f in fields(Compute))}
+    return total
 
 
 def _personalization(prepared: PreparedRequest, ticket: Ticket) -> dict[str, Any]:
@@ -124,15 +145,22 @@ def _personalization(prepared: PreparedRequest, ticket: Ticket) -> dict[str, Any
     }
 
 
-def _submit(services: Services, runtime: ModelRuntime, prepared: PreparedRequest) -> Ticket:
+def _submit(services: Services, runtime: ModelRuntime, prepared: PreparedRequest, n: int) -> list[Ticket]:
+    """Queue the request's ``n`` choices together (they decode in the same running batch)."""
+    tickets: list[Ticket] = []
     try:
-        ticket = runtime.scheduler.submit(prepared.request)
+        for request in prepared.choices(n):
+            tickets.append(runtime.scheduler.submit(request))
     except QueueFullError as exc:
+        for ticket in tickets:
+            ticket.cancel()
         services.metrics.rejected.labels("queue_full").inc()
         raise APIError(429, str(exc), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from exc
     except SchedulerStoppedError as exc:
+        for ticket in tickets:
+            ticket.cancel()
         raise _stopped(exc) from exc
-    return ticket
+    return tickets
 
 
 def _stopped(exc: BaseException) -> APIError:
@@ -149,15 +177,20 @@ class _Guard:
     """Event-loop time when the request must end (None: no deadline)."""
     timer: asyncio.TimerHandle | None = None
 
-    def arm(self, ticket: Ticket) -> None:
+    def arm(self, tickets: Sequence[Ticket]) -> None:
         if self.deadline is not None:
             loop = asyncio.get_running_loop()
-            self.timer = loop.call_at(self.deadline, ticket.expire)
+            self.timer = loop.call_at(self.deadline, _expire_all, tickets)
 
     def release(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
         self.lease.release()
+
+
+def _expire_all(tickets: Sequence[Ticket]) -> None:
+    for ticket in tickets:
+        ticket.expire()
 
 
 async def _guarded(request: Request, services: Services) -> _Guard:
@@ -170,10 +203,11 @@ async def _guarded(request: Request, services: Services) -> _Guard:
     return _Guard(lease, deadline)
 
 
-def _record(services: Services, output: _Output) -> None:
-    services.metrics.tokens.labels("prompt").inc(output.prepared.prompt_tokens)
-    services.metrics.tokens.labels("completion").inc(output.tokens)
-    for objective in output.prepared.request.personalization.active_weights:
+def _record(services: Services, outputs: Sequence[_Output]) -> None:
+    prepared = outputs[0].prepared
+    services.metrics.tokens.labels("prompt").inc(prepared.prompt_tokens)
+    services.metrics.tokens.labels("completion").inc(sum(o.tokens for o in outputs))
+    for objective in prepared.request.personalization.active_weights:
         services.metrics.objective_requests.labels(objective).inc()
 
 
@@ -196,16 +230,25 @@ def _error_of(exc: BaseException) -> APIError:
     return APIError(500, "decoding failed", type="server_error", code="internal_error")
 
 
-def _choice(kind: Kind, text: str, finish: str | None, *, delta: bool, first: bool = False) -> dict[str, Any]:
+def _choice(
+    kind: Kind,
+    text: str,
+    finish: str | None,
+    *,
+    delta: bool,
+    first: bool = False,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     if kind == "text":
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
     if delta:
         content: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-        return {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": content, "logprobs": logprobs, "finish_reason": finish}
     return {
-        "index": 0,
+        "index": index,
         "message": {"role": "assistant", "content": text, "refusal": None},
-        "logprobs": None,
+        "logprobs": logprobs,
         "finish_reason": finish,
     }
 
@@ -228,25 +271,30 @@ async def _respond(
     include_usage: bool,
     explain: bool,
     guard: _Guard,
+    n: int,
 ) -> Response:
-    ticket = _submit(services, runtime, prepared)
-    guard.arm(ticket)
+    tickets = _submit(services, runtime, prepared, n)
+    guard.arm(tickets)
     completion_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
-    output = _Output(prepared, runtime, explain=explain)
+    outputs = [_Output(prepared, runtime, index=i, explain=explain) for i in range(n)]
+    reply = _Reply(kind, completion_id, created, prepared, tickets, outputs)
     if stream:
         return StreamingResponse(
-            _sse(request, services, ticket, output, kind, completion_id, created, include_usage, guard),
+            _sse(request, services, reply, include_usage, guard),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             background=BackgroundTask(guard.release),  # also when the stream never started
         )
 
-    async def collect() -> None:
+    async def collect(ticket: Ticket, output: _Output) -> None:
         async for event in ticket.iter_events():
             output.add(event)
 
-    collector = asyncio.create_task(collect())
+    async def collect_all() -> None:
+        await asyncio.gather(*map(collect, tickets, outputs))
+
+    collector = asyncio.create_task(collect_all())
     disconnect = asyncio.create_task(_wait_for_disconnect(request))
     try:
         await asyncio.wait({collector, disconnect}, return_when=asyncio.FIRST_COMPLETED)
@@ -254,82 +302,145 @@ async def _respond(
         guard.release()
         disconnect.cancel()
         if not collector.done():
-            ticket.cancel()
+            for ticket in tickets:
+                ticket.cancel()
             collector.cancel()
     if not collector.done() or collector.cancelled():
         return Response(status_code=499)  # the client is gone; nobody reads this
     if (exc := collector.exception()) is not None:
+        for ticket in tickets:
+            ticket.cancel()
         raise _error_of(exc)
-    _record(services, output)
-    body = _envelope(kind, completion_id, created, prepared.model_id, chunk=False)
-    body["choices"] = [_choice(kind, output.text, output.finish_reason, delta=False)]
-    if explain:
-        body["choices"][0]["token_contributions"] = output.explained
-    body["usage"] = output.usage()
-    body["compute"] = output.compute_json()
-    body["personalization"] = _personalization(prepared, ticket)
-    return JSONResponse(body)
+    _record(services, outputs)
+    return JSONResponse(reply.whole())
+
+
+@dataclass
+class _Reply:
+    """One response under construction: its choices' tickets and outputs, and how to write it."""
+
+    kind: Kind
+    completion_id: str
+    created: int
+    prepared: PreparedRequest
+    tickets: list[Ticket]
+    outputs: list[_Output]
+
+    def envelope(self, *, chunk: bool) -> dict[str, Any]:
+        return _envelope(self.kind, self.completion_id, self.created, self.prepared.model_id, chunk=chunk)
+
+    def whole(self) -> dict[str, Any]:
+        """The non-streamed body."""
+        body = self.envelope(chunk=False)
+        body["choices"] = []
+        for o in self.outputs:
+            logprobs = o.logprobs_json(self.kind, o.logprobs)
+            choice = _choice(self.kind, o.text, o.finish_reason, delta=False, index=o.index, logprobs=logprobs)
+            if o.explain:
+                choice["token_contributions"] = o.explained
+            body["choices"].append(choice)
+        body["usage"] = _usage(self.outputs)
+        body["compute"] = _compute_json(self.outputs)
+        body["personalization"] = _personalization(self.prepared, self.tickets[0])
+        return body
+
+    def chunk(
+        self,
+        output: _Output,
+        text: str,
+        finish: str | None,
+        *,
+        first: bool = False,
+        tokens: list[dict[str, Any]] | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = self.envelope(chunk=True)
+        choice = _choice(self.kind, text, finish, delta=True, first=first, index=output.index, logprobs=logprobs)
+        body["choices"] = [choice]
+        if tokens is not None:
+            choice["token_contributions"] = tokens
+        if first or finish is not None:
+            body["personalization"] = _personalization(self.prepared, self.tickets[0])
+        if finish is not None:
+            body["compute"] = _compute_json([output])
+        return body
 
 
 def _sse_data(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
+async def _merged(tickets: Sequence[Ticket]) -> AsyncIterator[tuple[int, StreamEvent]]:
+    """The events of every choice, as they come (choice index, event); a failure is raised."""
+    queue: asyncio.Queue[tuple[int, StreamEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, ticket: Ticket) -> None:
+        try:
+            async for event in ticket.iter_events():
+                await queue.put((index, event))
+        except BaseException as exc:  # delivered to the reader, which raises it
+            await queue.put((index, exc))
+        await queue.put((index, None))
+
+    pumps = [asyncio.create_task(pump(i, t)) for i, t in enumerate(tickets)]
+    try:
+        remaining = len(tickets)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in pumps:
+            task.cancel()
+
+
+def _stream_event(reply: _Reply, output: _Output, event: StreamEvent, first: bool) -> list[dict[str, Any]]:
+    """The chunks one event makes (after the role chunk): its text, then its finish."""
+    offset = len(output.text)
+    output.add(event)
+    logprobs = output.logprobs_json(reply.kind, event.tokens, offset) if event.tokens else None
+    # With explain, every token's entry rides on a chunk: its text's, else the finishing one,
+    # else an empty-text chunk of its own (a held-back character or stop-string prefix).
+    tokens = [output.explained[-1]] if output.explain else None
+    chunks = []
+    if event.text or logprobs is not None or (tokens is not None and event.finish_reason is None):
+        chunks.append(reply.chunk(output, event.text, None, first=first, tokens=tokens, logprobs=logprobs))
+        tokens = None
+    if event.finish_reason is not None:
+        chunks.append(reply.chunk(output, "", event.finish_reason, tokens=tokens))
+    return chunks
+
+
 async def _sse(
-    request: Request,
-    services: Services,
-    ticket: Ticket,
-    output: _Output,
-    kind: Kind,
-    completion_id: str,
-    created: int,
-    include_usage: bool,
-    guard: _Guard,
+    request: Request, services: Services, reply: _Reply, include_usage: bool, guard: _Guard
 ) -> AsyncIterator[str]:
-    prepared = output.prepared
-
-    def chunk(
-        text: str, finish: str | None, *, first: bool = False, tokens: list[dict[str, Any]] | None = None
-    ) -> dict[str, Any]:
-        body = _envelope(kind, completion_id, created, prepared.model_id, chunk=True)
-        body["choices"] = [_choice(kind, text, finish, delta=True, first=first)]
-        if tokens is not None:
-            body["choices"][0]["token_contributions"] = tokens
-        if first or finish is not None:
-            body["personalization"] = _personalization(prepared, ticket)
-        if finish is not None:
-            body["compute"] = output.compute_json()
-        if include_usage:
-            body["usage"] = None
-        return body
-
     async def watch_disconnect() -> None:
         await _wait_for_disconnect(request)
-        ticket.cancel()
+        for ticket in reply.tickets:
+            ticket.cancel()
 
     watcher = asyncio.create_task(watch_disconnect())
-    first = True
+    started: set[int] = set()
     try:
-        async for event in ticket.iter_events():
-            output.add(event)
-            if first and kind == "chat":  # the role comes first, on its own
-                yield _sse_data(chunk("", None, first=True))
+        async for index, event in _merged(reply.tickets):
+            output = reply.outputs[index]
+            first = index not in started
+            if first and reply.kind == "chat":  # the role comes first, on its own
+                yield _sse_data(reply.chunk(output, "", None, first=True))
                 first = False
-            # With explain, every token's entry rides on a chunk: its text's, else the finishing one,
-            # else an empty-text chunk of its own (a held-back character or stop-string prefix).
-            tokens = [output.explained[-1]] if output.explain else None
-            if event.text or (tokens is not None and event.finish_reason is None):
-                yield _sse_data(chunk(event.text, None, first=first, tokens=tokens))
-                first = False
-                tokens = None
-            if event.finish_reason is not None:
-                yield _sse_data(chunk("", event.finish_reason, tokens=tokens))
-        _record(services, output)
+            started.add(index)
+            for body in _stream_event(reply, output, event, first):
+                yield _sse_data(body)
+        _record(services, reply.outputs)
         if include_usage:
-            tail = _envelope(kind, completion_id, created, prepared.model_id, chunk=True)
+            tail = reply.envelope(chunk=True)
             tail["choices"] = []
-            tail["usage"] = output.usage()
-            tail["compute"] = output.compute_json()
+            tail["usage"] = _usage(reply.outputs)
+            tail["compute"] = _compute_json(reply.outputs)
             yield _sse_data(tail)
     except RequestCancelledError:
         return  # the client is gone
@@ -339,7 +450,8 @@ async def _sse(
     finally:
         guard.release()
         watcher.cancel()
-        ticket.cancel()  # drops the request if the stream ended early (the client went away)
+        for ticket in reply.tickets:
+            ticket.cancel()  # drops the request if the stream ended early (the client went away)
     yield "data: [DONE]\n\n"
 
 
@@ -366,6 +478,7 @@ async def _serve(
             include_usage=include_usage,
             explain=_wants_explain(body),
             guard=guard,
+            n=body.n,
         )
     except BaseException:
         guard.release()

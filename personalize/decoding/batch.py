@@ -236,9 +236,10 @@ class DecodeBatch(RequestBook):
         cancelled = any(self.outputs[s.number].spec.request_index in self._cancelled for s in self._slots)
         if sampled is None or not (cancelled or any(slot.ready for slot in self._slots)):
             return []
-        tokens = sampled.tokens.tolist()  # the one device sync per step (four small transfers)
+        tokens = sampled.tokens.tolist()  # the one device sync per step (a few small transfers)
         logprobs = sampled.logprobs.tolist()
         values = sampled.values.tolist()
+        tops = _tops(sampled)
         pushes: dict[int, dict[str, float]] = {}
         layout = self._current_layout()
         for (pos, objective), value in zip(layout.entry_owner, sampled.contributions.tolist(), strict=True):
@@ -257,7 +258,8 @@ class DecodeBatch(RequestBook):
             slot.ready = False
             out.value = values[pos]
             step = steps.setdefault(index, RequestStep())
-            event = self._record(slot.number, tokens[pos], logprobs[pos], pushes.get(pos, {}))
+            top = tops[pos][: out.spec.top_logprobs] if tops else ()
+            event = self._record(slot.number, tokens[pos], logprobs[pos], pushes.get(pos, {}), top)
             if event is not None:
                 events.append(event)
                 if event.finish_reason is not None:
@@ -295,3 +297,11 @@ class DecodeBatch(RequestBook):
                 self._sampled.contributions.new_zeros(0),  # emitted already; the next step rewrites them
                 self._sampled.values[picked],
             )
+
+
+def _tops(sampled: StepOutput) -> list[tuple[tuple[int, float], ...]]:
+    """Per slot, the most likely (token id, log-probability) pairs of the step (empty when none was asked)."""
+    if sampled.top_ids is None or sampled.top_logprobs is None:
+        return []
+    ids, values = sampled.top_ids.tolist(), sampled.top_logprobs.tolist()
+    return [tuple(zip(row_ids, row_values, strict=True)) for row_ids, row_values in zip(ids, values, strict=True)]

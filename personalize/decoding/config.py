@@ -36,6 +36,9 @@ AISP_SAMPLES_RANGE = (1, 64)
 AISP_ITERATIONS_RANGE = (1, 16)
 AISP_MAX_SAMPLES = 256
 CHUNK_TOKENS_RANGE = (1, 64)
+TOP_LOGPROBS_RANGE = (0, 20)
+LOGIT_BIAS_RANGE = (-100.0, 100.0)
+LOGIT_BIAS_MAX = 300
 
 FinishReason = Literal["stop", "length"]
 
@@ -90,6 +93,10 @@ class SamplingParams:
     """Keep generating past end-of-sequence (benchmarks that need a fixed length)."""
     top_k: int = 0
     """Sample only among the k highest final scores (0: no filter). Distinct from the guidance top-k."""
+    top_logprobs: int = 0
+    """Report this many most likely alternatives (with log-probabilities) at every position (0..20)."""
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    """Token id -> bias added to the base model's logits before the top-k and the guidance (as OpenAI's)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -110,6 +117,23 @@ class SamplingParams:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63
         ):
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        _check_int("top_logprobs", self.top_logprobs, TOP_LOGPROBS_RANGE)
+        object.__setattr__(self, "logit_bias", MappingProxyType(_logit_bias(self.logit_bias)))
+
+
+def _logit_bias(bias: object) -> dict[int, float]:
+    """A checked copy of ``logit_bias``: at most LOGIT_BIAS_MAX entries, token id >= 0 -> bias in [-100, 100]."""
+    if not isinstance(bias, Mapping):
+        raise ConfigError(f"logit_bias must map token ids to numbers, got {bias!r}")
+    if len(bias) > LOGIT_BIAS_MAX:
+        raise ConfigError(f"logit_bias may hold at most {LOGIT_BIAS_MAX} tokens, got {len(bias)}")
+    clean: dict[int, float] = {}
+    for token, value in bias.items():
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise ConfigError(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+        _check_range(f"logit_bias[{token}]", value, LOGIT_BIAS_RANGE)
+        clean[token] = float(value)
+    return clean
 
 
 @dataclass(frozen=True)
@@ -315,7 +339,9 @@ class GenerationResult:
     reward: float | None = None
     """Best-of-N and AISP: the returned sample's weighted reward."""
     logprobs: tuple[float, ...] = ()
-    """Log-probability of each sampled token (EOS included) under its final scores (see ``StreamEvent.logprob``)."""
+    """Log-probability of each sampled token (EOS included) under its final scores (see ``TokenLogprob``)."""
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
+    """Per sampled token, its position's most likely alternatives (``SamplingParams.top_logprobs`` of them)."""
     stop_token_id: int | None = None
     """The end-of-sequence token that ended the response (left out of ``token_ids``); None when it ended
     otherwise (length, a stop string). A model may have several (e.g. end of turn and end of text)."""
@@ -336,6 +362,18 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability and the most likely alternatives at its position.
+
+    Under the distribution the token was drawn from: the final (value-guided) scores with the sampling
+    top-k filter and the temperature applied (temperature 0 reports temperature 1), before top-p."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
+
+
+@dataclass(frozen=True)
 class StreamEvent:
     """One step of a streamed generation for one request of the batch."""
 
@@ -345,11 +383,13 @@ class StreamEvent:
     """Newly printable text (may be empty while a multi-byte character is incomplete)."""
     finish_reason: FinishReason | None = None
     logprob: float | None = None
-    """Log-probability of ``token_id`` under the value-guided scores (after any sampling top-k filter,
-    before temperature and top-p)."""
+    """Log-probability of ``token_id`` under the distribution it was drawn from (see ``TokenLogprob``)."""
     contributions: Mapping[str, float] = field(default_factory=dict)
     """How much each steering objective raised (or lowered) this token's score: beta · w · z."""
     compute: Compute | None = None
     """On a request's last event only: what the whole request cost."""
     error: Exception | None = None
     """The request failed (a remote base model's error, say): its last event, nothing else set."""
+    tokens: tuple[TokenLogprob, ...] = ()
+    """The tokens this event adds, with their log-probabilities: the sampled token (not an end token), or
+    for methods that answer at once, every token of the answer."""

@@ -52,6 +52,8 @@ class RequestCost:
 
     rows: int
     """Batch rows: each sequence's base row plus one per adapter head it reads (bon, ivg, aisp: every sample)."""
+    sequences: int
+    """Sequences live at once (1; N for bon; beams x candidates for ivg; the samples of one aisp round)."""
     kv_bytes: int
     """KV cache its sequences hold once prompt + max_new_tokens positions are in."""
 
@@ -135,7 +137,7 @@ class Engine:
         kv_bytes = sum(
             positions * per_position * (split + (layers - split) * self.heads.rows_for(spec.heads)) for spec in specs
         )
-        return RequestCost(rows=rows, kv_bytes=kv_bytes)
+        return RequestCost(rows=rows, sequences=len(specs), kv_bytes=kv_bytes)
 
     def _run_context(self) -> RunContext:
         return RunContext(
@@ -191,6 +193,11 @@ class Engine:
                 f"ivg chunk search ({p.ivg.beams} beams x {p.ivg.candidates} candidates) ranks partial responses "
                 "by explicit value heads: give a non-zero weight to a 'lora' or 'linear' head, or set "
                 "ivg.beams = ivg.candidates = 1 for token-level (implicit) guidance alone"
+            )
+        bias = request.sampling.logit_bias
+        if bias and max(bias) >= self.base.vocab_size:
+            raise ConfigError(
+                f"logit_bias names token {max(bias)}; this model's token ids are 0..{self.base.vocab_size - 1}"
             )
         limit = self.base.context_length
         need = len(request.prompt_ids) + request.sampling.max_new_tokens

@@ -85,7 +85,22 @@ def sampling_tensors(specs: Sequence[SequenceSpec], dev: torch.device) -> Sampli
         use_top_p=any(s.top_p < 1.0 and s.temperature > 0 for s in specs),
         within_top_k=torch.tensor([s.within_top_k for s in specs], dtype=torch.bool, device=dev),
         any_within_top_k=any(s.within_top_k for s in specs),
+        top_logprobs=max(s.top_logprobs for s in specs),
+        logit_bias=_logit_bias(specs, dev),
     )
+
+
+def _logit_bias(specs: Sequence[SequenceSpec], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each sequence's biased token ids and biases (S, B), padded with bias 0 on token 0; None: no bias."""
+    width = max(len(s.logit_bias) for s in specs)
+    if width == 0:
+        return None
+    ids = torch.zeros(len(specs), width, dtype=torch.long)
+    values = torch.zeros(len(specs), width)
+    for row, spec in enumerate(specs):
+        for col, (token, bias) in enumerate(spec.logit_bias):
+            ids[row, col], values[row, col] = token, bias
+    return ids.to(dev), values.to(dev)
 
 
 def build_layout(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from personalize.decoding import methods
-from personalize.decoding.config import Compute, GenerationRequest, GenerationResult, StreamEvent
+from personalize.decoding.config import Compute, GenerationRequest, GenerationResult, StreamEvent, TokenLogprob
 from personalize.decoding.head_set import HeadSet
 from personalize.decoding.runs import Answer, RequestRun, RunContext
 from personalize.decoding.sequences import SequenceOutput, SequenceSpec
@@ -150,11 +150,19 @@ class RequestBook:
             self._forwards[index] += 1
 
     # ---- after each step ---------------------------------------------------------------------
-    def _record(self, number: int, token: int, logprob: float, pushes: dict[str, float]) -> StreamEvent | None:
+    def _record(
+        self,
+        number: int,
+        token: int,
+        logprob: float,
+        pushes: dict[str, float],
+        top: tuple[tuple[int, float], ...] = (),
+    ) -> StreamEvent | None:
         """Add a sampled token to sequence ``number``; its event (None for methods that do not stream)."""
         out = self.outputs[number]
         out.steps += 1
         out.logprobs.append(logprob)
+        out.top_logprobs.append(top)
         spec = out.spec
         index = spec.request_index
         streams = self.runs[index].streams
@@ -169,7 +177,11 @@ class RequestBook:
         elif len(out.token_ids) >= spec.max_new_tokens:
             out.finish_reason = "length"
             delta += out.text.finish()
-        return StreamEvent(index, token, delta, out.finish_reason, logprob, pushes) if streams else None
+        if not streams:
+            return None
+        return StreamEvent(
+            index, token, delta, out.finish_reason, logprob, pushes, tokens=(TokenLogprob(token, logprob, top),)
+        )
 
     def _decide(
         self, steps: dict[int, RequestStep], events: list[StreamEvent], leaving: set[int], position: Mapping[int, int]
@@ -192,7 +204,9 @@ class RequestBook:
             elif not self.runs[index].streams:  # one event carries the whole answer
                 out = self.outputs[decision.answer.number]
                 last = out.token_ids[-1] if out.token_ids else -1
-                events.append(StreamEvent(index, last, out.text.text, out.finish_reason, compute=compute))
+                tokens = tuple(map(TokenLogprob, out.token_ids, out.logprobs, out.top_logprobs))  # end token left out
+                text = out.text.text
+                events.append(StreamEvent(index, last, text, out.finish_reason, compute=compute, tokens=tokens))
         return branches
 
     def _compute(self, index: int) -> Compute:
@@ -225,6 +239,7 @@ class RequestBook:
                     compute=self._compute(index),
                     reward=answer.reward,
                     logprobs=tuple(out.logprobs),
+                    top_logprobs=tuple(out.top_logprobs),
                     stop_token_id=out.stop_token_id,
                 )
             )

@@ -99,4 +99,6 @@ class RequestRun:
             score=score,
             perturb=perturb,
             within_top_k=p.within_top_k,
+            top_logprobs=s.top_logprobs,
+            logit_bias=tuple(s.logit_bias.items()),
         )

@@ -277,15 +277,19 @@ class SamplingTensors:
     use_top_p: bool
     within_top_k: torch.Tensor  # (S,) bool: only the base top-k may be sampled
     any_within_top_k: bool
+    top_logprobs: int = 0  # alternatives to report per position (the most any sequence asks for)
+    logit_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (S, B) token ids, (S, B) biases
 
 
 class StepOutput(NamedTuple):
     """One decode step's result for every live sequence."""
 
     tokens: torch.Tensor  # (S,) sampled token ids
-    logprobs: torch.Tensor  # (S,) their log-probabilities under the final scores
+    logprobs: torch.Tensor  # (S,) their log-probabilities under the distribution they were drawn from
     contributions: torch.Tensor  # (M,) each value entry's push on its sequence's sampled token
     values: torch.Tensor  # (S,) chunk-level score of the sampled token (0 without scoring heads)
+    top_ids: torch.Tensor | None = None  # (S, K) the most likely tokens (K = the most any sequence asks for)
+    top_logprobs: torch.Tensor | None = None  # (S, K) their log-probabilities
 
 
 def guided_scores(
@@ -299,7 +303,11 @@ def guided_scores(
 ) -> tuple[torch.Tensor, Guidance | None]:
     """Base logits (S, V) -> the value-guided scores (S, V) and the guidance (None: nothing steers).
 
-    Rows sampling ``within_top_k`` keep only their base top-k candidates (others get -inf)."""
+    A sequence's ``logit_bias`` is added to its base logits first (before the top-k: a bias can bring a
+    token in or push it out). Rows sampling ``within_top_k`` keep only their base top-k candidates."""
+    if params.logit_bias is not None:
+        ids, bias = params.logit_bias
+        logits = logits.scatter_add(1, ids, bias)  # (S, V)
     guidance = None
     scores = logits
     if stack is not None and not entries.empty:
@@ -334,11 +342,16 @@ def step(
         scores = filter_top_k(scores, params.sample_top_k, params.max_sample_top_k)  # (S, V)
     u = uniforms(params.seeds, counters)  # (S,)
     tokens = sample_tokens(scores, params.temperature, params.top_p, u, use_top_p=params.use_top_p)  # (S,)
-    logprobs = torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)
+    tau = torch.where(params.temperature > 0, params.temperature, torch.ones_like(params.temperature))  # (S,)
+    drawn_from = torch.log_softmax(scores / tau.unsqueeze(-1), dim=-1)  # (S, V); greedy reports temperature 1
+    logprobs = drawn_from.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (S,)
+    top_logprobs, top_ids = (
+        drawn_from.topk(params.top_logprobs, dim=-1) if params.top_logprobs > 0 else (None, None)
+    )  # (S, K) each
     pushes = guidance.contributions(tokens, entries) if guidance is not None else scores.new_zeros(0)  # (M,)
     S = tokens.shape[0]
     if stack is None or scorers.empty:
         values = torch.zeros(S, device=tokens.device)
     else:
         values = taken_values(hidden, tokens, embedding, stack, scorers, S, remaining)  # (S,)
-    return StepOutput(tokens, logprobs, pushes, values)
+    return StepOutput(tokens, logprobs, pushes, values, top_ids, top_logprobs)

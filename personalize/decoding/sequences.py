@@ -40,6 +40,8 @@ class SequenceSpec:
     score: tuple[tuple[str, float], ...] = ()  # chunk level: (objective, weight) of the explicit heads ranking it
     perturb: Perturbation | None = None
     within_top_k: bool = False  # sample only among the base top-k
+    top_logprobs: int = 0  # alternatives to report per position
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the base logits
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -66,6 +68,7 @@ class SequenceOutput:
     value: float = 0.0
     """Chunk-level score of its last sampled token (weighted explicit values; ivg only)."""
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     stop_token_id: int | None = None
     """The end-of-sequence token that finished it (None: not finished by one)."""
 
@@ -76,4 +79,11 @@ class SequenceOutput:
     def fork(self, spec: SequenceSpec) -> SequenceOutput:
         """A child continuing this sequence's response (its cache is copied, never recomputed)."""
         text = replace(self.text, token_ids=list(self.text.token_ids))
-        return SequenceOutput(spec, text, rows=self.rows, value=self.value, logprobs=list(self.logprobs))
+        return SequenceOutput(
+            spec,
+            text,
+            rows=self.rows,
+            value=self.value,
+            logprobs=list(self.logprobs),
+            top_logprobs=list(self.top_logprobs),
+        )

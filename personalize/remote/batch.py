@@ -33,7 +33,7 @@ from personalize.decoding.kv_cache import BatchCache, fill_holes
 from personalize.decoding.requests import RequestBook, RequestStep, RewardFn
 from personalize.decoding.rng import derive_seed, uniforms
 from personalize.decoding.sampling import ValueEntries, candidate_bonus
-from personalize.remote.speculative import Verdicts, chunk_length, distributions, first_rejections, verify
+from personalize.remote.speculative import Verdicts, chunk_length, first_rejections, verify
 from personalize.remote.upstream import ChunkRequest, Proposal
 
 if TYPE_CHECKING:
@@ -45,6 +45,11 @@ ACCEPTANCE_MEMORY = 0.8
 """Weight of the past in the moving average of per-position acceptance."""
 PASS_THROUGH_CHUNK = 64
 """Tokens per upstream call for sequences no head steers (nothing to verify: fewer, longer calls)."""
+
+
+Top = tuple[tuple[int, float], ...]
+Accepted = tuple[int, float, dict[str, float], Top]
+"""An accepted token: id, log-probability, each objective's push on it, the most likely alternatives."""
 
 
 @dataclass
@@ -59,7 +64,7 @@ class _Seq:
     call: cf.Future[Proposal | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     proposal: Proposal | None = None
-    accepted: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)  # to emit
+    accepted: list[Accepted] = field(default_factory=list)  # to emit
     ended: bool = False  # its last accepted token ends it (EOS or the token limit): no more calls
 
 
@@ -142,8 +147,8 @@ class RemoteBatch(RequestBook):
             if not seq.accepted:
                 continue
             step = steps.setdefault(index, RequestStep())
-            for token, logprob, pushes in seq.accepted:
-                event = self._record(number, token, logprob, pushes)
+            for token, logprob, pushes, top in seq.accepted:
+                event = self._record(number, token, logprob, pushes, top)
                 if event is not None:
                     events.append(event)
                     if event.finish_reason is not None:
@@ -250,21 +255,24 @@ class RemoteBatch(RequestBook):
         proposal = seq.proposal
         assert proposal is not None
         seq.proposal = None
-        temperature = torch.full((len(proposal.tokens),), self.outputs[seq.number].spec.temperature)
-        q, _ = distributions(proposal.top_logprobs, torch.zeros_like(proposal.top_logprobs), temperature)
-        hit = proposal.top_ids == torch.tensor(proposal.tokens).unsqueeze(-1)
-        logprobs = torch.log((q * hit).sum(-1).clamp_min(1e-30)).tolist()
-        self._take(seq, list(zip(proposal.tokens, logprobs, [{}] * len(logprobs), strict=True)))
+        spec = self.outputs[seq.number].spec
+        tau = spec.temperature if spec.temperature > 0 else 1.0  # greedy reports temperature 1
+        log_q = torch.log_softmax(proposal.top_logprobs / tau, dim=-1)  # (L, C)
+        hit = proposal.top_ids == torch.tensor(proposal.tokens).unsqueeze(-1)  # (L, C)
+        logprobs = (log_q.nan_to_num(neginf=0.0) * hit).sum(-1).tolist()
+        tops = _tops(log_q, proposal.top_ids, spec.top_logprobs)
+        self._take(seq, [(t, lp, {}, top) for t, lp, top in zip(proposal.tokens, logprobs, tops, strict=True)])
         self._counts[seq.number].accepted += len(proposal.tokens)
 
-    def _take(self, seq: _Seq, tokens: list[tuple[int, float, dict[str, float]]]) -> None:
+    def _take(self, seq: _Seq, tokens: list[Accepted]) -> None:
         """Accept ``tokens`` into a sequence's history (up to its end token or its token limit)."""
         out = self.outputs[seq.number]
         eos = set(self.base.eos_token_ids) if not out.spec.ignore_eos else set()
         limit = out.spec.max_new_tokens - (len(seq.history) - len(out.spec.prompt_ids))
-        for token, logprob, pushes in tokens[:limit]:
+        for entry in tokens[:limit]:
+            token = entry[0]
             seq.history.append(token)
-            seq.accepted.append((token, logprob, pushes))
+            seq.accepted.append(entry)
             if token in eos:
                 seq.ended = True
                 break
@@ -317,7 +325,7 @@ class RemoteBatch(RequestBook):
         objective_pushes = self._pushes(
             pushes, entries, owners, top_ids, proposed, verdicts.replacement, int(proposed.shape[0])
         )
-        self._apply(chunks, verdicts, objective_pushes)
+        self._apply(chunks, verdicts, objective_pushes, top_ids)
 
     def _positions(
         self, row_counts: list[int], counts: list[int], chunks: list[tuple[int, int]]
@@ -379,6 +387,7 @@ class RemoteBatch(RequestBook):
         chunks: list[tuple[int, int]],
         verdicts: Verdicts,
         pushes: list[tuple[dict[str, float], dict[str, float]]],
+        top_ids: torch.Tensor,
     ) -> None:
         """Each scored sequence: accept its chunk up to the first rejection, then the replacement; cut
         its local cache back to the accepted history (all but its last token)."""
@@ -386,6 +395,8 @@ class RemoteBatch(RequestBook):
         replacement = verdicts.replacement.tolist()
         logprob, replacement_lp = verdicts.logprob.tolist(), verdicts.replacement_logprob.tolist()
         overlap = verdicts.overlap.tolist()
+        asked = max(self.outputs[self._slots[slot]].spec.top_logprobs for slot, _ in chunks)
+        tops = _tops(verdicts.reported, top_ids, asked)
         runs = first_rejections(accept, [length for _, length in chunks])
         p = 0
         for (slot, length), m in zip(chunks, runs, strict=True):
@@ -395,9 +406,10 @@ class RemoteBatch(RequestBook):
             assert proposal is not None
             seq.proposal = None
             before = len(seq.history)
-            taken = [(proposal.tokens[t], logprob[p + t], pushes[p + t][0]) for t in range(m)]
+            want = self.outputs[number].spec.top_logprobs
+            taken = [(proposal.tokens[t], logprob[p + t], pushes[p + t][0], tops[p + t][:want]) for t in range(m)]
             if m < length:
-                taken.append((replacement[p + m], replacement_lp[p + m], pushes[p + m][1]))
+                taken.append((replacement[p + m], replacement_lp[p + m], pushes[p + m][1], tops[p + m][:want]))
             self._take(seq, taken)
             self._counts[number].accepted += m
             self._cache.truncate(slot, before - 1 + min(m + 1, length))  # the cache holds history[:-1]
@@ -451,3 +463,13 @@ class RemoteBatch(RequestBook):
             upstream_tokens=base.upstream_tokens,
             accepted_tokens=base.accepted_tokens,
         )
+
+
+def _tops(log_p: torch.Tensor, ids: torch.Tensor, k: int) -> list[Top]:
+    """Per position, the ``k`` most likely candidates of ``log_p`` (P, C) as (token id, log-probability)."""
+    if k <= 0:
+        return [() for _ in range(log_p.shape[0])]
+    values, columns = log_p.topk(min(k, log_p.shape[-1]), dim=-1)  # (P, k)
+    tokens = ids.gather(-1, columns)  # (P, k)
+    pairs = zip(tokens.tolist(), values.tolist(), strict=True)
+    return [tuple((t, v) for t, v in zip(row_t, row_v, strict=True) if v > -1e30) for row_t, row_v in pairs]

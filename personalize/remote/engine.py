@@ -121,6 +121,11 @@ class RemoteEngine:
                 f"method {method!r} is not available with a remote base model ({self.upstream.name}): {why}; "
                 f"valid methods here: {', '.join(REMOTE_METHODS)}"
             )
+        if request.sampling.logit_bias:
+            raise ConfigError(
+                "logit_bias is not available with a remote base model: the upstream samples from its own "
+                "distribution, and the speculative test needs that distribution unchanged"
+            )
         need = len(request.prompt_ids) + request.sampling.max_new_tokens
         if need > self.context_length:
             raise ContextLengthError(

@@ -27,9 +27,10 @@ class Verdicts(NamedTuple):
 
     accept: torch.Tensor  # (P,) bool: the proposed token passes
     replacement: torch.Tensor  # (P,) int64: the residual's draw (used at the first rejection)
-    logprob: torch.Tensor  # (P,) log p of the proposed token
+    logprob: torch.Tensor  # (P,) log p of the proposed token (see ``reported``)
     replacement_logprob: torch.Tensor  # (P,) log p of the replacement
     overlap: torch.Tensor  # (P,) Σ_a min(p, q): the acceptance probability at this position
+    reported: torch.Tensor  # (P, C) log p over the candidates as reported (greedy positions: temperature 1)
 
 
 def distributions(
@@ -75,13 +76,15 @@ def verify(
     column = torch.searchsorted(cdf, (u_residual * cdf[:, -1]).unsqueeze(-1), right=True)  # (P, 1)
     column = column.clamp_max(cdf.shape[-1] - 1)
     replacement = top_ids.gather(-1, column).squeeze(-1)  # (P,)
-    log_p = torch.log(p.clamp_min(1e-30))  # (P, C)
+    tau = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).unsqueeze(-1)  # (P, 1)
+    log_p = torch.log_softmax((top_logprobs.float() + bonus.float()) / tau, dim=-1)  # (P, C): what is reported
     return Verdicts(
         accept=accept,
         replacement=replacement,
-        logprob=(log_p * hit).sum(-1),
+        logprob=(log_p.nan_to_num(neginf=0.0) * hit).sum(-1),
         replacement_logprob=log_p.gather(-1, column).squeeze(-1),
         overlap=torch.minimum(p, q).sum(-1),
+        reported=log_p,
     )
 
 

@@ -520,3 +520,31 @@ def test_bf16_stays_close_to_float32_and_repeats_itself(fresh_tiny_base: BaseMod
     assert torch.allclose(b16.next_token_scores(requests), alone, atol=1e-4)
     assert [r.token_ids for r in b16.generate(requests)] == [r.token_ids for r in b16.generate(requests)]
     assert b16.generate(requests[1:2])[0].token_ids == b16.generate(requests[1:2])[0].token_ids
+
+
+def test_logit_bias_moves_base_logits_before_the_top_k(engine: Engine) -> None:
+    base = engine.base
+    plain = engine.next_token_scores([req(base, PROMPTS[0], method="base")])[0]
+    outside = int(plain.argsort()[len(plain) // 2])  # far below the top-k
+    biased = engine.next_token_scores([req(base, PROMPTS[0], method="base", logit_bias={outside: 50.0})])[0]
+    assert torch.allclose(biased[outside], plain[outside] + 50.0) and int(biased.argmax()) == outside
+    others = torch.ones_like(plain, dtype=torch.bool)
+    others[outside] = False
+    assert torch.equal(biased[others], plain[others])
+    steered = req(base, PROMPTS[0], {"concise": 1.0}, logit_bias={outside: 50.0}, temperature=0.0)
+    assert engine.generate([steered])[0].token_ids[0] == outside  # in the top-k now, and far ahead
+    with pytest.raises(ConfigError, match="logit_bias"):
+        engine.validate(req(base, PROMPTS[0], logit_bias={base.vocab_size: 1.0}))
+    with pytest.raises(ConfigError, match="logit_bias"):
+        req(base, PROMPTS[0], logit_bias={3: 101.0})
+
+
+def test_top_logprobs_are_the_sampled_distributions_best(engine: Engine) -> None:
+    base = engine.base
+    request = req(base, PROMPTS[0], {"concise": 1.0}, n=5, top_logprobs=4, temperature=0.7)
+    result = engine.generate([request])[0]
+    first = torch.log_softmax(engine.next_token_scores([request])[0] / 0.7, -1)
+    values, ids = first.topk(4)
+    assert [t for t, _ in result.top_logprobs[0]] == ids.tolist()
+    assert torch.allclose(torch.tensor([v for _, v in result.top_logprobs[0]]), values, atol=1e-4)
+    assert abs(result.logprobs[0] - float(first[result.token_ids[0]])) < 1e-4

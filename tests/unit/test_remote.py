@@ -254,3 +254,17 @@ def test_a_client_that_leaves_aborts_its_upstream_call(engines) -> None:
             break
         deadline.wait(0.01)
     assert upstream.cancelled_calls == 1 and batch.done
+
+
+def test_remote_answers_report_log_probabilities_and_refuse_a_logit_bias(engines) -> None:
+    local, remote = engines
+    prompt = tuple(local.base.encode_prompt(PROMPT))
+    sampling = SamplingParams(max_new_tokens=6, seed=4, top_logprobs=3)
+    for weights in ({}, {"concise": 1.0}):
+        result = remote.generate([GenerationRequest(prompt, sampling, Personalization(weights, chunk_tokens=3))])[0]
+        assert len(result.top_logprobs) == len(result.logprobs) >= result.completion_tokens
+        for logprob, top in zip(result.logprobs, result.top_logprobs, strict=True):
+            assert len(top) == 3 and top[0][1] >= top[-1][1] and logprob <= top[0][1] + 1e-6
+    biased = GenerationRequest(prompt, SamplingParams(max_new_tokens=4, logit_bias={5: 1.0}), Personalization())
+    with pytest.raises(ConfigError, match="logit_bias"):
+        remote.validate(biased)
