@@ -25,20 +25,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from personalize.decoding.config import GenerationRequest, StreamEvent
-from personalize.decoding.head_set import AdapterGroup
+from personalize.decoding.head_set import AdapterGroup, HeadSet
 from personalize.decoding.kv_cache import BatchCache, fill_holes
 from personalize.decoding.layout import BatchLayout, build_layout
-from personalize.decoding.requests import RequestBook, RequestStep, RewardFn
+from personalize.decoding.requests import RequestBook, RequestStep, RewardFn, Validate
+from personalize.decoding.runner import ModelRunner
 from personalize.decoding.sampling import StepOutput
 from personalize.decoding.sequences import SequenceOutput, SequenceSpec
+from personalize.models import BaseModel
 
-if TYPE_CHECKING:
-    from personalize.decoding.engine import Engine
+
+class BatchEngine(Protocol):
+    """What a batch needs of its engine (``engine.Engine``): the parts, and the sampler's inputs."""
+
+    base: BaseModel
+    heads: HeadSet
+    runner: ModelRunner
+    prefill_chunk: int
+
+    @property
+    def validate(self) -> Validate: ...
+
+    def reward_names(self) -> dict[str, str]: ...
+
+    def sample(self, hidden: torch.Tensor, layout: BatchLayout, counters: torch.Tensor) -> StepOutput: ...
+
+    def scores(self, hidden: torch.Tensor, layout: BatchLayout) -> torch.Tensor: ...
+
 
 __all__ = ["DecodeBatch", "RewardFn", "SequenceOutput", "SequenceSpec"]
 
@@ -57,7 +75,7 @@ class _Slot:
 class DecodeBatch(RequestBook):
     """Requests decoded together by the local model; indices in events and results follow ``add`` calls."""
 
-    def __init__(self, engine: Engine, reward: RewardFn | None = None) -> None:
+    def __init__(self, engine: BatchEngine, reward: RewardFn | None = None) -> None:
         super().__init__(engine.base, engine.heads, engine.validate, reward, engine.reward_names())
         self.engine = engine
         self._cache: BatchCache = engine.runner.new_cache(self.heads)

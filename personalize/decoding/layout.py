@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from personalize.decoding.aisp import Perturbations, build_perturbations
 from personalize.decoding.head_set import HeadSet
+from personalize.decoding.perturb import Perturbations, build_perturbations
 from personalize.decoding.sampling import SamplingTensors, ValueEntries
 from personalize.decoding.sequences import SequenceSpec
 

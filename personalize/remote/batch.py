@@ -23,21 +23,35 @@ import concurrent.futures as cf
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from personalize.decoding.config import Compute, GenerationRequest, StreamEvent
+from personalize.decoding.engine import Engine
 from personalize.decoding.head_set import AdapterGroup
 from personalize.decoding.kv_cache import BatchCache, fill_holes
 from personalize.decoding.requests import RequestBook, RequestStep, RewardFn
 from personalize.decoding.rng import derive_seed, uniforms
 from personalize.decoding.sampling import ValueEntries, candidate_bonus
 from personalize.remote.speculative import Verdicts, chunk_length, first_rejections, verify
-from personalize.remote.upstream import ChunkRequest, Proposal
+from personalize.remote.upstream import ChunkRequest, Proposal, Upstream
 
-if TYPE_CHECKING:
-    from personalize.remote.engine import RemoteEngine
+
+class RemoteSide(Protocol):
+    """What a remote batch needs of its engine (``engine.RemoteEngine``)."""
+
+    @property
+    def local(self) -> Engine: ...
+
+    @property
+    def upstream(self) -> Upstream: ...
+
+    @property
+    def pool(self) -> cf.Executor: ...
+
+    def validate(self, request: GenerationRequest, *, reward_given: bool = False) -> None: ...
+
 
 ACCEPTANCE_PRIOR = 0.75
 """Acceptance assumed before a sequence has seen any (first chunk: 5 tokens at the default rule)."""
@@ -79,7 +93,7 @@ class _Counts:
 class RemoteBatch(RequestBook):
     """Requests decoded by a remote base model; the RunningBatch the scheduler drives."""
 
-    def __init__(self, engine: RemoteEngine, reward: RewardFn | None = None) -> None:
+    def __init__(self, engine: RemoteSide, reward: RewardFn | None = None) -> None:
         local = engine.local
         super().__init__(local.base, local.heads, engine.validate, reward, local.reward_names())
         self.engine = engine

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 60
 CHECKED = [ROOT / "personalize", ROOT / "app"]
-NOT_YET_CHECKED = [ROOT / "personalize" / "decoding"]
+NOT_YET_CHECKED: list[Path] = []  # every tree is checked
 
 
 def _script():  # type: ignore[no-untyped-def]
