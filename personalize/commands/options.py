@@ -72,8 +72,9 @@ def settings() -> Settings:
 
 def load_base(config: Settings, base_model: str | None) -> BaseModel:
     """The base model named on the command line, else by the settings, in the settings' dtype."""
-    from personalize.models import load_base_model
+    from personalize.models import load_base_model, set_threads
 
+    set_threads(config.threads)
     return load_base_model(base_model or config.base_model, data_dir=config.data_dir, dtype=config.torch_dtype)
 
 
