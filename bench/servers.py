@@ -18,6 +18,16 @@ import httpx
 from personalize.models import embedded_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = (  # the benchmarks' fixed prompts
+    "How do I clean my keyboard without damaging it?",
+    "Give me three tips for sleeping better.",
+    "What should I pack for a weekend hike?",
+    "Explain what a value function is.",
+    "Write a short note thanking a colleague.",
+    "Why is the sky blue?",
+    "How can I save money on groceries?",
+    "Describe a good morning routine.",
+)
 
 
 @dataclass

@@ -29,16 +29,8 @@ from typing import Any
 
 import httpx
 
-from bench.servers import create_user, start_personalize
+from bench.servers import PROMPTS, create_user, start_personalize
 
-PROMPTS = (
-    "How do I clean my keyboard without damaging it?",
-    "Give me three tips for sleeping better.",
-    "What should I pack for a weekend hike?",
-    "Explain what a value function is.",
-    "Write a short note thanking a colleague.",
-    "Why is the sky blue?",
-)
 OBJECTIVES = ("concise", "helpful", "harmless", "positive")
 
 

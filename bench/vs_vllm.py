@@ -31,18 +31,8 @@ from typing import Any
 import httpx
 import torch
 
-from bench.servers import Server, start_personalize, start_vllm
+from bench.servers import PROMPTS, Server, start_personalize, start_vllm
 
-PROMPTS = (
-    "How do I clean my keyboard without damaging it?",
-    "Give me three tips for sleeping better.",
-    "What should I pack for a weekend hike?",
-    "Explain what a value function is.",
-    "Write a short note thanking a colleague.",
-    "Why is the sky blue?",
-    "How can I save money on groceries?",
-    "Describe a good morning routine.",
-)
 VAS_WEIGHTS = {"concise": 1.0, "harmless": 1.0, "positive": 1.0}
 
 

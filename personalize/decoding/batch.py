@@ -31,7 +31,7 @@ import torch
 
 from personalize.decoding.config import GenerationRequest, StreamEvent
 from personalize.decoding.head_set import AdapterGroup, HeadSet
-from personalize.decoding.kv_cache import BatchCache, fill_holes
+from personalize.decoding.kv_cache import fill_holes
 from personalize.decoding.layout import BatchLayout, build_layout
 from personalize.decoding.requests import RequestBook, RequestStep, RewardFn, Validate
 from personalize.decoding.runner import ModelRunner
@@ -76,9 +76,8 @@ class DecodeBatch(RequestBook):
     """Requests decoded together by the local model; indices in events and results follow ``add`` calls."""
 
     def __init__(self, engine: BatchEngine, reward: RewardFn | None = None) -> None:
-        super().__init__(engine.base, engine.heads, engine.validate, reward, engine.reward_names())
+        super().__init__(engine.base, engine.heads, engine.runner, engine.validate, reward, engine.reward_names())
         self.engine = engine
-        self._cache: BatchCache = engine.runner.new_cache(self.heads)
         self._slots: list[_Slot] = []
         self._layout: BatchLayout | None = None  # None: rebuild before the next forward
         self._adapters: tuple[Mapping[str, AdapterGroup], ...] = ()  # the layout's rows' adapters, per layer
@@ -90,16 +89,6 @@ class DecodeBatch(RequestBook):
         """Positions the KV cache allocates per slot (0 when idle): at most the longest live sequence
         plus ``2 * kv_cache.BLOCK - 1``."""
         return self._cache.positions if self._slots else 0
-
-    @property
-    def cache_tokens(self) -> int:
-        """Positions the live slots hold (rows above the shared layers, sequences below)."""
-        return self._cache.live_tokens
-
-    @property
-    def cache_bytes(self) -> int:
-        """Bytes the KV cache allocates."""
-        return self._cache.nbytes
 
     def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
         """Queue requests to join; returns their indices. Raises (changing nothing) if one is invalid.
@@ -137,9 +126,8 @@ class DecodeBatch(RequestBook):
 
     def close(self) -> None:
         self._slots = []
-        self._joining = []
         self._sampled = None
-        self._cache = self.engine.runner.new_cache(self.heads)
+        super().close()
 
     # ---- decoding --------------------------------------------------------------------------
     def advance(self) -> None:

@@ -154,10 +154,7 @@ class Engine:
 
     def generate(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> list[GenerationResult]:
         """Decode all requests in one batch and return their results in order."""
-        batch = self.open_batch(reward)
-        for _ in batch.run(requests):
-            pass
-        return batch.results()
+        return self.open_batch(reward).generate(requests)
 
     def stream(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> Iterator[StreamEvent]:
         """Decode all requests in one batch, yielding text as each token is produced."""

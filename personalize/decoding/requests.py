@@ -18,6 +18,8 @@ import torch
 from personalize.decoding import methods
 from personalize.decoding.config import Compute, GenerationRequest, GenerationResult, StreamEvent, TokenLogprob
 from personalize.decoding.head_set import HeadSet
+from personalize.decoding.kv_cache import BatchCache
+from personalize.decoding.runner import ModelRunner
 from personalize.decoding.runs import Answer, RequestRun, RunContext
 from personalize.decoding.sequences import SequenceOutput, SequenceSpec
 from personalize.decoding.text import TextStream
@@ -43,11 +45,14 @@ class RequestBook:
         self,
         base: BaseModel,
         heads: HeadSet,
+        runner: ModelRunner,
         validate: Validate,
         reward: RewardFn | None = None,
         reward_names: Mapping[str, str] | None = None,
     ) -> None:
         self.base = base
+        self._runner = runner
+        self._cache: BatchCache = runner.new_cache(heads)  # the local model's KV cache of the live rows
         self.heads = heads  # fixed for the batch's life: head changes wait for it to drain
         self.reward = reward
         self._validate = validate
@@ -77,7 +82,20 @@ class RequestBook:
         raise NotImplementedError
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Drop everything live (the batch can be reused); subclasses drop their own state first."""
+        self._joining = []
+        self._cache = self._runner.new_cache(self.heads)
+
+    # ---- the local KV cache ----------------------------------------------------------------------
+    @property
+    def cache_tokens(self) -> int:
+        """Positions the live slots hold (rows above the shared layers, sequences below)."""
+        return self._cache.live_tokens
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache allocates."""
+        return self._cache.nbytes
 
     def _extra_compute(self, index: int) -> dict[str, int]:
         """Cost fields of request ``index`` beyond the local forward's (remote calls, for one)."""
@@ -92,6 +110,12 @@ class RequestBook:
     def cancel(self, index: int) -> None:
         """Stop decoding request ``index`` (its client left); it emits nothing more."""
         self._cancelled.add(index)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Add ``requests``, decode until every one is done, and return their results in order."""
+        for _ in self.run(requests):
+            pass
+        return self.results()
 
     def run(self, requests: Sequence[GenerationRequest]) -> Iterator[StreamEvent]:
         """Add ``requests`` and decode until every request is done."""

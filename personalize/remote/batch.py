@@ -30,7 +30,7 @@ import torch
 from personalize.decoding.config import Compute, GenerationRequest, StreamEvent
 from personalize.decoding.engine import Engine
 from personalize.decoding.head_set import AdapterGroup
-from personalize.decoding.kv_cache import BatchCache, fill_holes
+from personalize.decoding.kv_cache import fill_holes
 from personalize.decoding.requests import RequestBook, RequestStep, RewardFn
 from personalize.decoding.rng import derive_seed, uniforms
 from personalize.decoding.sampling import ValueEntries, candidate_bonus
@@ -95,11 +95,9 @@ class RemoteBatch(RequestBook):
 
     def __init__(self, engine: RemoteSide, reward: RewardFn | None = None) -> None:
         local = engine.local
-        super().__init__(local.base, local.heads, engine.validate, reward, local.reward_names())
+        super().__init__(local.base, local.heads, local.runner, engine.validate, reward, local.reward_names())
         self.engine = engine
-        self._runner = local.runner
         self._embedding = local.base.model.get_output_embeddings().weight  # (V, H) frozen: head values
-        self._cache: BatchCache = self._runner.new_cache(self.heads)
         self._adapters: tuple[Mapping[str, AdapterGroup], ...] = ()
         self._seqs: dict[int, _Seq] = {}  # live sequences by number
         self._slots: list[int] = []  # steered sequences in local cache slot order
@@ -111,14 +109,6 @@ class RemoteBatch(RequestBook):
     def done(self) -> bool:
         return not self._seqs and not self._joining and not self._failed
 
-    @property
-    def cache_tokens(self) -> int:
-        return self._cache.live_tokens
-
-    @property
-    def cache_bytes(self) -> int:
-        return self._cache.nbytes
-
     def add(self, requests: Sequence[GenerationRequest]) -> list[int]:
         indices = self._enqueue(requests)
         self._admit()
@@ -127,8 +117,8 @@ class RemoteBatch(RequestBook):
     def close(self) -> None:
         for seq in self._seqs.values():
             seq.cancel.set()
-        self._seqs, self._slots, self._joining = {}, [], []
-        self._cache = self._runner.new_cache(self.heads)
+        self._seqs, self._slots = {}, []
+        super().close()
 
     def advance(self) -> None:
         """Admit, call the upstream, wait for a chunk if nothing else is to do, score, accept."""

@@ -138,10 +138,7 @@ class RemoteEngine:
         return RemoteBatch(self, reward)
 
     def generate(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> list[GenerationResult]:
-        batch = self.open_batch(reward)
-        for _ in batch.run(requests):
-            pass
-        return batch.results()
+        return self.open_batch(reward).generate(requests)
 
     def stream(self, requests: Sequence[GenerationRequest], reward: RewardFn | None = None) -> Iterator[StreamEvent]:
         return self.open_batch(reward).run(requests)

@@ -6,8 +6,6 @@ needs; the first run installs it (a few minutes), later runs reuse it."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from personalize.models import BaseModel, embedded_cache_dir
+from personalize.models import BaseModel
 from tests.e2e.conftest import user_env
 
 pytestmark = pytest.mark.e2e
@@ -27,41 +25,16 @@ PROMPT = "How do I clean my keyboard without damaging it?"
 
 
 @pytest.fixture(scope="module")
-def vllm(data_dir: Path, real_base: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """vLLM serving the cached embedded model on a free port, for this module's tests."""
-    from tests.integration.conftest import free_port, wait_until
+def vllm(data_dir: Path, real_base: BaseModel) -> Iterator[str]:
+    """vLLM serving the cached embedded model on a free port, for this module's tests (installed on first use)."""
+    from bench.servers import start_vllm
+    from tests.integration.conftest import free_port
 
-    setup = subprocess.run(["bash", "scripts/vllm.sh", "setup"], cwd=ROOT, capture_output=True, text=True, timeout=2400)
-    assert setup.returncode == 0, setup.stderr[-3000:]
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["bash", "scripts/vllm.sh", "serve", str(embedded_cache_dir(data_dir)), MODEL, str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # vLLM starts worker processes: stop the whole group
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"vLLM exited: {log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/v1/models", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
+    server = start_vllm(data_dir, MODEL, free_port())
     try:
-        wait_until(up, timeout_s=900, what="vLLM to serve the model")
-        yield url
+        yield server.url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        server.stop()
 
 
 def _generate(data_dir: Path, url: str, *args: str) -> dict:
