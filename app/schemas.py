@@ -103,12 +103,11 @@ BestOf = Annotated[
     int,
     WHOLE,
     Field(
-        ge=_BEST_OF.bounds[0],
-        le=_BEST_OF.bounds[1],
         strict=True,
         description=_BEST_OF.description,
-        json_schema_extra={"default": _BEST_OF.default},  # what an omitted best_of is
+        json_schema_extra={**_bounds(_BEST_OF.bounds), "default": _BEST_OF.default},  # what an omitted best_of is
     ),
+    _within(_BEST_OF.bounds),
 ]
 
 

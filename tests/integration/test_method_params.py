@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 IVG_DEFAULTS = asdict(IVGParams())  # what an omitted field takes
 AISP_DEFAULTS = asdict(AISPParams())
 COMPUTE_FIELDS = {"forwards", "forward_rows", "processed_tokens", "flops", "samples"}
+UPSTREAM_FIELDS = {"upstream_calls", "upstream_tokens", "accepted_tokens"}
 
 
 def test_ivg_params_are_applied_echoed_and_change_the_search(rewarded: Service) -> None:
@@ -103,7 +104,8 @@ def test_compute_is_reported_without_streaming(rewarded: Service) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     compute = body["compute"]
-    assert set(compute) == COMPUTE_FIELDS and compute["samples"] == 1
+    assert set(compute) == COMPUTE_FIELDS | UPSTREAM_FIELDS and compute["samples"] == 1
+    assert all(compute[field] == 0 for field in UPSTREAM_FIELDS)  # the base model runs here
     usage = body["usage"]
     # one forward per sampled token (an end-of-sequence token is not in usage); the LoRA head adds a row
     assert compute["forwards"] - usage["completion_tokens"] in (0, 1)
