@@ -61,9 +61,22 @@ def request_work(request: GenerationRequest, engine: Costed, copies: int = 1) ->
     return Work(sequences, rows, tokens, field, hint)
 
 
-def check_work(request: GenerationRequest, engine: Costed, cap: int, copies: int = 1) -> Work:
-    """The request's work (``copies`` answers); APIError 422 naming the field and the cap when it is over ``cap``."""
+def check_work(
+    request: GenerationRequest, engine: Costed, cap: int, copies: int = 1, max_rows: int | None = None
+) -> Work:
+    """The request's work (``copies`` answers); APIError 422 naming the field and the cap when it is over ``cap``,
+    or when its rows at once are more than the batch may hold (``max_rows``): such a request would run alone
+    and hold every other request back until it ends."""
     work = request_work(request, engine, copies)
+    if max_rows is not None and work.sequences * work.rows > max_rows:
+        raise APIError(
+            422,
+            f"this request decodes {work.sequences} sequence(s) x {work.rows} row(s) = {work.sequences * work.rows} "
+            f"batch rows at once; the service decodes at most {max_rows} rows together "
+            f"(PERSONALIZE_MAX_BATCH_ROWS): lower {work.hint}",
+            param=work.field,
+            code="row_limit_exceeded",
+        )
     if work.total > cap:
         raise APIError(
             422,

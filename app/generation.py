@@ -268,7 +268,8 @@ def prepare(
     if not prompt_ids:
         raise APIError(422, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
     request = GenerationRequest(tuple(prompt_ids), sampling, personalization)
-    check_work(request, runtime.engine, services.settings.max_request_work, copies=body.n)
+    settings = services.settings
+    check_work(request, runtime.engine, settings.max_request_work, copies=body.n, max_rows=settings.max_batch_rows)
     try:
         runtime.engine.validate(request)
     except ContextLengthError as exc:

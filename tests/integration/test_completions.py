@@ -306,6 +306,45 @@ def test_a_request_that_does_not_fit_the_row_budget_waits_for_room(
     assert short == _chat_text(chat(service, **short_body))
 
 
+def test_a_light_request_joins_a_heavy_one_at_once_and_a_request_over_the_row_budget_is_refused(
+    start_service: Callable[..., Service], tiny_head_dir: Callable[..., Path]
+) -> None:
+    """Six rows allowed: Best-of-5 (five rows) leaves room for a plain request, which joins it mid-decode
+    (its wait is one step, and each of its steps carries at most the six rows) and leaves first; Best-of-7
+    could only run alone, holding every other request back, and is refused."""
+    service = start_service(max_batch_rows=6)
+    register_head(service, tiny_head_dir("concise", seed=1))
+    scheduler = service.app.state.services.runtime.scheduler
+    heavy = {**_body(48, {"concise": 1.0}), "seed": 0}
+    heavy["personalization"] = {**heavy["personalization"], "method": "bon", "best_of": 5}
+    light = {**_body(6, {}), "seed": 5}
+    sizes: list[int] = []
+    first_started = threading.Event()
+
+    def observe(live: int) -> None:
+        sizes.append(live)
+        if len(sizes) == 1:
+            first_started.set()
+            wait_until(lambda: scheduler.depth == 1, what="the light request to be queued")
+
+    scheduler.on_batch = observe
+    before = scheduler.batches_run
+    with LiveServer(service.app) as server:
+        thread, results = _in_background(lambda: asyncio.run(_concurrent_chats(server.url, service.admin_key, [heavy])))
+        assert first_started.wait(30)
+        joined = _chat_text(chat(service, **light))
+        thread.join(120)
+    assert results[0][0].status_code == 200, results[0][0].text
+    assert sizes == [1, 2] and scheduler.batches_run - before == 1
+    assert joined == _chat_text(chat(service, **light))
+    too_wide = {**heavy, "personalization": {**heavy["personalization"], "best_of": 7}}
+    refused = chat(service, **too_wide)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "row_limit_exceeded" and error["param"] == "personalization.best_of"
+    assert "7 sequence(s) x 1 row(s) = 7" in error["message"] and "at most 6 rows" in error["message"]
+
+
 def test_request_joins_the_running_batch_and_decodes_as_alone(steered: Service) -> None:
     scheduler = steered.app.state.services.runtime.scheduler
     # seed 0 makes the tiny model ramble: the long answer runs all its 64 tokens
