@@ -188,7 +188,7 @@ def fit_utility(
     prior = None if prior_utility is None else np.asarray(prior_utility, dtype=np.float64)
     theta0 = prior_theta(prior, spread, config.prior_strength)
     theta, hessian = map_estimate(matrix / spread, theta0, config)
-    covariance = np.linalg.inv(hessian)  # (K, K)
+    covariance = np.asarray(np.linalg.inv(hessian), dtype=np.float64)  # (K, K)
     raw = theta / spread
     norm = float(np.linalg.norm(raw))
     raw_stderr = np.sqrt(np.diag(covariance)) / spread

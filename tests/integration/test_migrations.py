@@ -17,7 +17,7 @@ from tests.integration.conftest import _pg_available, _pg_execute, _pg_url
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"objectives", "head_versions", "users", "api_keys", "profiles", "audit_log"}
+TABLES = {"objectives", "head_versions", "users", "api_keys", "profiles", "audit_log", "feedback"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
