@@ -77,7 +77,8 @@ def test_another_users_key_is_403_and_an_admin_may_post_for_anyone(rewarded: Ser
 def test_list_and_delete_refit_and_reset_the_profile(rewarded: Service) -> None:
     user_id, key = rewarded.create_user()
     manual = {"weights": {"shouty": 0.5}, "beta": 2.0}
-    assert rewarded.client.put(f"/v1/users/{user_id}/profile", json=manual, headers=rewarded.auth(key)).status_code == 200
+    put = rewarded.client.put(f"/v1/users/{user_id}/profile", json=manual, headers=rewarded.auth(key))
+    assert put.status_code == 200
     ids = [post(rewarded, user_id, key, chosen=f"Short {i}.").json()["feedback"]["id"] for i in range(3)]
     listed = rewarded.client.get(f"/v1/users/{user_id}/feedback?limit=2", headers=rewarded.auth(key)).json()
     assert [f["id"] for f in listed["data"]] == ids[::-1][:2] and listed["total"] == 3 and listed["has_more"]
@@ -128,7 +129,8 @@ def test_bad_input_is_422_naming_the_field(rewarded: Service, change: dict[str, 
 
 def test_missing_fields_are_422(rewarded: Service) -> None:
     user_id, key = rewarded.create_user()
-    response = rewarded.client.post(f"/v1/users/{user_id}/feedback", json={"prompt": PROMPT}, headers=rewarded.auth(key))
+    url = f"/v1/users/{user_id}/feedback"
+    response = rewarded.client.post(url, json={"prompt": PROMPT}, headers=rewarded.auth(key))
     assert response.status_code == 422 and response.json()["error"]["param"] in ("chosen", "rejected")
 
 
