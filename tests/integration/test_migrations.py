@@ -119,3 +119,39 @@ def test_keys_survive_the_api_keys_migration_both_ways(empty_database: str) -> N
             assert conn.execute(text("SELECT version FROM profiles WHERE user_id = 'u1'")).scalar_one() == 3
     finally:
         engine.dispose()
+
+
+def test_existing_profiles_become_manual_with_their_weights_as_anchor(empty_database: str) -> None:
+    """The feedback migration: a profile saved before it keeps its weights, now also its anchor."""
+    from sqlalchemy import text
+
+    from personalize.db import Database, ProfileStore
+
+    migrate.upgrade(empty_database, "0003_api_keys")
+    engine = create_db_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, name, role, key_prefix, created_at) "
+                    "VALUES ('u1', 'old', 'user', 'pz-old-k', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO profiles (user_id, weights, beta, method, top_k, version, updated_at) "
+                    "VALUES ('u1', '{\"concise\": 0.5}', 2.0, 'vas', 20, 3, CURRENT_TIMESTAMP)"
+                )
+            )
+        migrate.upgrade(empty_database)
+        db = Database(empty_database)
+        try:
+            profile = ProfileStore(db).get("u1")
+        finally:
+            db.dispose()
+        assert profile.source == "manual" and dict(profile.anchor) == {"concise": 0.5} == dict(profile.weights)
+        migrate.downgrade(empty_database, "0003_api_keys")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM profiles WHERE user_id = 'u1'")).scalar_one() == 3
+    finally:
+        engine.dispose()
