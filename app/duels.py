@@ -65,7 +65,7 @@ def plan_duel(services: Services, runtime: ModelRuntime, user_id: str, body: Due
     fitted = fit_profile(profile, records, heads, services.settings.feedback_l2)
     center = np.array([profile.weights.get(name, 0.0) for name in heads.objectives])
     rng = np.random.default_rng(body.seed)
-    duel = duel_weights(fitted.fit, heads.scales, center, step=services.settings.duel_step, rng=rng)
+    duel = duel_weights(fitted.fit, center, step=services.settings.duel_step, rng=rng)
     prompt_ids = tuple(runtime.base.encode_chat([{"role": "user", "content": body.prompt}]))
     beta = profile.beta if profile.beta > 0 else DEFAULT_BETA
     requests = []

@@ -97,7 +97,7 @@ class DuelWeights:
     direction: Array
     """(K,) the unit direction in decoder units the two differ along."""
     variance: float
-    """Posterior variance of the normalised coefficients along that direction."""
+    """Posterior variance of the utility's direction (reward units) along the direction asked about."""
 
 
 class MapEstimate(NamedTuple):
@@ -214,6 +214,20 @@ def utility_of_weights(weights: Array, head_scales: Array) -> Array:
     return np.asarray(weights, dtype=np.float64) / np.asarray(head_scales, dtype=np.float64)
 
 
+def direction_covariance(fit: UtilityFit) -> Array:
+    """(K, K) posterior covariance of the utility's *direction* in reward units: the Laplace covariance
+    carried to ``u = theta / spread`` with the radial part (how strong, which choices cannot tell and
+    decoding does not use) projected out."""
+    inverse = np.diag(1.0 / fit.spread)
+    covariance = inverse @ fit.covariance @ inverse  # (K, K) of u
+    u = fit.raw_utility
+    norm = float(np.linalg.norm(u))
+    if norm == 0:
+        return np.asarray(covariance, dtype=np.float64)
+    across = np.eye(len(u)) - np.outer(u / norm, u / norm)  # projector orthogonal to u
+    return np.asarray(across @ covariance @ across, dtype=np.float64)
+
+
 def uncertain_direction(covariance: Array, rng: np.random.Generator) -> Direction:
     """The top eigenvector of ``covariance``;
     among eigenvalues tied with the largest (within TIE_TOLERANCE), a random unit combination."""
@@ -227,19 +241,22 @@ def uncertain_direction(covariance: Array, rng: np.random.Generator) -> Directio
 
 def duel_weights(
     fit: UtilityFit,
-    head_scales: Array,
     center: Array,
     *,
     step: float = 1.0,
     rng: np.random.Generator,
     bound: tuple[float, float] = WEIGHT_RANGE,
 ) -> DuelWeights:
-    """The two weight vectors ``center ± step · d`` whose answers teach the most: ``d`` is the direction of
-    greatest posterior uncertainty, carried from normalised units to decoder units (``/ spread · scale``)."""
+    """The two weight vectors ``center ± step · d`` whose answers teach the most.
+
+    ``v`` is the direction (reward units) the posterior of the utility's direction is least sure of
+    (:func:`direction_covariance`): answers whose rewards differ along ``v`` are the most informative.
+    Heads are calibrated so that a unit weight moves each objective's reward by a similar share of its
+    spread, so the decoder direction that moves the rewards along ``v`` is ``d_k ∝ v_k / spread_k``."""
     if step <= 0:
         raise ConfigError(f"duel step must be > 0, got {step}")
-    normalised, variance = uncertain_direction(fit.covariance, rng)
-    direction = normalised / fit.spread * np.asarray(head_scales, dtype=np.float64)  # (K,) decoder units
+    reward_direction, variance = uncertain_direction(direction_covariance(fit), rng)
+    direction = reward_direction / fit.spread  # (K,) decoder units
     direction = direction / np.linalg.norm(direction)
     center = np.asarray(center, dtype=np.float64)
     left = np.clip(center + step * direction, bound[0], bound[1])

@@ -81,8 +81,7 @@ def test_duels_differ_along_the_least_known_direction() -> None:
     diffs = np.zeros((30, 4))
     diffs[:, :3] = simulate(np.array([1.0, 1.0, 1.0, 0.0]), 30, rng)[:, :3]  # objective 3 never varied
     fit = fit_utility(OBJECTIVES, diffs, fallback_spread=SPREADS)
-    scales = np.ones(4)
-    duel = duel_weights(fit, scales, np.zeros(4), step=1.0, rng=rng)
+    duel = duel_weights(fit, np.zeros(4), step=1.0, rng=rng)
     assert abs(duel.direction[3]) > 0.9
     assert np.allclose(duel.left - duel.right, 2 * duel.direction)
 
@@ -94,3 +93,11 @@ def test_bad_inputs_are_config_errors() -> None:
         fit_utility(OBJECTIVES, [[np.nan, 0, 0, 0]])
     with pytest.raises(ConfigError):
         FitConfig(l2=0)
+
+
+def test_duels_ask_about_the_direction_not_the_strength() -> None:
+    rng = np.random.default_rng(1)
+    hidden = np.array([0.0, 0.0, 0.0, 1.0])
+    fit = fit_utility(OBJECTIVES, simulate(hidden, 200, rng), fallback_spread=SPREADS)
+    duel = duel_weights(fit, np.zeros(4), step=1.0, rng=rng)
+    assert abs(cosine(duel.direction, fit.utility)) < 0.2  # across the estimate, not along it
