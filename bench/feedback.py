@@ -1,7 +1,7 @@
 """How well pairwise feedback recovers a user's utility, with the real model and the shipped heads.
 
-    PERSONALIZE_THREADS=2 python bench/feedback.py                 # 24 users, the shipped heads
-    python bench/feedback.py --users 24 --prompts 12 --max-tokens 64 --json out.json
+    PERSONALIZE_THREADS=2 python -m bench.feedback                  # 24 users, the shipped heads
+    python -m bench.feedback --users 24 --prompts 16 --heldout 4 --max-tokens 64 --json out.json
 
 1. A pool of answers: for every weight vector of a grid (0, each objective alone at +-1, each pair
    of objectives at +-1/sqrt 2, in decoder units, beta 1) and every pool prompt (eval prompts), one
@@ -211,7 +211,7 @@ def interval(values: Sequence[float]) -> str:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=24)
-    parser.add_argument("--prompts", type=int, default=12, help="pool prompts (eval split, spread over it)")
+    parser.add_argument("--prompts", type=int, default=16, help="pool prompts (eval split, spread over it)")
     parser.add_argument("--heldout", type=int, default=6, help="held-out prompts for learned vs default")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=24)
