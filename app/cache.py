@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 import redis
 
 from personalize.db.errors import NotFoundError
+from personalize.db.models import SOURCE_MANUAL
 from personalize.db.profiles import ProfileStore
 from personalize.db.records import ProfileRecord
 from personalize.decoding.config import Personalization
@@ -329,9 +330,15 @@ class CachedProfiles:
         self.cache.fill_profile(record)
         return record
 
-    def put(self, user_id: str, personalization: Personalization, expected_version: int | None = None) -> ProfileRecord:
+    def put(
+        self,
+        user_id: str,
+        personalization: Personalization,
+        expected_version: int | None = None,
+        source: str = SOURCE_MANUAL,
+    ) -> ProfileRecord:
         try:
-            record = self.store.put(user_id, personalization, expected_version)
+            record = self.store.put(user_id, personalization, expected_version, source)
         except NotFoundError:
             self.cache.forget_profile(user_id)
             raise

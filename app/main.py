@@ -17,7 +17,7 @@ from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.openapi import install_openapi
-from app.routes import audit, completions, health, keys, models, objectives, rewards, users
+from app.routes import audit, completions, feedback, health, keys, models, objectives, rewards, users
 from app.services import EngineFactory, Services, default_engine_factory
 from personalize.settings import Settings
 
@@ -49,7 +49,7 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app)
-    routers = (completions, models, objectives, rewards, users, keys, audit, health)
+    routers = (completions, models, objectives, rewards, users, feedback, keys, audit, health)
     for module in routers:
         app.include_router(module.router)
 

@@ -300,6 +300,11 @@ class ProfileOut(BaseModel):
     top_k: int
     version: int
     updated_at: str
+    source: Literal["manual", "feedback"] = Field(
+        default="manual",
+        description="Where the weights came from: `manual` (written here) or `feedback` (fitted from the "
+        "user's choices, POST /v1/users/{id}/feedback). A manual write overrides a fitted profile.",
+    )
 
 
 MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600

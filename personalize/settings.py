@@ -10,6 +10,7 @@ Library code never reads the environment; the service and the CLI build one
     PERSONALIZE_DTYPE        auto (the decoder in bfloat16 where it is fast), float32, bfloat16 or float16
     PERSONALIZE_REMOTE_URL   an upstream server running the base model (vLLM, ...); PERSONALIZE_REMOTE_MODEL its model
     PERSONALIZE_REWARD_ROOT  the only folder the service loads hf:<dir> reward models from (default DATA_DIR/rewards)
+    PERSONALIZE_FEEDBACK_RETENTION_DAYS  how long feedback texts are kept (default 30; 0: never stored)
     PERSONALIZE_*            limits and server address (see the fields below)
 """
 
@@ -117,6 +118,17 @@ class Settings(BaseSettings):
     """Server-side deadline of a completion request, queueing included (0: none)."""
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
     """After SIGTERM, how long requests in flight may take to finish."""
+
+    # ---- pairwise feedback (docs/feedback.md) ----
+    feedback_retention_days: float = Field(default=30.0, ge=0, le=36_500)
+    """How long a comparison's texts (prompt, chosen, rejected) are kept; after that they are blanked and
+    only the rewards stay (the fit needs nothing else). 0: the texts are never stored."""
+    feedback_rate_limit_per_minute: int = Field(default=60, ge=0)
+    """Feedback posts per API key per minute (each scores two answers and refits); 0: no own limit."""
+    feedback_l2: float = Field(default=1.0, gt=0, le=1000)
+    """Prior precision of the preference fit (higher: the profile moves less per comparison)."""
+    duel_step: float = Field(default=1.0, gt=0, le=5)
+    """How far apart (decoder units, L2) the two answers of a duel are steered, each side of the profile."""
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

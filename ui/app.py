@@ -13,6 +13,7 @@ st.set_page_config(page_title="personalize", page_icon=":material/tune:", layout
 session.sidebar()
 pages = [
     st.Page("views/generate.py", title="Generate", icon=":material/tune:", default=True),
+    st.Page("views/teach.py", title="Teach me", icon=":material/thumbs_up_down:"),
     st.Page("views/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
     st.Page("views/tradeoff.py", title="Trade-off", icon=":material/insights:"),
 ]

@@ -198,6 +198,53 @@ class Delta:
     """``compute`` of the answer (forwards, flops, samples, ...), on the chunk that finishes it."""
 
 
+@dataclass(frozen=True)
+class DuelAnswer:
+    text: str
+    personalization: Mapping[str, Any]
+    """What the answer was generated with; sent back with the choice."""
+
+
+@dataclass(frozen=True)
+class Duel:
+    """``POST /v1/users/{id}/duel``: two answers to compare."""
+
+    prompt: str
+    left: DuelAnswer
+    right: DuelAnswer
+    direction: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class FeedbackFit:
+    """What one choice taught: the refitted utility and the profile weights it gave."""
+
+    comparisons: int
+    utility: Mapping[str, float]
+    stderr: Mapping[str, float]
+    weights: Mapping[str, float]
+    ignored: tuple[str, ...]
+
+
+def _duel(data: Mapping[str, Any]) -> Duel:
+    left, right = (DuelAnswer(str(a["text"]), dict(a["personalization"])) for a in data["answers"][:2])
+    direction = {str(k): float(v) for k, v in data["direction"].items()}
+    return Duel(str(data["prompt"]), left, right, direction)
+
+
+def _fit(data: Mapping[str, Any]) -> FeedbackFit:
+    def floats(values: Mapping[str, Any]) -> dict[str, float]:
+        return {str(k): float(v) for k, v in values.items()}
+
+    return FeedbackFit(
+        comparisons=int(data["comparisons"]),
+        utility=floats(data["utility"]),
+        stderr=floats(data["stderr"]),
+        weights=floats(data["weights"]),
+        ignored=tuple(str(x) for x in data.get("ignored", ())),
+    )
+
+
 def _error_from(response: httpx.Response) -> ApiError:
     try:
         detail = response.json().get("error") or {}
@@ -365,6 +412,32 @@ class ApiClient:
         if version is not None:
             body["version"] = version
         return _profile(self._request("PUT", f"/v1/users/{user_id}/profile", json=body))
+
+    # ---- pairwise feedback -------------------------------------------------------------
+    def duel(self, user_id: str, prompt: str, *, max_tokens: int = 96, seed: int | None = None) -> Duel:
+        """Two answers to ``prompt`` steered to teach the most (counts as two generations)."""
+        body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens}
+        if seed is not None:
+            body["seed"] = seed
+        return _duel(self._request("POST", f"/v1/users/{user_id}/duel", json=body))
+
+    def send_feedback(self, user_id: str, prompt: str, chosen: DuelAnswer, rejected: DuelAnswer) -> FeedbackFit:
+        """Say ``chosen`` is the better answer; the profile's weights are refitted."""
+        body = {
+            "prompt": prompt,
+            "chosen": chosen.text,
+            "rejected": rejected.text,
+            "chosen_personalization": dict(chosen.personalization),
+            "rejected_personalization": dict(rejected.personalization),
+        }
+        return _fit(self._request("POST", f"/v1/users/{user_id}/feedback", json=body)["fit"])
+
+    def feedback_count(self, user_id: str) -> int:
+        return int(self._request("GET", f"/v1/users/{user_id}/feedback", params={"limit": 1})["total"])
+
+    def forget_feedback(self, user_id: str) -> Profile:
+        """Delete every choice; a fitted profile goes back to its last manual weights."""
+        return _profile(self._request("DELETE", f"/v1/users/{user_id}/feedback")["profile"])
 
     # ---- objectives --------------------------------------------------------------------
     def objectives(self) -> list[Objective]:

@@ -2,12 +2,14 @@
 
 from personalize.db.audit import AuditStore
 from personalize.db.errors import AlreadyExistsError, NotFoundError, StoreError, VersionConflictError
+from personalize.db.feedback import FeedbackStore, NewFeedback
 from personalize.db.heads import HeadStore
 from personalize.db.keys import ApiKeyStore
 from personalize.db.profiles import ProfileStore
 from personalize.db.records import (
     ApiKeyRecord,
     CreatedUser,
+    FeedbackRecord,
     HeadVersionRecord,
     ObjectiveRecord,
     ProfileRecord,
@@ -23,8 +25,11 @@ __all__ = [
     "AuditStore",
     "CreatedUser",
     "Database",
+    "FeedbackRecord",
+    "FeedbackStore",
     "HeadStore",
     "HeadVersionRecord",
+    "NewFeedback",
     "NotFoundError",
     "ObjectiveRecord",
     "ProfileRecord",

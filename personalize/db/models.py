@@ -4,7 +4,10 @@ objectives      one row per objective name (conciseness, helpfulness, ...)
 head_versions   uploaded heads: artifact location + sha256, identity checks, active flag
 users           API callers: name and role
 api_keys        each user's API keys: sha256 (never the key), prefix, expiry, revocation
-profiles        one per user: weights per objective, beta, method, version (optimistic locking)
+profiles        one per user: weights per objective, beta, method, version (optimistic locking),
+                where the weights came from (manual or feedback) and the manual anchor feedback fits lean on
+feedback        a user's pairwise choices: the texts (kept for the retention period), each answer's
+                rewards per objective, and the personalization each answer was generated with
 audit_log       admin actions: who did what to which target, when
 """
 
@@ -20,6 +23,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 ROLE_ADMIN = "admin"
 ROLE_USER = "user"
 ROLES = (ROLE_ADMIN, ROLE_USER)
+SOURCE_MANUAL = "manual"
+SOURCE_FEEDBACK = "feedback"
+PROFILE_SOURCES = (SOURCE_MANUAL, SOURCE_FEEDBACK)
 
 
 def utcnow() -> datetime:
@@ -121,8 +127,35 @@ class Profile(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     """Bumped on every write; a write naming an older version is refused (lost update)."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(16), default=SOURCE_MANUAL, server_default=SOURCE_MANUAL)
+    """Where the weights came from: ``manual`` (a write of the profile) or ``feedback`` (fitted from choices)."""
+    anchor: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    """The weights of the last manual write: the prior every feedback fit is pulled toward."""
 
     user: Mapped[User] = relationship(back_populates="profile")
+
+
+class Feedback(Base):
+    """One pairwise choice of a user: ``chosen`` was preferred to ``rejected`` as answers to ``prompt``."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_user_id_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    chosen: Mapped[str] = mapped_column(Text, default="")
+    rejected: Mapped[str] = mapped_column(Text, default="")
+    texts_removed_at: Mapped[datetime | None] = mapped_column(default=None)
+    """Set when the retention period blanked the three texts (the scores stay)."""
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Objective -> [reward of chosen, reward of rejected], under the reward its active head named."""
+    rewards: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Objective -> the reward function that scored it."""
+    head_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    chosen_personalization: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    rejected_personalization: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class AuditEntry(Base):

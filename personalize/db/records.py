@@ -80,6 +80,10 @@ class ProfileRecord:
     top_k: int
     version: int
     updated_at: datetime
+    source: str = "manual"
+    """``manual`` (written through the profile endpoint) or ``feedback`` (fitted from choices)."""
+    anchor: Mapping[str, float] = field(default_factory=dict)
+    """The weights of the last manual write: what feedback fits are pulled toward."""
 
     def to_personalization(self) -> Personalization:
         return Personalization(weights=dict(self.weights), beta=self.beta, method=self.method, top_k=self.top_k)
@@ -93,6 +97,8 @@ class ProfileRecord:
             "top_k": self.top_k,
             "version": self.version,
             "updated_at": self.updated_at.isoformat(),
+            "source": self.source,
+            "anchor": dict(self.anchor),
         }
 
     @classmethod
@@ -105,6 +111,8 @@ class ProfileRecord:
             top_k=int(data["top_k"]),
             version=int(data["version"]),
             updated_at=datetime.fromisoformat(data["updated_at"]),
+            source=str(data.get("source", "manual")),
+            anchor={str(k): float(v) for k, v in data.get("anchor", {}).items()},
         )
 
 
@@ -136,3 +144,28 @@ class ObjectiveRecord:
     @property
     def active_version(self) -> HeadVersionRecord | None:
         return next((v for v in self.versions if v.active), None)
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """One stored pairwise choice."""
+
+    id: int
+    user_id: str
+    created_at: datetime
+    prompt: str
+    chosen: str
+    rejected: str
+    texts_removed_at: datetime | None
+    """When the retention period blanked the texts (None while they are kept)."""
+    scores: Mapping[str, tuple[float, float]]
+    """Objective -> (reward of chosen, reward of rejected)."""
+    rewards: Mapping[str, str]
+    head_versions: Mapping[str, str]
+    chosen_personalization: Mapping[str, Any] | None
+    rejected_personalization: Mapping[str, Any] | None
+
+    def difference(self, objective: str) -> float | None:
+        """Reward of chosen minus reward of rejected under ``objective`` (None if it was not scored)."""
+        pair = self.scores.get(objective)
+        return None if pair is None else pair[0] - pair[1]

@@ -17,7 +17,7 @@ from tests.integration.conftest import _pg_available, _pg_execute, _pg_url
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"objectives", "head_versions", "users", "api_keys", "profiles", "audit_log"}
+TABLES = {"objectives", "head_versions", "users", "api_keys", "profiles", "audit_log", "feedback"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -116,6 +116,42 @@ def test_keys_survive_the_api_keys_migration_both_ways(empty_database: str) -> N
             digest = conn.execute(text("SELECT api_key_sha256 FROM users WHERE id = 'u1'")).scalar_one()
         assert digest == hash_api_key(issued.api_key)  # the newest working key is the one kept
         with engine.connect() as conn:  # re-creating the users table (SQLite) must not cascade into profiles
+            assert conn.execute(text("SELECT version FROM profiles WHERE user_id = 'u1'")).scalar_one() == 3
+    finally:
+        engine.dispose()
+
+
+def test_existing_profiles_become_manual_with_their_weights_as_anchor(empty_database: str) -> None:
+    """The feedback migration: a profile saved before it keeps its weights, now also its anchor."""
+    from sqlalchemy import text
+
+    from personalize.db import Database, ProfileStore
+
+    migrate.upgrade(empty_database, "0003_api_keys")
+    engine = create_db_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, name, role, key_prefix, created_at) "
+                    "VALUES ('u1', 'old', 'user', 'pz-old-k', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO profiles (user_id, weights, beta, method, top_k, version, updated_at) "
+                    "VALUES ('u1', '{\"concise\": 0.5}', 2.0, 'vas', 20, 3, CURRENT_TIMESTAMP)"
+                )
+            )
+        migrate.upgrade(empty_database)
+        db = Database(empty_database)
+        try:
+            profile = ProfileStore(db).get("u1")
+        finally:
+            db.dispose()
+        assert profile.source == "manual" and dict(profile.anchor) == {"concise": 0.5} == dict(profile.weights)
+        migrate.downgrade(empty_database, "0003_api_keys")
+        with engine.connect() as conn:
             assert conn.execute(text("SELECT version FROM profiles WHERE user_id = 'u1'")).scalar_one() == 3
     finally:
         engine.dispose()

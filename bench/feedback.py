@@ -1,0 +1,314 @@
+"""How well pairwise feedback recovers a user's utility, with the real model and the shipped heads.
+
+    PERSONALIZE_THREADS=2 python -m bench.feedback                  # 24 users, the shipped heads
+    python -m bench.feedback --users 24 --prompts 16 --heldout 4 --max-tokens 64 --json out.json
+
+1. A pool of answers: for every weight vector of a grid (0, each objective alone at +-1, each pair
+   of objectives at +-1/sqrt 2, in decoder units, beta 1) and every pool prompt (eval prompts), one
+   answer from the real engine, scored by every objective's reward. Generated once and kept on disk
+   (``--cache``), so a rerun only decodes what is missing.
+2. Simulated users: each has a hidden utility ``u*`` (a random unit direction over the objectives,
+   in reward units) and chooses between two answers with probability
+   ``sigmoid(u* . (r(a) - r(b)) / T)``, ``T`` = 0.5 x the std of ``u* . (r(a) - r(b))`` over pairs of
+   pool answers to the same prompt.
+3. Each user answers 40 comparisons, twice: with duels (the service's choice: the profile's weights
+   +- 1 along the direction of greatest posterior uncertainty, each side taken as the grid vector
+   closest in direction, answers drawn from the pool for a random prompt) and with random pairs of
+   grid vectors. After each, the fit is redone as the service does it (prior zero, the heads'
+   fallback spreads) and the profile takes the fitted weights; the cosine between the fitted
+   ``utility`` and ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
+4. Learned vs default: each user's weights after 40 duels and the default profile (no weights)
+   answer held-out eval prompts (decoded for real); the gain is the paired difference of ``u* . r``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import itertools
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from personalize.data import load_prompts, prompt_ids
+from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
+from personalize.feedback import FitConfig, cosine, decoder_weights, duel_weights, fit_utility
+from personalize.heads import SHIPPED_HEADS_DIR, discover_heads, load_head
+from personalize.models import load_base_model, set_threads
+from personalize.rewards import get_reward
+from personalize.settings import Settings
+
+CHECKPOINTS = (5, 10, 20, 40)
+T_CRIT_95 = {n: t for n, t in ((5, 2.776), (10, 2.262), (15, 2.145), (20, 2.093), (24, 2.069), (30, 2.045))}
+
+
+def t_critical(n: int) -> float:
+    """Two-sided 95% Student t for n samples (n - 1 degrees of freedom), from a short table."""
+    keys = sorted(T_CRIT_95)
+    return T_CRIT_95[min(keys, key=lambda k: abs(k - n))] if n < 60 else 1.96
+
+
+def weight_grid(k: int) -> np.ndarray:
+    """(G, K): zero, +-e_i, and (+-e_i +- e_j) / sqrt 2 for i < j."""
+    rows = [np.zeros(k)]
+    for i in range(k):
+        for sign in (1.0, -1.0):
+            rows.append(sign * np.eye(k)[i])
+    for i, j in itertools.combinations(range(k), 2):
+        for si, sj in itertools.product((1.0, -1.0), repeat=2):
+            row = np.zeros(k)
+            row[i], row[j] = si / math.sqrt(2), sj / math.sqrt(2)
+            rows.append(row)
+    return np.array(rows)
+
+
+@dataclass
+class Setup:
+    engine: Engine
+    objectives: tuple[str, ...]
+    scales: np.ndarray
+    spreads: np.ndarray
+    rewards: dict[str, object]
+
+
+def load_setup(threads: int) -> Setup:
+    set_threads(threads)
+    settings = Settings()
+    base = load_base_model(settings.base_model, data_dir=settings.data_dir)
+    heads = sorted((load_head(f, base) for f in discover_heads([SHIPPED_HEADS_DIR])), key=lambda h: h.objective)
+    objectives = tuple(h.objective for h in heads)
+    scales = np.array([h.meta.calibration.scale for h in heads])
+    spreads = np.array([math.sqrt(2) * h.meta.calibration.return_std for h in heads])
+    rewards = {h.objective: get_reward(h.meta.reward_name) for h in heads}
+    return Setup(Engine(base, heads), objectives, scales, spreads, rewards)
+
+
+class AnswerCache:
+    """Answers and their rewards on disk, keyed by what made them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.exists() else {}
+
+    @staticmethod
+    def key(weights: Sequence[float], prompt: str, max_tokens: int, seed: int) -> str:
+        text = json.dumps([[round(float(w), 4) for w in weights], prompt, max_tokens, seed])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries))
+        tmp.replace(self.path)
+
+
+def generate(
+    setup: Setup, cache: AnswerCache, jobs: Sequence[tuple[np.ndarray, str]], max_tokens: int, batch: int
+) -> list[np.ndarray]:
+    """(K,) rewards of the answer to each (weights, prompt) job, decoding (and caching) what is missing."""
+    keys = [cache.key(w, p, max_tokens, 0) for w, p in jobs]
+    missing = [(key, w, p) for key, (w, p) in zip(keys, jobs, strict=True) if key not in cache.entries]
+    start = time.perf_counter()
+    for i in range(0, len(missing), batch):
+        chunk = missing[i : i + batch]
+        requests = []
+        for key, w, p in chunk:
+            weights = {n: float(x) for n, x in zip(setup.objectives, w, strict=True) if x != 0}
+            sampling = SamplingParams(max_new_tokens=max_tokens, temperature=1.0, seed=int(key[:12], 16))
+            ids = tuple(prompt_ids(setup.engine.base, p))
+            requests.append(GenerationRequest(ids, sampling, Personalization(weights=weights, beta=1.0)))
+        results = setup.engine.generate(requests)
+        texts = [r.text for r in results]
+        prompts = [p for _, _, p in chunk]
+        scores = {n: [float(x) for x in fn(prompts, texts)] for n, fn in setup.rewards.items()}  # type: ignore[operator]
+        for j, (key, _, _) in enumerate(chunk):
+            cache.entries[key] = {"text": texts[j], "rewards": [scores[n][j] for n in setup.objectives]}
+        cache.save()
+        done = i + len(chunk)
+        print(f"  decoded {done}/{len(missing)} ({(time.perf_counter() - start) / done:.2f} s/answer)", flush=True)
+    return [np.array(cache.entries[key]["rewards"], dtype=np.float64) for key in keys]
+
+
+@dataclass
+class Pool:
+    grid: np.ndarray
+    """(G, K) decoder weights."""
+    rewards: np.ndarray
+    """(G, P, K) reward of the answer of grid vector g to prompt p."""
+
+
+def snap(grid: np.ndarray, weights: np.ndarray, exclude: int | None = None) -> int:
+    """The grid vector closest in direction to ``weights`` (the zero vector for a near-zero one)."""
+    if np.linalg.norm(weights) < 0.25:
+        return 0 if exclude != 0 else 1
+    norms = np.linalg.norm(grid, axis=1)
+    cos = (grid @ weights) / np.maximum(norms, 1e-12) / np.linalg.norm(weights)
+    cos[norms == 0] = -np.inf
+    if exclude is not None:
+        cos[exclude] = -np.inf
+    return int(np.argmax(cos))
+
+
+def choose(u: np.ndarray, temperature: float, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The chosen-minus-rejected reward difference of a simulated user's choice between a and b."""
+    margin = float(u @ (a - b)) / temperature
+    prefers_a = rng.random() < 1.0 / (1.0 + math.exp(-max(min(margin, 50.0), -50.0)))
+    return a - b if prefers_a else b - a
+
+
+def run_user(
+    setup: Setup, pool: Pool, u: np.ndarray, temperature: float, strategy: str, seed: int, l2: float, step: float = 1.0
+) -> tuple[dict[int, float], np.ndarray]:
+    """Cosines after each checkpoint, and the final decoder weights, for one user and one strategy."""
+    rng = np.random.default_rng(seed)
+    diffs: list[np.ndarray] = []
+    weights = np.zeros(len(setup.objectives))
+    fit = fit_utility(setup.objectives, np.zeros((0, len(setup.objectives))), fallback_spread=setup.spreads)
+    out: dict[int, float] = {}
+    for t in range(1, max(CHECKPOINTS) + 1):
+        prompt = int(rng.integers(pool.rewards.shape[1]))
+        if strategy == "duel":
+            duel = duel_weights(fit, weights, step=step, rng=rng)
+            left = snap(pool.grid, duel.left)
+            right = snap(pool.grid, duel.right, exclude=left)
+        else:
+            left, right = (int(x) for x in rng.choice(len(pool.grid), size=2, replace=False))
+        diffs.append(choose(u, temperature, pool.rewards[left, prompt], pool.rewards[right, prompt], rng))
+        fit = fit_utility(setup.objectives, np.array(diffs), fallback_spread=setup.spreads, config=FitConfig(l2=l2))
+        weights = decoder_weights(fit.utility, setup.scales, strength=1.0)
+        if t in CHECKPOINTS:
+            out[t] = cosine(fit.utility, u)
+    return out, weights
+
+
+def temperature_of(u: np.ndarray, pool: Pool) -> float:
+    """0.5 x the std of u . (r(a) - r(b)) over all pairs of pool answers to the same prompt."""
+    g = pool.rewards.shape[0]
+    first, second = np.triu_indices(g, k=1)
+    margins = (pool.rewards[first] - pool.rewards[second]) @ u  # (pairs, P)
+    return 0.5 * float(margins.std())
+
+
+def summary(values: Sequence[float]) -> str:
+    mean, sd = statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f} (min {min(values):.2f})"
+
+
+def interval(values: Sequence[float]) -> str:
+    mean = statistics.fmean(values)
+    half = t_critical(len(values)) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=16, help="pool prompts (eval split, spread over it)")
+    parser.add_argument("--heldout", type=int, default=6, help="held-out prompts for learned vs default")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("PERSONALIZE_THREADS", "2")))
+    parser.add_argument("--l2", type=float, default=FitConfig().l2)
+    parser.add_argument("--duel-step", type=float, default=Settings().duel_step)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=Path(Settings().data_dir) / "bench" / "feedback-answers.json")
+    parser.add_argument("--json", type=Path, default=None)
+    return parser.parse_args()
+
+
+def build_pool(setup: Setup, cache: AnswerCache, prompts: Sequence[str], args: argparse.Namespace) -> Pool:
+    grid = weight_grid(len(setup.objectives))
+    jobs = [(w, p) for w in grid for p in prompts]
+    print(f"pool: {len(grid)} weight vectors x {len(prompts)} prompts = {len(jobs)} answers", flush=True)
+    rewards = generate(setup, cache, jobs, args.max_tokens, args.batch)
+    return Pool(grid, np.array(rewards).reshape(len(grid), len(prompts), len(setup.objectives)))
+
+
+def recovery(setup: Setup, pool: Pool, hidden: np.ndarray, args: argparse.Namespace) -> dict[str, object]:
+    """Every user under both strategies: cosines per checkpoint, learned weights after the duels."""
+    cosines: dict[str, dict[int, list[float]]] = {s: {t: [] for t in CHECKPOINTS} for s in ("duel", "random")}
+    learned = []
+    for i, u in enumerate(hidden):
+        temperature = temperature_of(u, pool)
+        for strategy in ("duel", "random"):
+            seed = args.seed * 1000 + i
+            found, weights = run_user(setup, pool, u, temperature, strategy, seed, args.l2, args.duel_step)
+            for t, c in found.items():
+                cosines[strategy][t].append(c)
+            if strategy == "duel":
+                learned.append(weights)
+    return {"cosines": cosines, "learned": learned}
+
+
+def learned_vs_default(
+    setup: Setup, cache: AnswerCache, hidden: np.ndarray, learned: Sequence[np.ndarray], prompts: Sequence[str], args
+) -> list[float]:
+    """Per user: mean over held-out prompts of u* . (r(learned answer) - r(default answer))."""
+    zero = np.zeros(len(setup.objectives))
+    jobs = [(zero, p) for p in prompts] + [(w, p) for w in learned for p in prompts]
+    print(f"learned vs default: {len(jobs)} answers on {len(prompts)} held-out prompts", flush=True)
+    rewards = generate(setup, cache, jobs, args.max_tokens, args.batch)
+    default = np.array(rewards[: len(prompts)])  # (P, K)
+    gains = []
+    for i, u in enumerate(hidden):
+        mine = np.array(rewards[len(prompts) * (i + 1) : len(prompts) * (i + 2)])  # (P, K)
+        gains.append(float(((mine - default) @ u).mean()))
+    return gains
+
+
+def report(result: dict[str, object], gains: Sequence[float], args: argparse.Namespace, seconds: float) -> str:
+    cos = result["cosines"]
+    assert isinstance(cos, dict)
+    lines = [
+        f"feedback recovery: {args.users} simulated users, {args.prompts} pool prompts, max_tokens {args.max_tokens}, "
+        f"l2 {args.l2}, seed {args.seed}, {seconds / 60:.1f} min",
+        "",
+        "| comparisons | duels: cosine mean ± sd (min) | random pairs: cosine mean ± sd (min) "
+        "| duel − random (95% CI) |",
+        "|---|---|---|---|",
+    ]
+    for t in CHECKPOINTS:
+        paired = [a - b for a, b in zip(cos["duel"][t], cos["random"][t], strict=True)]
+        lines.append(f"| {t} | {summary(cos['duel'][t])} | {summary(cos['random'][t])} | {interval(paired)} |")
+    lines += [
+        "",
+        f"learned (40 duels) vs default profile, u*·r per answer on {args.heldout} held-out prompts, paired over "
+        f"users: {interval(gains)}; better for {sum(g > 0 for g in gains)}/{len(gains)} users",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse()
+    started = time.perf_counter()
+    setup = load_setup(args.threads)
+    cache = AnswerCache(args.cache)
+    every = [p.prompt for p in load_prompts("eval")]
+    stride = max(1, len(every) // args.prompts)
+    pool_prompts = every[::stride][: args.prompts]
+    heldout = [p for p in every[stride // 2 :: stride] if p not in pool_prompts][: args.heldout]
+    pool = build_pool(setup, cache, pool_prompts, args)
+    rng = np.random.default_rng(args.seed)
+    hidden = rng.standard_normal((args.users, len(setup.objectives)))
+    hidden /= np.linalg.norm(hidden, axis=1, keepdims=True)
+    result = recovery(setup, pool, hidden, args)
+    learned = result["learned"]
+    assert isinstance(learned, list)
+    gains = learned_vs_default(setup, cache, hidden, learned, heldout, args)
+    table = report(result, gains, args, time.perf_counter() - started)
+    print(f"\n{datetime.date.today().isoformat()} objectives {', '.join(setup.objectives)}\n{table}")
+    if args.json:
+        payload = {"cosines": result["cosines"], "gains": gains, "hidden": hidden.tolist(), "args": vars(args)}
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Learning a user's weights from pairwise choices, and choosing the next pair to ask about.
+
+The model (Bradley-Terry on reward differences): a user prefers answer ``a`` to answer ``b``
+with probability
+
+    P(a > b) = sigmoid(sum_k u_k · (r_k(a) - r_k(b)))
+
+``u_k`` is the user's utility per unit of objective k's reward (reward units). Each objective's
+differences are divided by their spread ``s_k`` before the fit, so the fitted coefficients
+``theta_k = u_k · s_k`` are per "typical difference" and one objective with wide rewards cannot
+dominate the prior or the step sizes. The fit is the MAP under a Gaussian prior
+``theta ~ N(theta_0, I / l2)`` (``theta_0`` the current profile, as a utility direction, or zero)
+found by Newton's method (the loss is convex); the Laplace approximation (the inverse Hessian at
+the MAP) gives the posterior covariance, hence standard errors.
+
+Units. The decoder adds ``beta · sum_k w_k · Q_k / scale_k`` (DESIGN §1: ``scale_k`` the head's
+calibration scale), and the KL-optimal policy for the utility ``sum_k u_k r_k`` adds a multiple
+of ``sum_k u_k · Q_k``: the decoder weights that realise ``u`` are ``w_k ∝ u_k · scale_k``
+(:func:`decoder_weights`), and a weight vector means the utility ``u_k ∝ w_k / scale_k``
+(:func:`utility_of_weights`).
+
+Pure numpy: no database, no model; every function is deterministic given its ``rng``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from personalize.decoding.config import WEIGHT_RANGE
+from personalize.errors import ConfigError
+
+Array = npt.NDArray[np.float64]
+TIE_TOLERANCE = 0.05
+"""Eigenvalues within this fraction of the largest count as tied: the duel direction is drawn among them."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How strongly the fit leans on its prior, and how it normalises each objective's differences."""
+
+    l2: float = 1.0
+    """Precision of the Gaussian prior on the normalised coefficients (1.0: worth a few comparisons)."""
+    prior_strength: float = 1.0
+    """Length of the prior mean in normalised units when it comes from a profile (0: always zero)."""
+    pseudo_count: float = 2.0
+    """How many comparisons' worth of the fallback spread the user's own spread is shrunk toward."""
+    max_iterations: int = 50
+    tolerance: float = 1e-9
+
+    def __post_init__(self) -> None:
+        for name in ("l2", "pseudo_count", "tolerance"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise ConfigError(f"FitConfig.{name} must be a finite number > 0, got {value!r}")
+        if not np.isfinite(self.prior_strength) or self.prior_strength < 0:
+            raise ConfigError(f"FitConfig.prior_strength must be a finite number >= 0, got {self.prior_strength!r}")
+        if self.max_iterations < 1:
+            raise ConfigError(f"FitConfig.max_iterations must be >= 1, got {self.max_iterations}")
+
+
+@dataclass(frozen=True)
+class UtilityFit:
+    """The MAP utility of one user and its Laplace posterior."""
+
+    objectives: tuple[str, ...]
+    comparisons: int
+    spread: Array
+    """(K,) the reward-difference spread each objective was divided by (reward units)."""
+    theta: Array
+    """(K,) MAP coefficients per unit of normalised difference."""
+    covariance: Array
+    """(K, K) Laplace posterior covariance of ``theta`` (inverse Hessian at the MAP)."""
+    utility: Array
+    """(K,) utility per unit of reward, scaled to unit length (zeros when the fit is zero)."""
+    stderr: Array
+    """(K,) standard errors of ``utility`` (same units; to first order in the normalisation)."""
+
+    @property
+    def raw_utility(self) -> Array:
+        """(K,) ``theta / spread``: utility per unit of reward, before scaling to unit length."""
+        return self.theta / self.spread
+
+
+@dataclass(frozen=True)
+class DuelWeights:
+    """Two decoder weight vectors to generate a pair of answers with, and why."""
+
+    left: Array
+    """(K,) decoder weights of the first answer."""
+    right: Array
+    """(K,) decoder weights of the second answer."""
+    direction: Array
+    """(K,) the unit direction in decoder units the two differ along."""
+    variance: float
+    """Posterior variance of the utility's direction (reward units) along the direction asked about."""
+
+
+class MapEstimate(NamedTuple):
+    theta: Array
+    """(K,) the MAP coefficients."""
+    hessian: Array
+    """(K, K) the loss's Hessian there."""
+
+
+class Direction(NamedTuple):
+    vector: Array
+    """(K,) unit direction in normalised units."""
+    variance: float
+    """Posterior variance along it."""
+
+
+def _as_matrix(differences: Sequence[Sequence[float]] | Array, k: int) -> Array:
+    matrix = np.asarray(differences, dtype=np.float64).reshape(-1, k)  # (N, K)
+    if not np.all(np.isfinite(matrix)):
+        raise ConfigError("reward differences must be finite numbers")
+    return matrix
+
+
+def difference_spread(differences: Array, fallback: Array, pseudo_count: float) -> Array:
+    """(K,) root-mean-square of each objective's differences, shrunk toward ``fallback`` by
+    ``pseudo_count`` comparisons' worth (so one or two comparisons give a sane scale); 1 where both are 0."""
+    n = differences.shape[0]
+    fallback = np.where(np.isfinite(fallback) & (fallback > 0), fallback, 0.0)
+    mean_square = ((differences**2).sum(axis=0) + pseudo_count * fallback**2) / (n + pseudo_count)  # (K,)
+    spread = np.sqrt(mean_square)
+    return np.where(spread > 1e-12, spread, 1.0)
+
+
+def prior_theta(prior_utility: Array | None, spread: Array, strength: float) -> Array:
+    """The prior mean in normalised units: the direction of ``prior_utility`` (reward units) times ``strength``."""
+    if prior_utility is None:
+        return np.zeros_like(spread)
+    theta0 = np.asarray(prior_utility, dtype=np.float64) * spread  # (K,)
+    norm = float(np.linalg.norm(theta0))
+    return theta0 / norm * strength if norm > 0 else np.zeros_like(spread)
+
+
+def _sigmoid(x: Array) -> Array:
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * x)), dtype=np.float64)
+
+
+def map_estimate(features: Array, theta0: Array, config: FitConfig) -> MapEstimate:
+    """Newton's method on ``-sum log sigmoid(X theta) + l2/2 |theta - theta0|^2``: (MAP, Hessian there)."""
+    k = theta0.shape[0]
+    theta = theta0.copy()
+    hessian = config.l2 * np.eye(k)
+    for _ in range(config.max_iterations):
+        p = _sigmoid(features @ theta)  # (N,)
+        gradient = -features.T @ (1.0 - p) + config.l2 * (theta - theta0)  # (K,)
+        hessian = (features.T * (p * (1.0 - p))) @ features + config.l2 * np.eye(k)  # (K, K)
+        step = np.linalg.solve(hessian, gradient)
+        theta = theta - step
+        if float(np.abs(step).max(initial=0.0)) < config.tolerance:
+            break
+    p = _sigmoid(features @ theta)
+    hessian = (features.T * (p * (1.0 - p))) @ features + config.l2 * np.eye(k)
+    return MapEstimate(theta, hessian)
+
+
+def fit_utility(
+    objectives: Sequence[str],
+    differences: Sequence[Sequence[float]] | Array,
+    *,
+    fallback_spread: Sequence[float] | Array | None = None,
+    prior_utility: Sequence[float] | Array | None = None,
+    config: FitConfig | None = None,
+) -> UtilityFit:
+    """Fit a user's utility from comparisons.
+
+    ``differences``: (N, K) reward of the chosen answer minus reward of the rejected one, per objective
+    (0 where an objective was not scored). ``fallback_spread``: (K,) a typical difference per objective
+    (e.g. sqrt(2) x the reward's std) for when the user has few comparisons. ``prior_utility``: (K,)
+    the utility the fit is pulled toward (reward units; only its direction counts), or None for zero.
+    """
+    config = config or FitConfig()
+    names = tuple(objectives)
+    k = len(names)
+    if k == 0:
+        raise ConfigError("fit_utility needs at least one objective")
+    matrix = _as_matrix(differences, k)  # (N, K)
+    fallback = np.ones(k) if fallback_spread is None else np.asarray(fallback_spread, dtype=np.float64)
+    spread = difference_spread(matrix, fallback, config.pseudo_count)  # (K,)
+    prior = None if prior_utility is None else np.asarray(prior_utility, dtype=np.float64)
+    theta0 = prior_theta(prior, spread, config.prior_strength)
+    theta, hessian = map_estimate(matrix / spread, theta0, config)
+    covariance = np.asarray(np.linalg.inv(hessian), dtype=np.float64)  # (K, K)
+    raw = theta / spread
+    norm = float(np.linalg.norm(raw))
+    raw_stderr = np.sqrt(np.diag(covariance)) / spread
+    utility = raw / norm if norm > 0 else np.zeros(k)
+    stderr = raw_stderr / norm if norm > 0 else raw_stderr
+    return UtilityFit(names, matrix.shape[0], spread, theta, covariance, utility, stderr)
+
+
+def decoder_weights(
+    utility: Array, head_scales: Array, strength: float, bound: tuple[float, float] = WEIGHT_RANGE
+) -> Array:
+    """(K,) decoder weights realising ``utility`` (``w_k ∝ u_k · scale_k``), of L2 length ``strength``,
+    clipped to ``bound``; zeros for a zero utility."""
+    weights = np.asarray(utility, dtype=np.float64) * np.asarray(head_scales, dtype=np.float64)  # (K,)
+    norm = float(np.linalg.norm(weights))
+    if norm == 0:
+        return np.zeros_like(weights)
+    return np.clip(weights / norm * strength, bound[0], bound[1])
+
+
+def utility_of_weights(weights: Array, head_scales: Array) -> Array:
+    """(K,) the utility direction (reward units) that decoder ``weights`` realise: ``w_k / scale_k``."""
+    return np.asarray(weights, dtype=np.float64) / np.asarray(head_scales, dtype=np.float64)
+
+
+def direction_covariance(fit: UtilityFit) -> Array:
+    """(K, K) posterior covariance of the utility's *direction* in reward units: the Laplace covariance
+    carried to ``u = theta / spread`` with the radial part (how strong, which choices cannot tell and
+    decoding does not use) projected out."""
+    inverse = np.diag(1.0 / fit.spread)
+    covariance = inverse @ fit.covariance @ inverse  # (K, K) of u
+    u = fit.raw_utility
+    norm = float(np.linalg.norm(u))
+    if norm == 0:
+        return np.asarray(covariance, dtype=np.float64)
+    across = np.eye(len(u)) - np.outer(u / norm, u / norm)  # projector orthogonal to u
+    return np.asarray(across @ covariance @ across, dtype=np.float64)
+
+
+def uncertain_direction(covariance: Array, rng: np.random.Generator) -> Direction:
+    """The top eigenvector of ``covariance``;
+    among eigenvalues tied with the largest (within TIE_TOLERANCE), a random unit combination."""
+    values, vectors = np.linalg.eigh(covariance)  # ascending
+    tied = values >= values[-1] * (1.0 - TIE_TOLERANCE)
+    basis = vectors[:, tied]  # (K, T)
+    direction = basis @ rng.standard_normal(basis.shape[1])
+    direction = direction / np.linalg.norm(direction)
+    return Direction(direction, float(direction @ covariance @ direction))
+
+
+def duel_weights(
+    fit: UtilityFit,
+    center: Array,
+    *,
+    step: float = 1.0,
+    rng: np.random.Generator,
+    bound: tuple[float, float] = WEIGHT_RANGE,
+) -> DuelWeights:
+    """The two weight vectors ``center ± step · d`` whose answers teach the most.
+
+    ``v`` is the direction (reward units) the posterior of the utility's direction is least sure of
+    (:func:`direction_covariance`): answers whose rewards differ along ``v`` are the most informative.
+    Heads are calibrated so that a unit weight moves each objective's reward by a similar share of its
+    spread, so the decoder direction that moves the rewards along ``v`` is ``d_k ∝ v_k / spread_k``."""
+    if step <= 0:
+        raise ConfigError(f"duel step must be > 0, got {step}")
+    reward_direction, variance = uncertain_direction(direction_covariance(fit), rng)
+    direction = reward_direction / fit.spread  # (K,) decoder units
+    direction = direction / np.linalg.norm(direction)
+    center = np.asarray(center, dtype=np.float64)
+    left = np.clip(center + step * direction, bound[0], bound[1])
+    right = np.clip(center - step * direction, bound[0], bound[1])
+    return DuelWeights(left, right, direction, variance)
+
+
+def cosine(a: Array, b: Array) -> float:
+    """Cosine similarity of two vectors (0 when either is zero)."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
