@@ -12,7 +12,11 @@ hits them alike; the table shows medians and the ratio of each B to its A:
 - **shared lower layers**: VAS with 3 top-8-layer heads, every row through every layer against the
   lower layers run once per sequence;
 - **prefill batching**: 8 prompts' time to first token, one request after another against all 8
-  prefilled in shared forwards.
+  prefilled in shared forwards;
+- **OpenMP waits**: plain decoding at batch 1 in a fresh process whose idle OpenMP threads spin
+  (``OMP_WAIT_POLICY=ACTIVE``, OpenMP's usual default) against sleep (``PASSIVE``, what
+  ``import personalize`` sets unless the environment says otherwise), on a quiet machine and beside
+  one busy process (a pure-Python loop, as any other busy service would be).
 
 It also prints the batch-1 bound that memory bandwidth puts on a step (every weight read once per
 token) beside the measured plain step.
@@ -22,7 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,15 +106,55 @@ def configurations(base: BaseModel, tokens: int) -> dict[str, tuple[Callable[[],
     }
 
 
+def child(data_dir: Path, tokens: int) -> None:
+    """In a fresh process (its OpenMP set up from its environment): print plain decoding's ms/token."""
+    base = load_base_model(None, data_dir=data_dir, device="cpu")
+    engine = Engine(base)
+    request = GenerationRequest(tuple(base.encode_prompt(PROMPTS[0])), _sampling(tokens), Personalization({}))
+    engine.generate([request])
+    print(statistics.median(per_token(engine, [request], tokens) for _ in range(3)) * 1e3)
+
+
+def in_process(policy: str, data_dir: Path, tokens: int, busy: bool) -> Callable[[], float]:
+    """Seconds per token of :func:`child` under ``OMP_WAIT_POLICY=policy``, beside a busy process or not."""
+
+    def run() -> float:
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            env = {**os.environ, "OMP_WAIT_POLICY": policy}
+            command = [sys.executable, "-m", "bench.steps", "--child", "--data-dir", str(data_dir)]
+            out = subprocess.run([*command, "--tokens", str(tokens)], env=env, capture_output=True, text=True)
+            return float(out.stdout.strip().splitlines()[-1]) / 1e3
+        finally:
+            if burner is not None:
+                burner.kill()
+                burner.wait()
+
+    return run
+
+
+def waits(data_dir: Path, tokens: int) -> dict[str, tuple[Callable[[], float], Callable[[], float]]]:
+    return {
+        f"plain, batch 1, {where}: OpenMP waits spin -> sleep": (
+            in_process("ACTIVE", data_dir, tokens, busy),
+            in_process("PASSIVE", data_dir, tokens, busy),
+        )
+        for where, busy in (("quiet", False), ("beside a busy process", True))
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.data_dir, args.tokens)
     base = load_base_model(None, data_dir=args.data_dir, device="cpu", dtype=torch.float32)
-    configs = configurations(base, args.tokens)
+    configs = {**configurations(base, args.tokens), **waits(args.data_dir, args.tokens)}
     for a, b in configs.values():  # warm-up (bf16 weights are packed on first use)
         a(), b()
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in configs}
