@@ -1,9 +1,12 @@
-"""POST /v1/users/{id}/duel: two answers to compare, steered to teach the fit the most.
+"""POST /v1/users/{id}/duel: two answers to compare, chosen to teach the fit the most.
 
-The user's comparisons are fitted (without writing anything) and the two weight vectors are the
-profile's weights plus and minus ``duel_step`` along the direction the posterior is least sure of
-(:func:`personalize.feedback.duel_weights`). A duel is two generations: it holds two of its key's
-in-flight slots, counts twice against the per-key rate limit, and its work is checked as ``n = 2``.
+The user's comparisons are fitted (without writing anything); ``duel_candidates`` answers are
+generated in one batch with the profile's weights plus and minus ``duel_step`` along the directions
+the posterior is least sure of (:func:`personalize.feedback.candidate_weights`), scored under every
+active objective as a feedback post scores them, and the pair whose choice is expected to shrink the
+posterior the most is returned (:func:`personalize.feedback.most_informative_pair`). A duel is
+``duel_candidates`` generations: it holds that many of its key's in-flight slots, counts that many
+times against the per-key rate limit, and its work is checked as ``n = duel_candidates``.
 """
 
 from __future__ import annotations
@@ -14,29 +17,31 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 
 from app.budget import check_work
 from app.errors import APIError, api_error_for
 from app.feedback import ActiveHeads, feedback_store, fit_profile
 from app.feedback_schemas import DuelAnswer, DuelIn, DuelOut
+from app.routes.rewards import score
 from app.scheduler import QueueFullError, SchedulerStoppedError, Ticket
+from app.schemas import RewardScoreRequest
 from app.services import ModelRuntime, Services
 from personalize.decoding.config import DEFAULT_BETA, GenerationRequest, Personalization, SamplingParams
 from personalize.decoding.rng import derive_seed
 from personalize.errors import ConfigError, ContextLengthError
-from personalize.feedback import duel_weights
+from personalize.feedback import UtilityFit, candidate_weights, most_informative_pair
 
-DUEL_ANSWERS = 2
 WEIGHT_DIGITS = 4
 
 
 @dataclass(frozen=True)
 class DuelPlan:
-    """The two requests of a duel, and why their weights were chosen."""
+    """The candidate requests of a duel, and the fit the pair will be chosen under."""
 
     requests: tuple[GenerationRequest, ...]
-    direction: dict[str, float]
-    variance: float
+    objectives: tuple[str, ...]
+    fit: UtilityFit
     comparisons: int
 
 
@@ -65,15 +70,16 @@ def plan_duel(services: Services, runtime: ModelRuntime, user_id: str, body: Due
     fitted = fit_profile(profile, records, heads, services.settings.feedback_l2)
     center = np.array([profile.weights.get(name, 0.0) for name in heads.objectives])
     rng = np.random.default_rng(body.seed)
-    duel = duel_weights(fitted.fit, center, step=services.settings.duel_step, rng=rng)
+    count = services.settings.duel_candidates
+    candidates = candidate_weights(fitted.fit, center, count, step=services.settings.duel_step, rng=rng)  # (C, K)
     prompt_ids = tuple(runtime.base.encode_chat([{"role": "user", "content": body.prompt}]))
     beta = profile.beta if profile.beta > 0 else DEFAULT_BETA
     requests = []
-    for index, side in enumerate((duel.left, duel.right)):
-        weights = {name: round(float(w), WEIGHT_DIGITS) for name, w in zip(heads.objectives, side, strict=True)}
+    for index, row in enumerate(candidates):
+        weights = {name: round(float(w), WEIGHT_DIGITS) for name, w in zip(heads.objectives, row, strict=True)}
         personalization = Personalization(weights=weights, beta=beta, method="vas", top_k=profile.top_k)
         requests.append(GenerationRequest(prompt_ids, _sampling(services, body, index), personalization))
-    check_work(requests[0], runtime.engine, services.settings.max_request_work, copies=DUEL_ANSWERS)
+    check_work(requests[0], runtime.engine, services.settings.max_request_work, copies=count)
     for request in requests:
         try:
             runtime.engine.validate(request)
@@ -81,8 +87,7 @@ def plan_duel(services: Services, runtime: ModelRuntime, user_id: str, body: Due
             raise api_error_for(exc, "prompt") from exc
         except ConfigError as exc:
             raise api_error_for(exc) from exc
-    direction = {name: round(float(d), WEIGHT_DIGITS) for name, d in zip(heads.objectives, duel.direction, strict=True)}
-    return DuelPlan(tuple(requests), direction, duel.variance, len(records))
+    return DuelPlan(tuple(requests), heads.objectives, fitted.fit, len(records))
 
 
 def _submit(services: Services, runtime: ModelRuntime, requests: Sequence[GenerationRequest]) -> list[Ticket]:
@@ -106,6 +111,12 @@ class Collected(NamedTuple):
     finish_reason: str | None
 
 
+class Decoded(NamedTuple):
+    text: str
+    finish_reason: str | None
+    head_versions: dict[str, str]
+
+
 async def _collect(ticket: Ticket) -> Collected:
     parts: list[str] = []
     finish: str | None = None
@@ -115,8 +126,16 @@ async def _collect(ticket: Ticket) -> Collected:
     return Collected("".join(parts), finish)
 
 
-async def run_duel(services: Services, runtime: ModelRuntime, plan: DuelPlan, body: DuelIn) -> DuelOut:
-    """Decode both answers together (one batch) within the request deadline."""
+def candidate_rewards(services: Services, prompt: str, texts: Sequence[str], objectives: Sequence[str]) -> np.ndarray:
+    """(C, K) each candidate's reward per objective, scored as a feedback post scores (blocking);
+    0 for an objective that has lost its active head since the plan."""
+    scored = score(services, RewardScoreRequest(prompt=prompt, responses=list(texts))).objectives
+    columns = [scored.get(name, [0.0] * len(texts)) for name in objectives]
+    return np.array(columns, dtype=np.float64).T.reshape(len(texts), len(objectives))  # (C, K)
+
+
+async def _decode(services: Services, runtime: ModelRuntime, plan: DuelPlan) -> list[Decoded]:
+    """Decode every candidate together (one batch) within the request deadline."""
     tickets = _submit(services, runtime, plan.requests)
     timeout = services.settings.request_timeout_s or None
     try:
@@ -128,21 +147,42 @@ async def run_duel(services: Services, runtime: ModelRuntime, plan: DuelPlan, bo
     finally:
         for ticket in tickets:
             ticket.cancel()
-    answers = []
-    for request, ticket, result in zip(plan.requests, tickets, results, strict=True):
-        personalization: dict[str, Any] = request.personalization.to_dict()
-        answers.append(
-            DuelAnswer(
-                text=result.text,
-                finish_reason=result.finish_reason,
-                personalization=personalization,
-                head_versions=dict(ticket.head_versions),
-            )
-        )
+    return [Decoded(r.text, r.finish_reason, dict(t.head_versions)) for r, t in zip(results, tickets, strict=True)]
+
+
+def _answer(request: GenerationRequest, decoded: Decoded) -> DuelAnswer:
+    personalization: dict[str, Any] = request.personalization.to_dict()
+    return DuelAnswer(
+        text=decoded.text,
+        finish_reason=decoded.finish_reason,
+        personalization=personalization,
+        head_versions=decoded.head_versions,
+    )
+
+
+def _direction(objectives: Sequence[str], first: GenerationRequest, second: GenerationRequest) -> dict[str, float]:
+    """The unit direction (decoder units) from the second answer's weights to the first's (zeros if equal)."""
+    difference = np.array(
+        [first.personalization.weights.get(n, 0.0) - second.personalization.weights.get(n, 0.0) for n in objectives]
+    )  # (K,)
+    norm = float(np.linalg.norm(difference))
+    unit = difference / norm if norm > 0 else difference
+    return {name: round(float(d), WEIGHT_DIGITS) for name, d in zip(objectives, unit, strict=True)}
+
+
+async def run_duel(services: Services, runtime: ModelRuntime, plan: DuelPlan, body: DuelIn) -> DuelOut:
+    """Decode the candidates, score them, and answer with the most informative pair."""
+    decoded = await _decode(services, runtime, plan)
+    texts = [d.text for d in decoded]
+    rewards = await run_in_threadpool(candidate_rewards, services, body.prompt, texts, plan.objectives)  # (C, K)
+    pair = most_informative_pair(plan.fit, rewards)
+    first, second = plan.requests[pair.first], plan.requests[pair.second]
     return DuelOut(
         prompt=body.prompt,
-        answers=answers,
-        direction=plan.direction,
-        variance=plan.variance,
+        answers=[_answer(first, decoded[pair.first]), _answer(second, decoded[pair.second])],
+        direction=_direction(plan.objectives, first, second),
+        variance=pair.variance,
+        information=pair.information,
+        candidates=len(plan.requests),
         comparisons=plan.comparisons,
     )

@@ -114,10 +114,20 @@ class DuelAnswer(BaseModel):
 class DuelOut(BaseModel):
     object: Literal["duel"] = "duel"
     prompt: str
-    answers: list[DuelAnswer] = Field(description="Two answers, steered to either side of the profile's weights.")
-    direction: dict[str, float] = Field(
-        description="The unit direction (decoder units) the two answers' weights differ along: the one the "
-        "user's choices have pinned down least."
+    answers: list[DuelAnswer] = Field(
+        description="Two answers: of the `candidates` generated, the pair whose choice is expected to teach "
+        "the fit the most."
     )
-    variance: float = Field(description="Posterior variance of the (normalised) utility along that direction.")
+    direction: dict[str, float] = Field(
+        description="The unit direction (decoder units) from the second answer's weights to the first's "
+        "(zeros when both were generated with the same weights)."
+    )
+    variance: float = Field(
+        description="Posterior variance of the user's utility difference between the two answers (normalised units)."
+    )
+    information: float = Field(
+        description="How much the choice is expected to shrink the log-determinant of the fit's posterior "
+        "covariance (nats): log(1 + p(1-p) x variance), p the predicted choice probability."
+    )
+    candidates: int = Field(description="How many answers were generated to choose the pair from.")
     comparisons: int

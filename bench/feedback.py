@@ -9,14 +9,16 @@
    (``--cache``), so a rerun only decodes what is missing.
 2. Simulated users: each has a hidden utility ``u*`` (a random unit direction over the objectives,
    in reward units) and chooses between two answers with probability
-   ``sigmoid(u* . (r(a) - r(b)) / T)``, ``T`` = 0.5 x the std of ``u* . (r(a) - r(b))`` over pairs of
-   pool answers to the same prompt.
-3. Each user answers 40 comparisons, twice: with duels (the service's choice: the profile's weights
-   +- 1 along the direction of greatest posterior uncertainty, each side taken as the grid vector
-   closest in direction, answers drawn from the pool for a random prompt) and with random pairs of
-   grid vectors. After each, the fit is redone as the service does it (prior zero, the heads'
-   fallback spreads) and the profile takes the fitted weights; the cosine between the fitted
-   ``utility`` and ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
+   ``sigmoid(u* . (r(a) - r(b)) / T)``, ``T`` = 0.5 x the std of ``u* . (r(a) - r(b))`` over all
+   pairs of distinct grid vectors' answers to the same prompt (33 x 32 / 2 pairs x 16 prompts).
+3. Each user answers 40 comparisons, twice: with duels (the service's choice: ``--candidates``
+   candidate weights, the profile's weights +- 1 along the directions of greatest posterior
+   uncertainty, each taken as the closest grid vector in direction not taken yet; of their pool
+   answers to a random prompt, the pair with the most expected information under the current fit,
+   as the service picks it; ``--candidates 0``: the best pair among all the pool's answers to the
+   prompt) and with random pairs of grid vectors. After each, the fit is redone as the service does
+   it (prior zero, the heads' fallback spreads) and the profile takes the fitted weights; the cosine
+   between the fitted ``utility`` and ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
 4. Learned vs default: each user's weights after 40 duels and the default profile (no weights)
    answer held-out eval prompts (decoded for real); the gain is the paired difference of ``u* . r``.
 """
@@ -32,15 +34,24 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from personalize.data import load_prompts, prompt_ids
 from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
-from personalize.feedback import FitConfig, cosine, decoder_weights, duel_weights, fit_utility
+from personalize.feedback import (
+    FitConfig,
+    UtilityFit,
+    candidate_weights,
+    cosine,
+    decoder_weights,
+    fit_utility,
+    most_informative_pair,
+)
 from personalize.heads import SHIPPED_HEADS_DIR, discover_heads, load_head
 from personalize.models import load_base_model, set_threads
 from personalize.rewards import get_reward
@@ -137,6 +148,12 @@ def generate(
     return [np.array(cache.entries[key]["rewards"], dtype=np.float64) for key in keys]
 
 
+class Pair(NamedTuple):
+    left: int
+    right: int
+    """Rows of the pool's grid."""
+
+
 @dataclass
 class Pool:
     grid: np.ndarray
@@ -145,16 +162,24 @@ class Pool:
     """(G, P, K) reward of the answer of grid vector g to prompt p."""
 
 
-def snap(grid: np.ndarray, weights: np.ndarray, exclude: int | None = None) -> int:
-    """The grid vector closest in direction to ``weights`` (the zero vector for a near-zero one)."""
+def snap(grid: np.ndarray, weights: np.ndarray, exclude: Collection[int] = ()) -> int:
+    """The grid vector closest in direction to ``weights`` (the zero vector for a near-zero one), other
+    than those in ``exclude``."""
     if np.linalg.norm(weights) < 0.25:
-        return 0 if exclude != 0 else 1
+        return next(i for i in range(len(grid)) if i not in exclude)
     norms = np.linalg.norm(grid, axis=1)
     cos = (grid @ weights) / np.maximum(norms, 1e-12) / np.linalg.norm(weights)
     cos[norms == 0] = -np.inf
-    if exclude is not None:
-        cos[exclude] = -np.inf
+    cos[list(exclude)] = -np.inf
     return int(np.argmax(cos))
+
+
+def candidates_of(grid: np.ndarray, weights: np.ndarray) -> list[int]:
+    """Distinct grid vectors for candidate weights (C, K): each snapped in turn, avoiding those taken."""
+    taken: list[int] = []
+    for row in weights:
+        taken.append(snap(grid, row, exclude=taken))
+    return taken
 
 
 def choose(u: np.ndarray, temperature: float, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -164,8 +189,22 @@ def choose(u: np.ndarray, temperature: float, a: np.ndarray, b: np.ndarray, rng:
     return a - b if prefers_a else b - a
 
 
+def pick_duel(
+    pool: Pool, fit: UtilityFit, weights: np.ndarray, prompt: int, args: argparse.Namespace, rng: np.random.Generator
+) -> Pair:
+    """The service's duel: candidate weights around the profile (snapped to the grid), or every pool answer
+    with ``--candidates 0``; of their answers to ``prompt``, the most informative pair."""
+    if args.candidates:
+        wanted = candidate_weights(fit, weights, args.candidates, step=args.duel_step, rng=rng)  # (C, K)
+        pool_rows = candidates_of(pool.grid, wanted)
+    else:
+        pool_rows = list(range(len(pool.grid)))
+    best = most_informative_pair(fit, pool.rewards[pool_rows, prompt])
+    return Pair(pool_rows[best.first], pool_rows[best.second])
+
+
 def run_user(
-    setup: Setup, pool: Pool, u: np.ndarray, temperature: float, strategy: str, seed: int, l2: float, step: float = 1.0
+    setup: Setup, pool: Pool, u: np.ndarray, temperature: float, strategy: str, seed: int, args: argparse.Namespace
 ) -> tuple[dict[int, float], np.ndarray]:
     """Cosines after each checkpoint, and the final decoder weights, for one user and one strategy."""
     rng = np.random.default_rng(seed)
@@ -176,13 +215,12 @@ def run_user(
     for t in range(1, max(CHECKPOINTS) + 1):
         prompt = int(rng.integers(pool.rewards.shape[1]))
         if strategy == "duel":
-            duel = duel_weights(fit, weights, step=step, rng=rng)
-            left = snap(pool.grid, duel.left)
-            right = snap(pool.grid, duel.right, exclude=left)
+            left, right = pick_duel(pool, fit, weights, prompt, args, rng)
         else:
             left, right = (int(x) for x in rng.choice(len(pool.grid), size=2, replace=False))
         diffs.append(choose(u, temperature, pool.rewards[left, prompt], pool.rewards[right, prompt], rng))
-        fit = fit_utility(setup.objectives, np.array(diffs), fallback_spread=setup.spreads, config=FitConfig(l2=l2))
+        config = FitConfig(l2=args.l2)
+        fit = fit_utility(setup.objectives, np.array(diffs), fallback_spread=setup.spreads, config=config)
         weights = decoder_weights(fit.utility, setup.scales, strength=1.0)
         if t in CHECKPOINTS:
             out[t] = cosine(fit.utility, u)
@@ -218,6 +256,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PERSONALIZE_THREADS", "2")))
     parser.add_argument("--l2", type=float, default=FitConfig().l2)
     parser.add_argument("--duel-step", type=float, default=Settings().duel_step)
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=Settings().duel_candidates,
+        help="candidate answers per duel (the service's setting); 0: every pool answer to the prompt",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path(Settings().data_dir) / "bench" / "feedback-answers.json")
     parser.add_argument("--json", type=Path, default=None)
@@ -240,7 +284,7 @@ def recovery(setup: Setup, pool: Pool, hidden: np.ndarray, args: argparse.Namesp
         temperature = temperature_of(u, pool)
         for strategy in ("duel", "random"):
             seed = args.seed * 1000 + i
-            found, weights = run_user(setup, pool, u, temperature, strategy, seed, args.l2, args.duel_step)
+            found, weights = run_user(setup, pool, u, temperature, strategy, seed, args)
             for t, c in found.items():
                 cosines[strategy][t].append(c)
             if strategy == "duel":
@@ -269,7 +313,8 @@ def report(result: dict[str, object], gains: Sequence[float], args: argparse.Nam
     assert isinstance(cos, dict)
     lines = [
         f"feedback recovery: {args.users} simulated users, {args.prompts} pool prompts, max_tokens {args.max_tokens}, "
-        f"l2 {args.l2}, seed {args.seed}, {seconds / 60:.1f} min",
+        f"l2 {args.l2}, seed {args.seed}, duel candidates {args.candidates or 'all pool answers'}, "
+        f"{seconds / 60:.1f} min",
         "",
         "| comparisons | duels: cosine mean ± sd (min) | random pairs: cosine mean ± sd (min) "
         "| duel − random (95% CI) |",

@@ -19,6 +19,12 @@ of ``sum_k u_k · Q_k``: the decoder weights that realise ``u`` are ``w_k ∝ u_
 (:func:`decoder_weights`), and a weight vector means the utility ``u_k ∝ w_k / scale_k``
 (:func:`utility_of_weights`).
 
+Duels. The next pair to ask about is chosen from the *actual* rewards of a few candidate answers
+(generated with weights spread along the least known directions, :func:`candidate_weights`): the pair
+whose choice is expected to shrink the posterior the most (:func:`most_informative_pair`). Two
+answers' reward differences are mostly sampling noise, so which weights made them says little about
+the difference the user will actually see.
+
 Pure numpy: no database, no model; every function is deterministic given its ``rng``.
 """
 
@@ -86,18 +92,29 @@ class UtilityFit:
         return self.theta / self.spread
 
 
-@dataclass(frozen=True)
-class DuelWeights:
-    """Two decoder weight vectors to generate a pair of answers with, and why."""
+class PairChoice(NamedTuple):
+    """The most informative pair among candidate answers, and how informative it is."""
 
-    left: Array
-    """(K,) decoder weights of the first answer."""
-    right: Array
-    """(K,) decoder weights of the second answer."""
-    direction: Array
-    """(K,) the unit direction in decoder units the two differ along."""
+    first: int
+    """Index of one answer of the pair among the candidates."""
+    second: int
+    """Index of the other (``first < second``)."""
+    information: float
+    """``log(1 + p(1-p) · xᵀ Σ x)``: how much the choice is expected to shrink the log-determinant of the
+    Laplace covariance (nats, to first order; :func:`pair_information`)."""
     variance: float
-    """Posterior variance of the utility's direction (reward units) along the direction asked about."""
+    """``xᵀ Σ x``: posterior variance of the utility difference between the two answers (``x = d / spread``)."""
+    probability: float
+    """Predicted probability that the user prefers ``first`` (the Laplace posterior's, moderated)."""
+
+
+class PairScores(NamedTuple):
+    information: Array
+    """(M,) expected shrinkage of log det of the posterior covariance (nats, to first order)."""
+    variance: Array
+    """(M,) posterior variance of the utility difference between the two answers (``xᵀ Σ x``)."""
+    probability: Array
+    """(M,) predicted probability that the user prefers the first answer of each pair."""
 
 
 class MapEstimate(NamedTuple):
@@ -239,29 +256,91 @@ def uncertain_direction(covariance: Array, rng: np.random.Generator) -> Directio
     return Direction(direction, float(direction @ covariance @ direction))
 
 
-def duel_weights(
+def uncertain_directions(covariance: Array, count: int, rng: np.random.Generator) -> list[Direction]:
+    """Up to ``count`` orthogonal directions, most uncertain first: :func:`uncertain_direction`, then the
+    same on the covariance with the directions found so far projected out (at most K of them)."""
+    k = covariance.shape[0]
+    found: list[Direction] = []
+    remaining = covariance
+    for _ in range(min(count, k)):
+        if float(np.abs(remaining).max(initial=0.0)) <= 1e-15 * max(float(np.abs(covariance).max()), 1e-300):
+            break
+        direction = uncertain_direction(remaining, rng)
+        found.append(direction)
+        across = np.eye(k) - np.outer(direction.vector, direction.vector)
+        remaining = across @ remaining @ across
+    return found
+
+
+def candidate_weights(
     fit: UtilityFit,
     center: Array,
+    count: int,
     *,
     step: float = 1.0,
     rng: np.random.Generator,
     bound: tuple[float, float] = WEIGHT_RANGE,
-) -> DuelWeights:
-    """The two weight vectors ``center ± step · d`` whose answers teach the most.
+) -> Array:
+    """(C, K) decoder weights to generate the candidate answers of a duel with: ``center ± step · d_i``
+    along the directions the posterior of the utility's direction is least sure of (most uncertain first;
+    ``center`` itself first when ``count`` is odd). With more pairs than objectives the directions are
+    reused at 2, 3, ... times the step.
 
-    ``v`` is the direction (reward units) the posterior of the utility's direction is least sure of
-    (:func:`direction_covariance`): answers whose rewards differ along ``v`` are the most informative.
-    Heads are calibrated so that a unit weight moves each objective's reward by a similar share of its
-    spread, so the decoder direction that moves the rewards along ``v`` is ``d_k ∝ v_k / spread_k``."""
+    ``v_i`` are directions in reward units (:func:`direction_covariance`); heads are calibrated so that a
+    unit weight moves each objective's reward by a similar share of its spread, so the decoder direction
+    that moves the rewards along ``v_i`` is ``d_i ∝ v_i / spread``. Which pair is asked about is decided
+    afterwards from the answers' actual rewards (:func:`most_informative_pair`): sampling noise moves two
+    answers' rewards further apart than nearby weights do."""
+    if count < 2:
+        raise ConfigError(f"a duel needs at least 2 candidate answers, got {count}")
     if step <= 0:
         raise ConfigError(f"duel step must be > 0, got {step}")
-    reward_direction, variance = uncertain_direction(direction_covariance(fit), rng)
-    direction = reward_direction / fit.spread  # (K,) decoder units
-    direction = direction / np.linalg.norm(direction)
     center = np.asarray(center, dtype=np.float64)
-    left = np.clip(center + step * direction, bound[0], bound[1])
-    right = np.clip(center - step * direction, bound[0], bound[1])
-    return DuelWeights(left, right, direction, variance)
+    rows = [center] if count % 2 else []
+    found = uncertain_directions(direction_covariance(fit), count // 2, rng)
+    if not found:  # a zero covariance (cannot happen with l2 > 0): any directions
+        found = [Direction(v, 0.0) for v in np.eye(len(center))]
+    for i in range(count // 2):
+        decoder = found[i % len(found)].vector / fit.spread  # (K,) decoder units
+        decoder = decoder / np.linalg.norm(decoder) * step * (1 + i // len(found))
+        rows += [center + decoder, center - decoder]
+    return np.clip(np.array(rows), bound[0], bound[1])  # (C, K)
+
+
+def pair_information(fit: UtilityFit, differences: Sequence[Sequence[float]] | Array) -> PairScores:
+    """How informative a choice about each of ``differences`` would be ((M, K): one answer's rewards minus
+    the other's, reward units, the fit's objectives).
+
+    A choice about a difference ``d`` adds ``p(1-p) · x xᵀ`` to the posterior precision (``x = d / spread``,
+    ``p`` the predicted choice probability), so it is expected to shrink ``log det`` of the Laplace
+    covariance ``Σ`` by ``log(1 + p(1-p) · xᵀ Σ x)``: large when the posterior is unsure of the utility
+    difference between the two answers (``xᵀ Σ x``) *and* the user is not sure to answer one way. ``p`` is
+    the posterior's predictive probability (the probit approximation to the Gaussian average of the
+    sigmoid)."""
+    d = _as_matrix(differences, len(fit.objectives))  # (M, K)
+    x = d / fit.spread  # (M, K) normalised
+    variance = np.einsum("mk,kl,ml->m", x, fit.covariance, x)  # (M,)
+    p = _sigmoid((x @ fit.theta) / np.sqrt(1.0 + np.pi * variance / 8.0))  # (M,)
+    information = np.log1p(p * (1.0 - p) * variance)  # (M,)
+    return PairScores(information, variance, p)
+
+
+def most_informative_pair(fit: UtilityFit, rewards: Sequence[Sequence[float]] | Array) -> PairChoice:
+    """Of ``C`` candidate answers with these (C, K) rewards (reward units, the fit's objectives), the pair
+    whose choice is expected to teach the fit the most (:func:`pair_information`; the first on ties)."""
+    matrix = _as_matrix(rewards, len(fit.objectives))  # (C, K)
+    if matrix.shape[0] < 2:
+        raise ConfigError(f"choosing a pair needs at least 2 candidate answers, got {matrix.shape[0]}")
+    first, second = np.triu_indices(matrix.shape[0], k=1)  # (M,) each
+    scores = pair_information(fit, matrix[first] - matrix[second])
+    best = int(np.argmax(scores.information))
+    return PairChoice(
+        int(first[best]),
+        int(second[best]),
+        float(scores.information[best]),
+        float(scores.variance[best]),
+        float(scores.probability[best]),
+    )
 
 
 def cosine(a: Array, b: Array) -> float:

@@ -128,7 +128,10 @@ class Settings(BaseSettings):
     feedback_l2: float = Field(default=1.0, gt=0, le=1000)
     """Prior precision of the preference fit (higher: the profile moves less per comparison)."""
     duel_step: float = Field(default=1.0, gt=0, le=5)
-    """How far apart (decoder units, L2) the two answers of a duel are steered, each side of the profile."""
+    """How far (decoder units, L2) the candidate answers of a duel are steered from the profile."""
+    duel_candidates: int = Field(default=4, ge=2, le=16)
+    """Candidate answers a duel generates (in one batch) to pick the most informative pair from; a duel
+    counts as this many generations against rate limits, in-flight slots and the work cap."""
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -415,7 +415,7 @@ class ApiClient:
 
     # ---- pairwise feedback -------------------------------------------------------------
     def duel(self, user_id: str, prompt: str, *, max_tokens: int = 96, seed: int | None = None) -> Duel:
-        """Two answers to ``prompt`` steered to teach the most (counts as two generations)."""
+        """Two answers to ``prompt`` chosen to teach the most (counts as ``duel_candidates`` generations, default 4)."""
         body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens}
         if seed is not None:
             body["seed"] = seed

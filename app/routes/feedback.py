@@ -3,7 +3,7 @@
 The user's own key, or an admin's key for any user. A feedback post scores the pair, stores it and
 refits the profile (:mod:`app.feedback`); a duel generates two answers to compare (:mod:`app.duels`).
 Feedback posts have their own per-key rate limit on top of the general one (each scores two answers
-and fits); a duel counts as two generations.
+and fits); a duel counts as ``duel_candidates`` generations (default 4).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.deps import CurrentUser, RuntimeDep, ServicesDep, require_self_or_admin
-from app.duels import DUEL_ANSWERS, plan_duel, run_duel
+from app.duels import plan_duel, run_duel
 from app.errors import APIError, error_responses
 from app.feedback import (
     ActiveHeads,
@@ -188,29 +188,38 @@ async def delete_all_feedback(user_id: str, user: CurrentUser, services: Service
     return await run_in_threadpool(_delete_all, services, user_id)
 
 
+def _limit_duel(request: Request, services: Services, generations: int) -> None:
+    """Count the duel's generations after the first (counted on sign-in) against the per-key rate limit."""
+    for _ in range(generations - 1):
+        decision = services.cache.allow_request(request.state.key_id[:16], services.settings.rate_limit_per_minute)
+        if not decision.allowed:
+            services.metrics.rejected.labels("rate_limit").inc()
+            raise APIError(
+                429,
+                f"rate limit exceeded: a duel counts as {generations} requests (one per candidate answer)",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
+
+
 @router.post("/{user_id}/duel", responses=error_responses(401, 403, 404, 413, 422, 429, 503, 504))
 async def duel(
     user_id: str, body: DuelIn, request: Request, user: CurrentUser, services: ServicesDep, runtime: RuntimeDep
 ) -> DuelOut:
-    """Two answers to `prompt`, steered either side of the profile along the direction the user's
-    choices have pinned down least: say which is better with POST /v1/users/{id}/feedback. Counts as
-    two generations (rate limit, in-flight slots, work cap)."""
+    """Two answers to `prompt` to choose between: say which is better with POST /v1/users/{id}/feedback.
+    `duel_candidates` answers (default 4) are generated in one batch, steered either side of the profile
+    along the directions the user's choices have pinned down least, and scored under every active
+    objective; the pair whose choice is expected to teach the fit the most is returned. Counts as
+    `duel_candidates` generations (rate limit, in-flight slots, work cap)."""
     require_self_or_admin(user, user_id)
     if services.draining:
         raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
-    decision = services.cache.allow_request(request.state.key_id[:16], services.settings.rate_limit_per_minute)
-    if not decision.allowed:  # the second of the two generations (the first was counted on sign-in)
-        services.metrics.rejected.labels("rate_limit").inc()
-        raise APIError(
-            429,
-            "rate limit exceeded: a duel counts as two requests",
-            type="rate_limit_error",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": str(decision.retry_after_s)},
-        )
+    generations = services.settings.duel_candidates
+    _limit_duel(request, services, generations)
     leases = [services.in_flight.acquire(request.state.key_id)]
     try:
-        leases += [services.in_flight.acquire(request.state.key_id) for _ in range(DUEL_ANSWERS - 1)]
+        leases += [services.in_flight.acquire(request.state.key_id) for _ in range(generations - 1)]
         await run_in_threadpool(_check_user, services, user_id)
         plan = await run_in_threadpool(plan_duel, services, runtime, user_id, body)
         return await run_duel(services, runtime, plan, body)

@@ -201,19 +201,25 @@ def test_feedback_posts_have_their_own_rate_limit(start_service: Any, rewarded: 
     assert codes[:2] == [200, 200] and codes[2] == 429
 
 
-def test_a_duel_returns_two_steered_answers_and_counts_twice(start_service: Any, rewarded: Service) -> None:
+def test_a_duel_returns_the_most_informative_pair_and_counts_each_candidate(
+    start_service: Any, rewarded: Service
+) -> None:
     del rewarded
-    service = start_service(rate_limit_per_minute=4)
+    service = start_service(rate_limit_per_minute=5, duel_candidates=3)
     user_id, key = service.create_user()
     response = service.client.post(
         f"/v1/users/{user_id}/duel", json={"prompt": PROMPT, "max_tokens": 4, "seed": 3}, headers=service.auth(key)
     )
     assert response.status_code == 200, response.text
     body = response.json()
+    assert body["candidates"] == 3 and len(body["answers"]) == 2
     left, right = (a["personalization"]["weights"] for a in body["answers"])
     assert set(left) == set(right) == {"brevity", "shouty"} and left != right
     assert sum(d * d for d in body["direction"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert body["comparisons"] == 0 and all(a["head_versions"] for a in body["answers"])
+    assert body["variance"] >= 0 and body["information"] >= 0
+    assert body["comparisons"] == 0
+    for answer in body["answers"]:  # the profile's own (zero) weights, the odd candidate, steer with no head
+        assert bool(answer["head_versions"]) == any(answer["personalization"]["weights"].values())
     back = post(
         service,
         user_id,
@@ -224,7 +230,20 @@ def test_a_duel_returns_two_steered_answers_and_counts_twice(start_service: Any,
     )
     assert back.status_code == 200, back.text  # the personalization is accepted back as it came
     third = service.client.post(f"/v1/users/{user_id}/duel", json={"prompt": PROMPT}, headers=service.auth(key))
-    assert third.status_code == 429  # 1 duel (2) + 1 feedback (1) + this duel's second generation > 4
+    assert third.status_code == 429  # 1 duel (3) + 1 feedback (1) + this duel's second generation > 5
+    assert "3 requests" in third.json()["error"]["message"]
+
+
+def test_a_duel_is_the_same_for_the_same_seed(start_service: Any, rewarded: Service) -> None:
+    del rewarded
+    service = start_service(duel_candidates=4)
+    user_id, key = service.create_user()
+    post(service, user_id, key)
+    url, body = f"/v1/users/{user_id}/duel", {"prompt": PROMPT, "max_tokens": 6, "seed": 11}
+    first, again = (service.client.post(url, json=body, headers=service.auth(key)).json() for _ in range(2))
+    assert first["candidates"] == 4 and first["comparisons"] == 1
+    assert [a["text"] for a in first["answers"]] == [a["text"] for a in again["answers"]]
+    assert first["information"] == pytest.approx(again["information"])
 
 
 def test_a_duel_over_the_work_cap_is_422(start_service: Any, rewarded: Service) -> None:

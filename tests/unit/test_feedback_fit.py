@@ -1,4 +1,4 @@
-"""The preference fit: recovers known utilities from synthetic choices; units; duel directions."""
+"""The preference fit: recovers known utilities from synthetic choices; units; duel candidates and pairs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import pytest
 from personalize.errors import ConfigError
 from personalize.feedback import (
     FitConfig,
+    UtilityFit,
+    candidate_weights,
     cosine,
     decoder_weights,
-    duel_weights,
     fit_utility,
+    most_informative_pair,
+    pair_information,
     utility_of_weights,
 )
 
@@ -76,14 +79,60 @@ def test_decoder_weights_carry_utility_through_the_head_scales() -> None:
     assert np.all(decoder_weights(utility, scales, strength=100.0) <= 5.0)  # clipped to the valid range
 
 
-def test_duels_differ_along_the_least_known_direction() -> None:
+def test_candidates_differ_along_the_least_known_directions() -> None:
     rng = np.random.default_rng(0)
     diffs = np.zeros((30, 4))
     diffs[:, :3] = simulate(np.array([1.0, 1.0, 1.0, 0.0]), 30, rng)[:, :3]  # objective 3 never varied
     fit = fit_utility(OBJECTIVES, diffs, fallback_spread=SPREADS)
-    duel = duel_weights(fit, np.zeros(4), step=1.0, rng=rng)
-    assert abs(duel.direction[3]) > 0.9
-    assert np.allclose(duel.left - duel.right, 2 * duel.direction)
+    center = np.array([0.2, 0.2, 0.2, 0.0])
+    weights = candidate_weights(fit, center, 4, step=1.0, rng=rng)  # (4, K)
+    assert weights.shape == (4, 4) and len({tuple(row) for row in weights}) == 4
+    first = (weights[0] - weights[1]) / 2  # the most uncertain direction, at unit step
+    assert abs(first[3]) > 0.9 and np.linalg.norm(first) == pytest.approx(1.0)
+    assert np.allclose((weights[0] + weights[1]) / 2, center)
+    second = (weights[2] - weights[3]) / 2
+    assert abs(cosine(first * SPREADS, second * SPREADS)) < 1e-6  # orthogonal in reward units
+    odd = candidate_weights(fit, center, 3, step=1.0, rng=rng)
+    assert np.allclose(odd[0], center)  # an odd count starts with the profile itself
+    with pytest.raises(ConfigError):
+        candidate_weights(fit, center, 1, rng=rng)
+
+
+def synthetic_fit(theta: np.ndarray, covariance: np.ndarray) -> UtilityFit:
+    k = len(theta)
+    spread = np.ones(k)
+    return UtilityFit(OBJECTIVES[:k], 10, spread, theta, covariance, theta / np.linalg.norm(theta), np.ones(k))
+
+
+def test_the_chosen_pair_is_the_most_informative_among_candidates() -> None:
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    covariance = basis @ np.diag([0.02, 0.1, 0.5, 2.0]) @ basis.T  # (K, K) a posterior sure of some directions
+    fit = synthetic_fit(np.array([1.5, -0.5, 0.3, 0.8]), covariance)
+    rewards = rng.standard_normal((7, 4))  # (C, K) seven candidate answers
+    pair = most_informative_pair(fit, rewards)
+    scores = {}
+    for i in range(7):
+        for j in range(i + 1, 7):
+            x = rewards[i] - rewards[j]
+            variance = x @ covariance @ x
+            p = 1.0 / (1.0 + np.exp(-(x @ fit.theta) / np.sqrt(1.0 + np.pi * variance / 8.0)))
+            scores[i, j] = np.log1p(p * (1.0 - p) * variance)  # expected shrinkage of log det Σ
+    assert (pair.first, pair.second) == max(scores, key=lambda key: scores[key])
+    assert pair.information == pytest.approx(max(scores.values()))
+    assert pair.variance == pytest.approx(float((d := rewards[pair.first] - rewards[pair.second]) @ covariance @ d))
+
+
+def test_an_uncertain_pair_beats_a_known_one_and_a_foregone_one() -> None:
+    fit = synthetic_fit(np.array([4.0, 0.0]), np.diag([0.05, 1.0]))
+    uncertain, known, foregone = np.array([0.0, 1.0]), np.array([0.3, 0.0]), np.array([3.0, 1.0])
+    scores = pair_information(fit, np.array([uncertain, known, foregone]))
+    assert scores.information[0] > scores.information[1]  # the posterior already knows the first objective
+    assert scores.variance[2] > scores.variance[0]  # the most uncertain difference ...
+    assert scores.information[0] > scores.information[2]  # ... but the user is sure to pick the first answer
+    assert scores.probability[2] > 0.99
+    pair = most_informative_pair(fit, np.array([[0.0, 0.0], uncertain, known]))
+    assert (pair.first, pair.second) == (0, 1) and pair.probability == pytest.approx(0.5)
 
 
 def test_bad_inputs_are_config_errors() -> None:
@@ -95,9 +144,10 @@ def test_bad_inputs_are_config_errors() -> None:
         FitConfig(l2=0)
 
 
-def test_duels_ask_about_the_direction_not_the_strength() -> None:
+def test_candidates_are_steered_across_the_estimate_not_along_it() -> None:
     rng = np.random.default_rng(1)
     hidden = np.array([0.0, 0.0, 0.0, 1.0])
     fit = fit_utility(OBJECTIVES, simulate(hidden, 200, rng), fallback_spread=SPREADS)
-    duel = duel_weights(fit, np.zeros(4), step=1.0, rng=rng)
-    assert abs(cosine(duel.direction, fit.utility)) < 0.2  # across the estimate, not along it
+    weights = candidate_weights(fit, np.zeros(4), 4, step=1.0, rng=rng)
+    for a, b in ((0, 1), (2, 3)):
+        assert abs(cosine(weights[a] - weights[b], fit.utility)) < 0.2  # the direction, not the strength
