@@ -72,8 +72,8 @@ def check_work(
         raise APIError(
             422,
             f"this request decodes {work.sequences} sequence(s) x {work.rows} row(s) = {work.sequences * work.rows} "
-            f"batch rows at once; the service decodes at most {max_rows} rows together "
-            f"(PERSONALIZE_MAX_BATCH_ROWS): lower {work.hint}",
+            f"batch rows at once; a request may hold at most {max_rows} "
+            f"(PERSONALIZE_MAX_REQUEST_ROWS, PERSONALIZE_MAX_BATCH_ROWS): lower {work.hint}",
             param=work.field,
             code="row_limit_exceeded",
         )

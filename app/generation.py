@@ -269,7 +269,8 @@ def prepare(
         raise APIError(422, f"{prompt_param} is empty", param=prompt_param, code="invalid_value")
     request = GenerationRequest(tuple(prompt_ids), sampling, personalization)
     settings = services.settings
-    check_work(request, runtime.engine, settings.max_request_work, copies=body.n, max_rows=settings.max_batch_rows)
+    widest = min(settings.max_request_rows or settings.max_batch_rows, settings.max_batch_rows)
+    check_work(request, runtime.engine, settings.max_request_work, copies=body.n, max_rows=widest)
     try:
         runtime.engine.validate(request)
     except ContextLengthError as exc:

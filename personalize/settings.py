@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(default=64, ge=1)
     """Most batch rows decoding at once (a sequence's base row plus one per LoRA head it uses; best-of,
     ivg and aisp count every sample): a heavier request waits for room instead of slowing every step."""
+    max_request_rows: int = Field(default=0, ge=0)
+    """Most batch rows one request may hold at once (0: ``max_batch_rows``); a wider request gets 422. A
+    light request decoding beside the widest admissible one takes steps that carry this many more rows:
+    lower it to bound what one heavy request costs everyone else (docs/hardening.md, measured)."""
     kv_cache_mb: int = Field(default=2048, ge=1)
     """The KV cache the live requests may hold at their token limits; a request that would pass it waits."""
     batch_window_ms: float = Field(default=10.0, ge=0, le=1000)

@@ -342,7 +342,22 @@ def test_a_light_request_joins_a_heavy_one_at_once_and_a_request_over_the_row_bu
     assert refused.status_code == 422, refused.text
     error = refused.json()["error"]
     assert error["code"] == "row_limit_exceeded" and error["param"] == "personalization.best_of"
-    assert "7 sequence(s) x 1 row(s) = 7" in error["message"] and "at most 6 rows" in error["message"]
+    assert "7 sequence(s) x 1 row(s) = 7" in error["message"] and "at most 6" in error["message"]
+
+
+def test_a_request_over_the_per_request_row_cap_is_refused(
+    start_service: Callable[..., Service], tiny_head_dir: Callable[..., Path]
+) -> None:
+    service = start_service(max_batch_rows=64, max_request_rows=4)
+    register_head(service, tiny_head_dir("concise", seed=1))
+    body = {**_body(4, {"concise": 1.0}), "seed": 0}
+    body["personalization"] = {**body["personalization"], "method": "bon", "best_of": 4}
+    assert chat(service, **body).status_code == 200
+    body["personalization"] = {**body["personalization"], "best_of": 5}
+    refused = chat(service, **body)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "row_limit_exceeded" and "at most 4" in error["message"]
 
 
 def test_request_joins_the_running_batch_and_decodes_as_alone(steered: Service) -> None:
