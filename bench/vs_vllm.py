@@ -118,10 +118,12 @@ def main() -> None:
     parser.add_argument("--vllm-port", type=int, default=8124)
     parser.add_argument("--port", type=int, default=8125)
     parser.add_argument("--threads", type=int, default=0, help="PERSONALIZE_THREADS for our server (0: default)")
+    parser.add_argument("--omp-wait", default="", help="OMP_WAIT_POLICY for our server (default: the service's)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="personalize-vs-vllm-"))
-    ours = start_personalize(data_dir, args.port, {"PERSONALIZE_THREADS": str(args.threads)})
+    env = {"PERSONALIZE_THREADS": str(args.threads), **({"OMP_WAIT_POLICY": args.omp_wait} if args.omp_wait else {})}
+    ours = start_personalize(data_dir, args.port, env)
     theirs = start_vllm(data_dir, "smollm2", args.vllm_port)
     try:
         targets = [
@@ -166,7 +168,7 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace,
     print(
         f"\nmemory bandwidth {gb_s:.1f} GB/s: batch-1 bound {bound:.0f} tokens/s for bf16 weights "
         f"({1000 / bound:.1f} ms per token); {args.rounds} interleaved rounds, medians (min-max); "
-        f"personalize threads: {args.threads or 'default'}"
+        f"personalize threads: {args.threads or 'default'}, OpenMP waits: {args.omp_wait or 'default'}"
     )
     print(
         f"{'server':<32} {'1 client':>18} {'x vLLM':>7} {'8 clients':>20} {'x vLLM':>7} "
