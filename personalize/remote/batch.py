@@ -197,8 +197,9 @@ class RemoteBatch(RequestBook):
         alive = [n not in numbers for n in self._slots]
         if not all(alive):
             sources = fill_holes(alive)
-            self._cache.select(sources)
-            self._cache.trim()
+            with torch.inference_mode():  # the cache's tensors are inference tensors
+                self._cache.select(sources)
+                self._cache.trim()
             self._slots = [self._slots[s] for s in sources]
             self._refresh_adapters()
 

@@ -112,6 +112,20 @@ def test_greedy_remote_equals_greedy_local_within_the_top_k(engines) -> None:
         assert got.token_ids == want.token_ids, chunk
 
 
+def test_steered_requests_that_end_first_leave_the_others_decoding_as_alone(engines) -> None:
+    """Three steered sequences; the first ends at once, the other two grow their caches past a block and
+    one of them ends before the other: freed slots are filled by moving live ones (in-place writes to
+    the cache's tensors), and each answer equals the answer it gets alone."""
+    local, remote = engines
+    base = local.base
+    prompt = tuple(base.encode_prompt(PROMPT))
+    steer = {"weights": {"concise": 1.0}, "beta": 2.0, "temperature": 0.0, "chunk_tokens": 3}
+    requests = [request(base, prompt, seed=i, n=n, **steer) for i, n in enumerate((3, 100, 90))]  # past a block
+    together = remote.generate(requests)
+    for one, alone in zip(together, (remote.generate([r])[0] for r in requests), strict=True):
+        assert one.token_ids == alone.token_ids
+
+
 def test_unsteered_requests_pass_the_upstream_tokens_through(engines) -> None:
     local, remote = engines
     prompt = tuple(local.base.encode_prompt(PROMPT))
