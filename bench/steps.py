@@ -14,9 +14,8 @@ hits them alike; the table shows medians and the ratio of each B to its A:
 - **prefill batching**: 8 prompts' time to first token, one request after another against all 8
   prefilled in shared forwards;
 - **OpenMP waits**: plain decoding at batch 1 in a fresh process whose idle OpenMP threads spin
-  (``OMP_WAIT_POLICY=ACTIVE``, OpenMP's usual default) against sleep (``PASSIVE``, what
-  ``import personalize`` sets unless the environment says otherwise), on a quiet machine and beside
-  one busy process (a pure-Python loop, as any other busy service would be).
+  (``OMP_WAIT_POLICY=ACTIVE``) against sleep (``PASSIVE``), on a quiet machine and beside one busy
+  process (a pure-Python loop, as any other busy service would be).
 
 It also prints the batch-1 bound that memory bandwidth puts on a step (every weight read once per
 token) beside the measured plain step.
