@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.cache import RateDecision
 from app.errors import APIError, forbidden, not_ready, unauthorized
 from app.services import ModelRuntime, Services
 from personalize.db.records import UserRecord
@@ -42,22 +44,39 @@ def get_current_user(
         raise unauthorized("invalid API key (unknown, revoked or expired)")
     request.state.key_id = grant.key_id
     limit = services.settings.rate_limit_per_minute
-    decision = services.cache.allow_request(grant.key_id[:16], limit)
+    take_rate(
+        services,
+        grant.key_id[:16],
+        limit,
+        lambda retry: f"rate limit of {limit} requests per minute exceeded; retry in {retry} s",
+        lambda decision: {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(decision.remaining),
+            "x-ratelimit-reset-requests": f"{decision.retry_after_s}s",
+        },
+    )
+    return grant.user
+
+
+def take_rate(
+    services: Services,
+    bucket: str,
+    limit: int,
+    message: Callable[[int], str],
+    headers: Callable[[RateDecision], dict[str, str]] = lambda _: {},
+) -> None:
+    """Count one request against ``bucket``'s per-minute ``limit``; over it: 429 with Retry-After (and
+    ``headers``), the message given the seconds to wait."""
+    decision = services.cache.allow_request(bucket, limit)
     if not decision.allowed:
         services.metrics.rejected.labels("rate_limit").inc()
         raise APIError(
             429,
-            f"rate limit of {limit} requests per minute exceeded; retry in {decision.retry_after_s} s",
+            message(decision.retry_after_s),
             type="rate_limit_error",
             code="rate_limit_exceeded",
-            headers={
-                "Retry-After": str(decision.retry_after_s),
-                "x-ratelimit-limit-requests": str(limit),
-                "x-ratelimit-remaining-requests": str(decision.remaining),
-                "x-ratelimit-reset-requests": f"{decision.retry_after_s}s",
-            },
+            headers={"Retry-After": str(decision.retry_after_s), **headers(decision)},
         )
-    return grant.user
 
 
 CurrentUser = Annotated[UserRecord, Depends(get_current_user)]

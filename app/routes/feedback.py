@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from app.deps import CurrentUser, RuntimeDep, ServicesDep, require_self_or_admin
+from app.deps import CurrentUser, RuntimeDep, ServicesDep, require_self_or_admin, take_rate
 from app.duels import plan_duel, run_duel
 from app.errors import APIError, error_responses
 from app.feedback import (
@@ -89,16 +89,12 @@ def _check_user(services: Services, user_id: str) -> None:
 
 def _limit_feedback(request: Request, services: Services) -> None:
     limit = services.settings.feedback_rate_limit_per_minute
-    decision = services.cache.allow_request(f"feedback:{request.state.key_id[:16]}", limit)
-    if not decision.allowed:
-        services.metrics.rejected.labels("rate_limit").inc()
-        raise APIError(
-            429,
-            f"feedback rate limit of {limit} posts per minute exceeded; retry in {decision.retry_after_s} s",
-            type="rate_limit_error",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": str(decision.retry_after_s)},
-        )
+    take_rate(
+        services,
+        f"feedback:{request.state.key_id[:16]}",
+        limit,
+        lambda retry: f"feedback rate limit of {limit} posts per minute exceeded; retry in {retry} s",
+    )
 
 
 def _post(services: Services, user_id: str, body: FeedbackIn) -> FeedbackResult:
@@ -191,16 +187,12 @@ async def delete_all_feedback(user_id: str, user: CurrentUser, services: Service
 def _limit_duel(request: Request, services: Services, generations: int) -> None:
     """Count the duel's generations after the first (counted on sign-in) against the per-key rate limit."""
     for _ in range(generations - 1):
-        decision = services.cache.allow_request(request.state.key_id[:16], services.settings.rate_limit_per_minute)
-        if not decision.allowed:
-            services.metrics.rejected.labels("rate_limit").inc()
-            raise APIError(
-                429,
-                f"rate limit exceeded: a duel counts as {generations} requests (one per candidate answer)",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(decision.retry_after_s)},
-            )
+        take_rate(
+            services,
+            request.state.key_id[:16],
+            services.settings.rate_limit_per_minute,
+            lambda _: f"rate limit exceeded: a duel counts as {generations} requests (one per candidate answer)",
+        )
 
 
 @router.post("/{user_id}/duel", responses=error_responses(401, 403, 404, 413, 422, 429, 503, 504))

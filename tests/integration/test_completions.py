@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,40 @@ def _in_background(fn: Callable[[], list[httpx.Response]]) -> tuple[threading.Th
     return thread, results
 
 
+@dataclass
+class _Arrival:
+    """What :func:`_second_arrives_while_first_runs` saw."""
+
+    sizes: list[int]
+    """Live requests at each batch event."""
+    batches: int
+    first: httpx.Response
+    second: str
+
+
+def _second_arrives_while_first_runs(service: Service, first: dict[str, Any], second: dict[str, Any]) -> _Arrival:
+    """Send ``first``; once its batch has started (its first step held until ``second`` is queued), send
+    ``second`` and wait for both."""
+    scheduler = service.app.state.services.runtime.scheduler
+    sizes: list[int] = []
+    first_started = threading.Event()
+
+    def observe(live: int) -> None:
+        sizes.append(live)
+        if len(sizes) == 1:
+            first_started.set()
+            wait_until(lambda: scheduler.depth == 1, what="the second request to be queued")
+
+    scheduler.on_batch = observe
+    before = scheduler.batches_run
+    with LiveServer(service.app) as server:
+        thread, results = _in_background(lambda: asyncio.run(_concurrent_chats(server.url, service.admin_key, [first])))
+        assert first_started.wait(30)
+        answer = _chat_text(chat(service, **second))
+        thread.join(120)
+    return _Arrival(sizes, scheduler.batches_run - before, results[0][0], answer)
+
+
 def test_concurrent_requests_share_one_batch(steered: Service) -> None:
     weights = [{"concise": 1.0}, {"helpful": 1.0}, {"concise": -1.0, "helpful": 0.5}, {}]
     scheduler = steered.app.state.services.runtime.scheduler
@@ -280,30 +315,12 @@ def test_a_request_that_does_not_fit_the_row_budget_waits_for_room(
     one, which starts once the first has left; both decode as alone."""
     service = start_service(max_batch_rows=2)
     register_head(service, tiny_head_dir("concise", seed=1))
-    scheduler = service.app.state.services.runtime.scheduler
     long_body = {**_body(24, {"concise": 1.0}), "seed": 0}
     short_body = {**_body(6, {}), "seed": 5}
-    sizes: list[int] = []
-    first_started = threading.Event()
-
-    def observe(live: int) -> None:
-        sizes.append(live)
-        if len(sizes) == 1:
-            first_started.set()
-            wait_until(lambda: scheduler.depth == 1, what="the plain request to be queued")
-
-    scheduler.on_batch = observe
-    before = scheduler.batches_run
-    with LiveServer(service.app) as server:
-        thread, results = _in_background(
-            lambda: asyncio.run(_concurrent_chats(server.url, service.admin_key, [long_body]))
-        )
-        assert first_started.wait(30)
-        short = _chat_text(chat(service, **short_body))
-        thread.join(120)
-    assert sizes == [1, 1] and scheduler.batches_run - before == 2  # one after the other: never both live
-    assert _chat_text(results[0][0]) == _chat_text(chat(service, **long_body))
-    assert short == _chat_text(chat(service, **short_body))
+    seen = _second_arrives_while_first_runs(service, long_body, short_body)
+    assert seen.sizes == [1, 1] and seen.batches == 2  # one after the other: never both live
+    assert _chat_text(seen.first) == _chat_text(chat(service, **long_body))
+    assert seen.second == _chat_text(chat(service, **short_body))
 
 
 def test_a_light_request_joins_a_heavy_one_at_once_and_a_request_over_the_row_budget_is_refused(
@@ -314,29 +331,13 @@ def test_a_light_request_joins_a_heavy_one_at_once_and_a_request_over_the_row_bu
     could only run alone, holding every other request back, and is refused."""
     service = start_service(max_batch_rows=6)
     register_head(service, tiny_head_dir("concise", seed=1))
-    scheduler = service.app.state.services.runtime.scheduler
     heavy = {**_body(48, {"concise": 1.0}), "seed": 0}
     heavy["personalization"] = {**heavy["personalization"], "method": "bon", "best_of": 5}
     light = {**_body(6, {}), "seed": 5}
-    sizes: list[int] = []
-    first_started = threading.Event()
-
-    def observe(live: int) -> None:
-        sizes.append(live)
-        if len(sizes) == 1:
-            first_started.set()
-            wait_until(lambda: scheduler.depth == 1, what="the light request to be queued")
-
-    scheduler.on_batch = observe
-    before = scheduler.batches_run
-    with LiveServer(service.app) as server:
-        thread, results = _in_background(lambda: asyncio.run(_concurrent_chats(server.url, service.admin_key, [heavy])))
-        assert first_started.wait(30)
-        joined = _chat_text(chat(service, **light))
-        thread.join(120)
-    assert results[0][0].status_code == 200, results[0][0].text
-    assert sizes == [1, 2] and scheduler.batches_run - before == 1
-    assert joined == _chat_text(chat(service, **light))
+    seen = _second_arrives_while_first_runs(service, heavy, light)
+    assert seen.first.status_code == 200, seen.first.text
+    assert seen.sizes == [1, 2] and seen.batches == 1
+    assert seen.second == _chat_text(chat(service, **light))
     too_wide = {**heavy, "personalization": {**heavy["personalization"], "best_of": 7}}
     refused = chat(service, **too_wide)
     assert refused.status_code == 422, refused.text
@@ -361,34 +362,15 @@ def test_a_request_over_the_per_request_row_cap_is_refused(
 
 
 def test_request_joins_the_running_batch_and_decodes_as_alone(steered: Service) -> None:
-    scheduler = steered.app.state.services.runtime.scheduler
     # seed 0 makes the tiny model ramble: the long answer runs all its 64 tokens
     long_body = {**_body(64, {"concise": 1.0}), "seed": 0}
     short_body = {**_body(8, {"helpful": 1.0, "concise": -0.5}), "seed": 5}
-    sizes: list[int] = []
-    first_started = threading.Event()
-
-    def observe(live: int) -> None:
-        sizes.append(live)
-        if len(sizes) == 1:  # the long request has started: hold its first step until the short one waits
-            first_started.set()
-            wait_until(lambda: scheduler.depth == 1, what="the short request to be queued")
-
-    scheduler.on_batch = observe
-    before = scheduler.batches_run
-    with LiveServer(steered.app) as server:
-        thread, results = _in_background(
-            lambda: asyncio.run(_concurrent_chats(server.url, steered.admin_key, [long_body]))
-        )
-        assert first_started.wait(30)
-        short = _chat_text(chat(steered, **short_body))
-        thread.join(120)
-    long = results[0][0]
+    seen = _second_arrives_while_first_runs(steered, long_body, short_body)
     # The short request joined the long one mid-decode (2 live), in the same batch, and left first.
-    assert sizes == [1, 2] and scheduler.batches_run - before == 1
-    assert long.json()["usage"]["completion_tokens"] == 64
-    assert short == _chat_text(chat(steered, **short_body))
-    assert _chat_text(long) == _chat_text(chat(steered, **long_body))
+    assert seen.sizes == [1, 2] and seen.batches == 1
+    assert seen.first.json()["usage"]["completion_tokens"] == 64
+    assert seen.second == _chat_text(chat(steered, **short_body))
+    assert _chat_text(seen.first) == _chat_text(chat(steered, **long_body))
 
 
 def test_head_change_waits_for_the_batch_to_drain(steered: Service) -> None:
