@@ -11,7 +11,7 @@ up to its own length; nothing is padded on the left and no column is shared betw
   length: the stale columns are overwritten by the next writes and never read meanwhile;
 - a child (a search branch, a sample sharing its prompt) starts as a copy of its parent's slot.
 
-The allocation follows the live work: it grows in blocks of ``BLOCK`` positions and of slots,
+The allocation follows the live work: it grows in blocks of ``BLOCK`` positions and by half again in slots,
 and shrinks once the longest live row is two blocks shorter than it (or a quarter of the slots
 are in use), so memory is proportional to what is live, never to how long the batch has run.
 
@@ -101,6 +101,8 @@ class KVPool:
         have_slots, have_positions = self.capacity
         if slots <= have_slots and positions <= have_positions:
             return
+        if slots > have_slots:  # half as many again: admitting S sequences one by one reallocates O(log S) times
+            slots = max(slots, have_slots + have_slots // 2)
         self._allocate(max(have_slots, _round_up(slots, 8)), max(have_positions, _round_up(positions, BLOCK)))
 
     def trim(self) -> None:

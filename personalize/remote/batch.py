@@ -183,7 +183,8 @@ class RemoteBatch(RequestBook):
                 adapters = [0] + [self.heads.lora_slot[n] for n in out.spec.heads if n in self.heads.lora_slot]
                 self._cache.append(adapters)
                 self._slots.append(number)
-                self._refresh_adapters()
+        if self._joining:
+            self._refresh_adapters()
         self._joining = []
 
     def _leave(self, numbers: set[int]) -> None:
