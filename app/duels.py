@@ -1,12 +1,13 @@
 """POST /v1/users/{id}/duel: two answers to compare, chosen to teach the fit the most.
 
-The user's comparisons are fitted (without writing anything); ``duel_candidates`` answers are
-generated in one batch with the profile's weights plus and minus ``duel_step`` along the directions
-the posterior is least sure of (:func:`personalize.feedback.candidate_weights`), scored under every
-active objective as a feedback post scores them, and the pair whose choice is expected to shrink the
-posterior the most is returned (:func:`personalize.feedback.most_informative_pair`). A duel is
-``duel_candidates`` generations: it holds that many of its key's in-flight slots, counts that many
-times against the per-key rate limit, and its work is checked as ``n = duel_candidates``.
+The user's comparisons are fitted (without writing anything); ``duel_samples`` answers for each of
+``duel_candidates`` weight vectors, the profile's weights plus and minus ``duel_step`` along the
+directions the posterior is least sure of (:func:`personalize.feedback.candidate_weights`), are
+generated in one batch, scored under every active objective as a feedback post scores them, and the
+pair whose choice is expected to shrink the posterior the most is returned
+(:func:`personalize.feedback.most_informative_pair`). A duel is ``duel_generations`` (candidates x
+samples) generations: it holds that many of its key's in-flight slots, counts that many times against
+the per-key rate limit, and its work is checked as ``n = duel_generations``.
 """
 
 from __future__ import annotations
@@ -70,16 +71,18 @@ def plan_duel(services: Services, runtime: ModelRuntime, user_id: str, body: Due
     fitted = fit_profile(profile, records, heads, services.settings.feedback_l2)
     center = np.array([profile.weights.get(name, 0.0) for name in heads.objectives])
     rng = np.random.default_rng(body.seed)
-    count = services.settings.duel_candidates
-    candidates = candidate_weights(fitted.fit, center, count, step=services.settings.duel_step, rng=rng)  # (C, K)
+    settings = services.settings
+    candidates = candidate_weights(fitted.fit, center, settings.duel_candidates, step=settings.duel_step, rng=rng)
     prompt_ids = tuple(runtime.base.encode_chat([{"role": "user", "content": body.prompt}]))
     beta = profile.beta if profile.beta > 0 else DEFAULT_BETA
-    requests = []
-    for index, row in enumerate(candidates):
+    requests: list[GenerationRequest] = []
+    for row in candidates:  # (K,) each, duel_samples answers of each (their seeds differ)
         weights = {name: round(float(w), WEIGHT_DIGITS) for name, w in zip(heads.objectives, row, strict=True)}
         personalization = Personalization(weights=weights, beta=beta, method="vas", top_k=profile.top_k)
-        requests.append(GenerationRequest(prompt_ids, _sampling(services, body, index), personalization))
-    check_work(requests[0], runtime.engine, services.settings.max_request_work, copies=count)
+        for _ in range(settings.duel_samples):
+            sampling = _sampling(services, body, len(requests))
+            requests.append(GenerationRequest(prompt_ids, sampling, personalization))
+    check_work(requests[0], runtime.engine, settings.max_request_work, copies=len(requests))
     for request in requests:
         try:
             runtime.engine.validate(request)

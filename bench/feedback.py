@@ -3,22 +3,25 @@
     PERSONALIZE_THREADS=2 python -m bench.feedback                  # 24 users, the shipped heads
     python -m bench.feedback --users 24 --prompts 16 --heldout 4 --max-tokens 64 --json out.json
 
-1. A pool of answers: for every weight vector of a grid (0, each objective alone at +-1, each pair
-   of objectives at +-1/sqrt 2, in decoder units, beta 1) and every pool prompt (eval prompts), one
-   answer from the real engine, scored by every objective's reward. Generated once and kept on disk
-   (``--cache``), so a rerun only decodes what is missing.
+1. A pool of answers: for every weight vector of a grid (0; then at each of ``--strengths``, default
+   1 and 2: each objective alone at +-s, each pair of objectives at +-s/sqrt 2, in decoder units,
+   beta 1) and every pool prompt (eval prompts), ``--samples`` answers (default the service's
+   ``duel_samples``, different seeds) from the real engine, scored by every objective's reward.
+   Generated once and kept on disk (``--cache``), so a rerun only decodes what is missing.
 2. Simulated users: each has a hidden utility ``u*`` (a random unit direction over the objectives,
    in reward units) and chooses between two answers with probability
    ``sigmoid(u* . (r(a) - r(b)) / T)``, ``T`` = 0.5 x the std of ``u* . (r(a) - r(b))`` over all
-   pairs of distinct grid vectors' answers to the same prompt (33 x 32 / 2 pairs x 16 prompts).
+   pairs of distinct grid vectors' first answers to the same prompt (65 x 64 / 2 pairs x 16 prompts
+   with the default strengths).
 3. Each user answers 40 comparisons, twice: with duels (the service's choice: ``--candidates``
-   candidate weights, the profile's weights +- 1 along the directions of greatest posterior
-   uncertainty, each taken as the closest grid vector in direction not taken yet; of their pool
-   answers to a random prompt, the pair with the most expected information under the current fit,
-   as the service picks it; ``--candidates 0``: the best pair among all the pool's answers to the
-   prompt) and with random pairs of grid vectors. After each, the fit is redone as the service does
-   it (prior zero, the heads' fallback spreads) and the profile takes the fitted weights; the cosine
-   between the fitted ``utility`` and ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
+   candidate weights, the profile's weights +- ``--duel-step`` along the directions of greatest
+   posterior uncertainty, each taken as the closest grid vector in direction (then length) not taken
+   yet; of their pool answers to a random prompt, all samples of each, the pair with the most expected
+   information under the current fit, as the service picks it; ``--candidates 0``: the best pair among
+   all the pool's answers to the prompt) and with random pairs of grid vectors (a random sample of
+   each). After each, the fit is redone as the service does it (prior zero, the heads' fallback
+   spreads) and the profile takes the fitted weights; the cosine between the fitted ``utility`` and
+   ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
 4. Learned vs default: each user's weights after 40 duels and the default profile (no weights)
    answer held-out eval prompts (decoded for real); the gain is the paired difference of ``u* . r``.
 """
@@ -67,9 +70,14 @@ def t_critical(n: int) -> float:
     return T_CRIT_95[min(keys, key=lambda k: abs(k - n))] if n < 60 else 1.96
 
 
-def weight_grid(k: int) -> np.ndarray:
-    """(G, K): zero, +-e_i, and (+-e_i +- e_j) / sqrt 2 for i < j."""
-    rows = [np.zeros(k)]
+def weight_grid(k: int, strengths: Sequence[float] = (1.0,)) -> np.ndarray:
+    """(G, K): zero, then for each strength s: s * (+-e_i) and s * (+-e_i +- e_j) / sqrt 2 for i < j."""
+    unit = _unit_grid(k)
+    return np.concatenate([np.zeros((1, k))] + [s * unit for s in strengths])
+
+
+def _unit_grid(k: int) -> np.ndarray:
+    rows = []
     for i in range(k):
         for sign in (1.0, -1.0):
             rows.append(sign * np.eye(k)[i])
@@ -122,11 +130,11 @@ class AnswerCache:
 
 
 def generate(
-    setup: Setup, cache: AnswerCache, jobs: Sequence[tuple[np.ndarray, str]], max_tokens: int, batch: int
+    setup: Setup, cache: AnswerCache, jobs: Sequence[tuple[np.ndarray, str, int]], max_tokens: int, batch: int
 ) -> list[np.ndarray]:
-    """(K,) rewards of the answer to each (weights, prompt) job, decoding (and caching) what is missing."""
-    keys = [cache.key(w, p, max_tokens, 0) for w, p in jobs]
-    missing = [(key, w, p) for key, (w, p) in zip(keys, jobs, strict=True) if key not in cache.entries]
+    """(K,) rewards of the answer to each (weights, prompt, sample) job, decoding (and caching) what is missing."""
+    keys = [cache.key(w, p, max_tokens, sample) for w, p, sample in jobs]
+    missing = [(key, w, p) for key, (w, p, _) in zip(keys, jobs, strict=True) if key not in cache.entries]
     start = time.perf_counter()
     for i in range(0, len(missing), batch):
         chunk = missing[i : i + batch]
@@ -148,10 +156,11 @@ def generate(
     return [np.array(cache.entries[key]["rewards"], dtype=np.float64) for key in keys]
 
 
-class Pair(NamedTuple):
-    left: int
-    right: int
-    """Rows of the pool's grid."""
+class Answer(NamedTuple):
+    vector: int
+    """Row of the pool's grid."""
+    sample: int
+    """Which of its answers to the prompt."""
 
 
 @dataclass
@@ -159,19 +168,27 @@ class Pool:
     grid: np.ndarray
     """(G, K) decoder weights."""
     rewards: np.ndarray
-    """(G, P, K) reward of the answer of grid vector g to prompt p."""
+    """(G, P, S, K) reward of answer s of grid vector g to prompt p."""
+
+    def answers(self, rows: Sequence[int]) -> list[Answer]:
+        return [Answer(g, s) for g in rows for s in range(self.rewards.shape[2])]
+
+    def of(self, answer: Answer, prompt: int) -> np.ndarray:
+        return self.rewards[answer.vector, prompt, answer.sample]
 
 
 def snap(grid: np.ndarray, weights: np.ndarray, exclude: Collection[int] = ()) -> int:
     """The grid vector closest in direction to ``weights`` (the zero vector for a near-zero one), other
-    than those in ``exclude``."""
-    if np.linalg.norm(weights) < 0.25:
+    than those in ``exclude``; among vectors of the same direction, the one closest in length."""
+    length = float(np.linalg.norm(weights))
+    if length < 0.25:
         return next(i for i in range(len(grid)) if i not in exclude)
     norms = np.linalg.norm(grid, axis=1)
-    cos = (grid @ weights) / np.maximum(norms, 1e-12) / np.linalg.norm(weights)
-    cos[norms == 0] = -np.inf
-    cos[list(exclude)] = -np.inf
-    return int(np.argmax(cos))
+    cos = (grid @ weights) / np.maximum(norms, 1e-12) / length
+    score = np.round(cos, 9) - 1e-6 * np.abs(norms - length)  # direction first, then length
+    score[norms == 0] = -np.inf
+    score[list(exclude)] = -np.inf
+    return int(np.argmax(score))
 
 
 def candidates_of(grid: np.ndarray, weights: np.ndarray) -> list[int]:
@@ -191,16 +208,24 @@ def choose(u: np.ndarray, temperature: float, a: np.ndarray, b: np.ndarray, rng:
 
 def pick_duel(
     pool: Pool, fit: UtilityFit, weights: np.ndarray, prompt: int, args: argparse.Namespace, rng: np.random.Generator
-) -> Pair:
+) -> tuple[Answer, Answer]:
     """The service's duel: candidate weights around the profile (snapped to the grid), or every pool answer
-    with ``--candidates 0``; of their answers to ``prompt``, the most informative pair."""
+    with ``--candidates 0``; of their answers to ``prompt`` (``--samples`` each), the most informative pair."""
     if args.candidates:
         wanted = candidate_weights(fit, weights, args.candidates, step=args.duel_step, rng=rng)  # (C, K)
-        pool_rows = candidates_of(pool.grid, wanted)
+        rows = candidates_of(pool.grid, wanted)
     else:
-        pool_rows = list(range(len(pool.grid)))
-    best = most_informative_pair(fit, pool.rewards[pool_rows, prompt])
-    return Pair(pool_rows[best.first], pool_rows[best.second])
+        rows = list(range(len(pool.grid)))
+    answers = pool.answers(rows)
+    best = most_informative_pair(fit, np.array([pool.of(a, prompt) for a in answers]))
+    return answers[best.first], answers[best.second]
+
+
+def random_pair(pool: Pool, rng: np.random.Generator) -> tuple[Answer, Answer]:
+    """Two random grid vectors' answers (a random sample of each)."""
+    first, second = (int(x) for x in rng.choice(len(pool.grid), size=2, replace=False))
+    samples = pool.rewards.shape[2]
+    return Answer(first, int(rng.integers(samples))), Answer(second, int(rng.integers(samples)))
 
 
 def run_user(
@@ -214,11 +239,8 @@ def run_user(
     out: dict[int, float] = {}
     for t in range(1, max(CHECKPOINTS) + 1):
         prompt = int(rng.integers(pool.rewards.shape[1]))
-        if strategy == "duel":
-            left, right = pick_duel(pool, fit, weights, prompt, args, rng)
-        else:
-            left, right = (int(x) for x in rng.choice(len(pool.grid), size=2, replace=False))
-        diffs.append(choose(u, temperature, pool.rewards[left, prompt], pool.rewards[right, prompt], rng))
+        left, right = pick_duel(pool, fit, weights, prompt, args, rng) if strategy == "duel" else random_pair(pool, rng)
+        diffs.append(choose(u, temperature, pool.of(left, prompt), pool.of(right, prompt), rng))
         config = FitConfig(l2=args.l2)
         fit = fit_utility(setup.objectives, np.array(diffs), fallback_spread=setup.spreads, config=config)
         weights = decoder_weights(fit.utility, setup.scales, strength=1.0)
@@ -228,10 +250,11 @@ def run_user(
 
 
 def temperature_of(u: np.ndarray, pool: Pool) -> float:
-    """0.5 x the std of u . (r(a) - r(b)) over all pairs of pool answers to the same prompt."""
+    """0.5 x the std of u . (r(a) - r(b)) over all pairs of two different grid vectors' answers to the same
+    prompt (the first sample of each: the same pairs whatever ``--samples``)."""
     g = pool.rewards.shape[0]
     first, second = np.triu_indices(g, k=1)
-    margins = (pool.rewards[first] - pool.rewards[second]) @ u  # (pairs, P)
+    margins = (pool.rewards[first, :, 0] - pool.rewards[second, :, 0]) @ u  # (pairs, P)
     return 0.5 * float(margins.std())
 
 
@@ -252,6 +275,15 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=16, help="pool prompts (eval split, spread over it)")
     parser.add_argument("--heldout", type=int, default=6, help="held-out prompts for learned vs default")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--strengths",
+        type=lambda text: tuple(float(x) for x in text.split(",")),
+        default=(1.0, 2.0),
+        help="lengths of the pool's weight vectors (comma-separated; decoder units, beta 1)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=Settings().duel_samples, help="answers per weight vector and prompt"
+    )
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PERSONALIZE_THREADS", "2")))
     parser.add_argument("--l2", type=float, default=FitConfig().l2)
@@ -269,11 +301,15 @@ def parse() -> argparse.Namespace:
 
 
 def build_pool(setup: Setup, cache: AnswerCache, prompts: Sequence[str], args: argparse.Namespace) -> Pool:
-    grid = weight_grid(len(setup.objectives))
-    jobs = [(w, p) for w in grid for p in prompts]
-    print(f"pool: {len(grid)} weight vectors x {len(prompts)} prompts = {len(jobs)} answers", flush=True)
+    grid = weight_grid(len(setup.objectives), args.strengths)
+    jobs = [(w, p, s) for w in grid for p in prompts for s in range(args.samples)]
+    print(
+        f"pool: {len(grid)} weight vectors x {len(prompts)} prompts x {args.samples} samples = {len(jobs)} answers",
+        flush=True,
+    )
     rewards = generate(setup, cache, jobs, args.max_tokens, args.batch)
-    return Pool(grid, np.array(rewards).reshape(len(grid), len(prompts), len(setup.objectives)))
+    shape = (len(grid), len(prompts), args.samples, len(setup.objectives))
+    return Pool(grid, np.array(rewards).reshape(shape))
 
 
 def recovery(setup: Setup, pool: Pool, hidden: np.ndarray, args: argparse.Namespace) -> dict[str, object]:
@@ -297,7 +333,7 @@ def learned_vs_default(
 ) -> list[float]:
     """Per user: mean over held-out prompts of u* . (r(learned answer) - r(default answer))."""
     zero = np.zeros(len(setup.objectives))
-    jobs = [(zero, p) for p in prompts] + [(w, p) for w in learned for p in prompts]
+    jobs = [(zero, p, 0) for p in prompts] + [(w, p, 0) for w in learned for p in prompts]
     print(f"learned vs default: {len(jobs)} answers on {len(prompts)} held-out prompts", flush=True)
     rewards = generate(setup, cache, jobs, args.max_tokens, args.batch)
     default = np.array(rewards[: len(prompts)])  # (P, K)

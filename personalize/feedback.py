@@ -100,8 +100,8 @@ class PairChoice(NamedTuple):
     second: int
     """Index of the other (``first < second``)."""
     information: float
-    """``log(1 + p(1-p) · xᵀ Σ x)``: how much the choice is expected to shrink the log-determinant of the
-    Laplace covariance (nats, to first order; :func:`pair_information`)."""
+    """``log(1 + p(1-p) · xᵀ Σ⊥ x)``: how much the choice is expected to shrink the log-determinant of the
+    Laplace covariance across the current estimate, ``Σ⊥`` (nats, to first order; :func:`pair_information`)."""
     variance: float
     """``xᵀ Σ x``: posterior variance of the utility difference between the two answers (``x = d / spread``)."""
     probability: float
@@ -110,7 +110,7 @@ class PairChoice(NamedTuple):
 
 class PairScores(NamedTuple):
     information: Array
-    """(M,) expected shrinkage of log det of the posterior covariance (nats, to first order)."""
+    """(M,) expected shrinkage of log det of the posterior covariance across the estimate (nats, first order)."""
     variance: Array
     """(M,) posterior variance of the utility difference between the two answers (``xᵀ Σ x``)."""
     probability: Array
@@ -314,15 +314,28 @@ def pair_information(fit: UtilityFit, differences: Sequence[Sequence[float]] | A
     A choice about a difference ``d`` adds ``p(1-p) · x xᵀ`` to the posterior precision (``x = d / spread``,
     ``p`` the predicted choice probability), so it is expected to shrink ``log det`` of the Laplace
     covariance ``Σ`` by ``log(1 + p(1-p) · xᵀ Σ x)``: large when the posterior is unsure of the utility
-    difference between the two answers (``xᵀ Σ x``) *and* the user is not sure to answer one way. ``p`` is
-    the posterior's predictive probability (the probit approximation to the Gaussian average of the
-    sigmoid)."""
+    difference between the two answers *and* the user is not sure to answer one way. Only the utility's
+    direction steers decoding, so ``Σ`` there is the covariance *across* the current estimate (its radial
+    part, how strongly the user cares, projected out): a pair that would only tell how sure the user is
+    of what the fit already says teaches nothing that moves the weights. ``p`` is the posterior's
+    predictive probability (the probit approximation to the Gaussian average of the sigmoid)."""
     d = _as_matrix(differences, len(fit.objectives))  # (M, K)
     x = d / fit.spread  # (M, K) normalised
     variance = np.einsum("mk,kl,ml->m", x, fit.covariance, x)  # (M,)
+    across = _across(fit.theta)  # (K, K)
+    across_variance = np.einsum("mk,kl,ml->m", x, across @ fit.covariance @ across, x)  # (M,)
     p = _sigmoid((x @ fit.theta) / np.sqrt(1.0 + np.pi * variance / 8.0))  # (M,)
-    information = np.log1p(p * (1.0 - p) * variance)  # (M,)
+    information = np.log1p(p * (1.0 - p) * across_variance)  # (M,)
     return PairScores(information, variance, p)
+
+
+def _across(theta: Array) -> Array:
+    """(K, K) the projector orthogonal to ``theta`` (the identity for a zero ``theta``)."""
+    norm = float(np.linalg.norm(theta))
+    if norm == 0:
+        return np.eye(len(theta))
+    unit = theta / norm
+    return np.eye(len(theta)) - np.outer(unit, unit)
 
 
 def most_informative_pair(fit: UtilityFit, rewards: Sequence[Sequence[float]] | Array) -> PairChoice:

@@ -131,11 +131,19 @@ class Settings(BaseSettings):
     """Feedback posts per API key per minute (each scores two answers and refits); 0: no own limit."""
     feedback_l2: float = Field(default=1.0, gt=0, le=1000)
     """Prior precision of the preference fit (higher: the profile moves less per comparison)."""
-    duel_step: float = Field(default=1.0, gt=0, le=5)
+    duel_step: float = Field(default=2.0, gt=0, le=5)
     """How far (decoder units, L2) the candidate answers of a duel are steered from the profile."""
     duel_candidates: int = Field(default=4, ge=2, le=16)
     """Candidate answers a duel generates (in one batch) to pick the most informative pair from; a duel
     counts as this many generations against rate limits, in-flight slots and the work cap."""
+    duel_samples: int = Field(default=2, ge=1, le=8)
+    """Answers a duel generates per candidate weight vector (each a different seed): the pair is chosen
+    among ``duel_candidates x duel_samples`` answers, and the duel counts as that many generations."""
+
+    @property
+    def duel_generations(self) -> int:
+        """Answers one duel generates: ``duel_candidates x duel_samples``."""
+        return self.duel_candidates * self.duel_samples
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
@@ -150,6 +158,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"auth_cache_stale_s ({self.auth_cache_stale_s}) must be at least auth_cache_ttl_s "
                 f"({self.auth_cache_ttl_s})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_duel_fits_a_key(self) -> Settings:
+        if self.max_in_flight_per_key and self.duel_generations > self.max_in_flight_per_key:
+            raise ValueError(
+                f"a duel generates duel_candidates x duel_samples = {self.duel_generations} answers, more than "
+                f"max_in_flight_per_key ({self.max_in_flight_per_key}) lets one key decode at once: every duel "
+                "would be refused; lower the duel settings or raise the limit"
             )
         return self
 

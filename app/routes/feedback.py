@@ -3,7 +3,7 @@
 The user's own key, or an admin's key for any user. A feedback post scores the pair, stores it and
 refits the profile (:mod:`app.feedback`); a duel generates two answers to compare (:mod:`app.duels`).
 Feedback posts have their own per-key rate limit on top of the general one (each scores two answers
-and fits); a duel counts as ``duel_candidates`` generations (default 4).
+and fits); a duel counts as ``duel_candidates x duel_samples`` generations (``Settings.duel_generations``).
 """
 
 from __future__ import annotations
@@ -200,14 +200,14 @@ async def duel(
     user_id: str, body: DuelIn, request: Request, user: CurrentUser, services: ServicesDep, runtime: RuntimeDep
 ) -> DuelOut:
     """Two answers to `prompt` to choose between: say which is better with POST /v1/users/{id}/feedback.
-    `duel_candidates` answers (default 4) are generated in one batch, steered either side of the profile
-    along the directions the user's choices have pinned down least, and scored under every active
-    objective; the pair whose choice is expected to teach the fit the most is returned. Counts as
-    `duel_candidates` generations (rate limit, in-flight slots, work cap)."""
+    `duel_samples` answers for each of `duel_candidates` weight vectors, steered either side of the profile
+    along the directions the user's choices have pinned down least, are generated in one batch and scored
+    under every active objective; the pair whose choice is expected to teach the fit the most is returned.
+    Counts as `duel_candidates x duel_samples` generations (rate limit, in-flight slots, work cap)."""
     require_self_or_admin(user, user_id)
     if services.draining:
         raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
-    generations = services.settings.duel_candidates
+    generations = services.settings.duel_generations
     _limit_duel(request, services, generations)
     leases = [services.in_flight.acquire(request.state.key_id)]
     try:

@@ -205,7 +205,7 @@ def test_a_duel_returns_the_most_informative_pair_and_counts_each_candidate(
     start_service: Any, rewarded: Service
 ) -> None:
     del rewarded
-    service = start_service(rate_limit_per_minute=5, duel_candidates=3)
+    service = start_service(rate_limit_per_minute=5, duel_candidates=3, duel_samples=1)
     user_id, key = service.create_user()
     response = service.client.post(
         f"/v1/users/{user_id}/duel", json={"prompt": PROMPT, "max_tokens": 4, "seed": 3}, headers=service.auth(key)
@@ -236,7 +236,7 @@ def test_a_duel_returns_the_most_informative_pair_and_counts_each_candidate(
 
 def test_a_duel_is_the_same_for_the_same_seed(start_service: Any, rewarded: Service) -> None:
     del rewarded
-    service = start_service(duel_candidates=4)
+    service = start_service(duel_candidates=2, duel_samples=2)  # two answers of each of two weight vectors
     user_id, key = service.create_user()
     post(service, user_id, key)
     url, body = f"/v1/users/{user_id}/duel", {"prompt": PROMPT, "max_tokens": 6, "seed": 11}

@@ -111,13 +111,15 @@ def test_the_chosen_pair_is_the_most_informative_among_candidates() -> None:
     fit = synthetic_fit(np.array([1.5, -0.5, 0.3, 0.8]), covariance)
     rewards = rng.standard_normal((7, 4))  # (C, K) seven candidate answers
     pair = most_informative_pair(fit, rewards)
+    unit = fit.theta / np.linalg.norm(fit.theta)
+    across = np.eye(4) - np.outer(unit, unit)  # only the direction steers: the radial part is left out
     scores = {}
     for i in range(7):
         for j in range(i + 1, 7):
             x = rewards[i] - rewards[j]
             variance = x @ covariance @ x
             p = 1.0 / (1.0 + np.exp(-(x @ fit.theta) / np.sqrt(1.0 + np.pi * variance / 8.0)))
-            scores[i, j] = np.log1p(p * (1.0 - p) * variance)  # expected shrinkage of log det Σ
+            scores[i, j] = np.log1p(p * (1.0 - p) * (x @ across @ covariance @ across @ x))  # shrinkage of log det
     assert (pair.first, pair.second) == max(scores, key=lambda key: scores[key])
     assert pair.information == pytest.approx(max(scores.values()))
     assert pair.variance == pytest.approx(float((d := rewards[pair.first] - rewards[pair.second]) @ covariance @ d))
@@ -133,6 +135,18 @@ def test_an_uncertain_pair_beats_a_known_one_and_a_foregone_one() -> None:
     assert scores.probability[2] > 0.99
     pair = most_informative_pair(fit, np.array([[0.0, 0.0], uncertain, known]))
     assert (pair.first, pair.second) == (0, 1) and pair.probability == pytest.approx(0.5)
+
+
+def test_a_pair_that_only_tells_how_strongly_the_user_cares_teaches_nothing() -> None:
+    """Along the estimate, a choice would only pin down the utility's length, which decoding does not use:
+    a smaller difference across it is worth more, though its utility difference is less uncertain."""
+    fit = synthetic_fit(np.array([1.0, 0.0]), np.diag([2.0, 0.5]))
+    along, across = np.array([1.0, 0.0]), np.array([0.0, 0.5])
+    scores = pair_information(fit, np.array([along, across]))
+    assert scores.variance[0] > scores.variance[1]
+    assert scores.information[0] == pytest.approx(0.0, abs=1e-12) and scores.information[1] > 0.01
+    pair = most_informative_pair(fit, np.array([[0.0, 0.0], along, across]))
+    assert (pair.first, pair.second) == (0, 2)
 
 
 def test_bad_inputs_are_config_errors() -> None:
