@@ -127,7 +127,8 @@ class DuelOut(BaseModel):
     )
     information: float = Field(
         description="How much the choice is expected to shrink the log-determinant of the fit's posterior "
-        "covariance (nats): log(1 + p(1-p) x variance), p the predicted choice probability."
+        "covariance across its current estimate (nats; only the utility's direction steers): "
+        "log(1 + p(1-p) x that variance), p the predicted choice probability."
     )
     candidates: int = Field(description="How many answers were generated to choose the pair from.")
     comparisons: int
