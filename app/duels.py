@@ -5,9 +5,10 @@ The user's comparisons are fitted (without writing anything); ``duel_samples`` a
 directions the posterior is least sure of (:func:`personalize.feedback.candidate_weights`), are
 generated in one batch, scored under every active objective as a feedback post scores them, and the
 pair whose choice is expected to shrink the posterior the most is returned
-(:func:`personalize.feedback.most_informative_pair`). A duel is ``duel_generations`` (candidates x
-samples) generations: it holds that many of its key's in-flight slots, counts that many times against
-the per-key rate limit, and its work is checked as ``n = duel_generations``.
+(:func:`personalize.feedback.most_informative_pair`); both counts shrink to fit the per-key in-flight
+limit (``Settings.duel_shape``). A duel is ``duel_generations`` (candidates x samples) generations:
+it holds that many of its key's in-flight slots, counts that many times against the per-key rate
+limit, and its work is checked as ``n = duel_generations``.
 """
 
 from __future__ import annotations
@@ -72,14 +73,15 @@ def plan_duel(services: Services, runtime: ModelRuntime, user_id: str, body: Due
     center = np.array([profile.weights.get(name, 0.0) for name in heads.objectives])
     rng = np.random.default_rng(body.seed)
     settings = services.settings
-    candidates = candidate_weights(fitted.fit, center, settings.duel_candidates, step=settings.duel_step, rng=rng)
+    count, samples = settings.duel_shape
+    candidates = candidate_weights(fitted.fit, center, count, step=settings.duel_step, rng=rng)  # (C, K)
     prompt_ids = tuple(runtime.base.encode_chat([{"role": "user", "content": body.prompt}]))
     beta = profile.beta if profile.beta > 0 else DEFAULT_BETA
     requests: list[GenerationRequest] = []
     for row in candidates:  # (K,) each, duel_samples answers of each (their seeds differ)
         weights = {name: round(float(w), WEIGHT_DIGITS) for name, w in zip(heads.objectives, row, strict=True)}
         personalization = Personalization(weights=weights, beta=beta, method="vas", top_k=profile.top_k)
-        for _ in range(settings.duel_samples):
+        for _ in range(samples):
             sampling = _sampling(services, body, len(requests))
             requests.append(GenerationRequest(prompt_ids, sampling, personalization))
     check_work(requests[0], runtime.engine, settings.max_request_work, copies=len(requests))

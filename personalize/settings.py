@@ -141,9 +141,20 @@ class Settings(BaseSettings):
     among ``duel_candidates x duel_samples`` answers, and the duel counts as that many generations."""
 
     @property
+    def duel_shape(self) -> tuple[int, int]:
+        """(candidates, samples) of one duel: the settings, shrunk to fit ``max_in_flight_per_key`` when
+        they would not (samples first, down to 1, then candidates, down to 2)."""
+        candidates, samples, limit = self.duel_candidates, self.duel_samples, self.max_in_flight_per_key
+        if limit:
+            samples = max(1, min(samples, limit // candidates))
+            candidates = max(2, min(candidates, limit // samples))
+        return candidates, samples
+
+    @property
     def duel_generations(self) -> int:
-        """Answers one duel generates: ``duel_candidates x duel_samples``."""
-        return self.duel_candidates * self.duel_samples
+        """Answers one duel generates: candidates x samples of :attr:`duel_shape`."""
+        candidates, samples = self.duel_shape
+        return candidates * samples
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
@@ -158,16 +169,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"auth_cache_stale_s ({self.auth_cache_stale_s}) must be at least auth_cache_ttl_s "
                 f"({self.auth_cache_ttl_s})"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _a_duel_fits_a_key(self) -> Settings:
-        if self.max_in_flight_per_key and self.duel_generations > self.max_in_flight_per_key:
-            raise ValueError(
-                f"a duel generates duel_candidates x duel_samples = {self.duel_generations} answers, more than "
-                f"max_in_flight_per_key ({self.max_in_flight_per_key}) lets one key decode at once: every duel "
-                "would be refused; lower the duel settings or raise the limit"
             )
         return self
 

@@ -1,4 +1,4 @@
-"""Settings read from the environment: the base model's dtype, the duel's size against the per-key limit."""
+"""Settings read from the environment: the base model's dtype, a duel's size within the per-key limit."""
 
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ def test_dtype_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -
         Settings()
 
 
-def test_a_duel_larger_than_one_key_may_decode_at_once_is_refused_at_start(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
+def test_a_duel_shrinks_to_what_one_key_may_decode_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("PERSONALIZE_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("PERSONALIZE_MAX_IN_FLIGHT_PER_KEY", "8")
     monkeypatch.setenv("PERSONALIZE_DUEL_CANDIDATES", "4")
-    monkeypatch.setenv("PERSONALIZE_DUEL_SAMPLES", "2")
-    assert Settings().duel_generations == 8
     monkeypatch.setenv("PERSONALIZE_DUEL_SAMPLES", "3")
-    with pytest.raises(ValidationError, match="duel_candidates x duel_samples = 12"):
-        Settings()
-    monkeypatch.setenv("PERSONALIZE_MAX_IN_FLIGHT_PER_KEY", "0")  # no per-key limit
-    assert Settings().duel_generations == 12
+    monkeypatch.setenv("PERSONALIZE_MAX_IN_FLIGHT_PER_KEY", "0")  # no per-key limit: as set
+    assert Settings().duel_shape == (4, 3) and Settings().duel_generations == 12
+    monkeypatch.setenv("PERSONALIZE_MAX_IN_FLIGHT_PER_KEY", "8")  # samples give way first
+    assert Settings().duel_shape == (4, 2) and Settings().duel_generations == 8
+    monkeypatch.setenv("PERSONALIZE_MAX_IN_FLIGHT_PER_KEY", "3")  # then candidates, down to two
+    assert Settings().duel_shape == (3, 1)
+    monkeypatch.setenv("PERSONALIZE_MAX_IN_FLIGHT_PER_KEY", "1")  # a duel is at least a pair (it gets 429)
+    assert Settings().duel_shape == (2, 1)
