@@ -237,11 +237,7 @@ def direction_covariance(fit: UtilityFit) -> Array:
     decoding does not use) projected out."""
     inverse = np.diag(1.0 / fit.spread)
     covariance = inverse @ fit.covariance @ inverse  # (K, K) of u
-    u = fit.raw_utility
-    norm = float(np.linalg.norm(u))
-    if norm == 0:
-        return np.asarray(covariance, dtype=np.float64)
-    across = np.eye(len(u)) - np.outer(u / norm, u / norm)  # projector orthogonal to u
+    across = _across(fit.raw_utility)  # the identity for a zero utility
     return np.asarray(across @ covariance @ across, dtype=np.float64)
 
 
