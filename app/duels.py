@@ -4,7 +4,7 @@ The user's comparisons are fitted (without writing anything); ``duel_samples`` a
 ``duel_candidates`` weight vectors, the profile's weights plus and minus ``duel_step`` along the
 directions the posterior is least sure of (:func:`personalize.feedback.candidate_weights`), are
 generated in one batch, scored under every active objective as a feedback post scores them, and the
-pair whose choice is expected to shrink the posterior the most is returned
+pair whose choice is expected to shrink the error of the utility's direction the most is returned
 (:func:`personalize.feedback.most_informative_pair`); both counts shrink to fit the per-key in-flight
 limit (``Settings.duel_shape``). A duel is ``duel_generations`` (candidates x samples) generations:
 it holds that many of its key's in-flight slots, counts that many times against the per-key rate
@@ -187,7 +187,7 @@ async def run_duel(services: Services, runtime: ModelRuntime, plan: DuelPlan, bo
         answers=[_answer(first, decoded[pair.first]), _answer(second, decoded[pair.second])],
         direction=_direction(plan.objectives, first, second),
         variance=pair.variance,
-        information=pair.information,
+        gain=pair.gain,
         candidates=len(plan.requests),
         comparisons=plan.comparisons,
     )

@@ -125,10 +125,9 @@ class DuelOut(BaseModel):
     variance: float = Field(
         description="Posterior variance of the user's utility difference between the two answers (normalised units)."
     )
-    information: float = Field(
-        description="How much the choice is expected to shrink the log-determinant of the fit's posterior "
-        "covariance across its current estimate (nats; only the utility's direction steers): "
-        "log(1 + p(1-p) x that variance), p the predicted choice probability."
+    gain: float = Field(
+        description="How much the choice is expected to shrink the squared angular error of the fit's utility "
+        "direction (reward units, radians², to first order; only the direction steers)."
     )
     candidates: int = Field(description="How many answers were generated to choose the pair from.")
     comparisons: int

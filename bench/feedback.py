@@ -16,8 +16,8 @@
 3. Each user answers 40 comparisons, twice: with duels (the service's choice: ``--candidates``
    candidate weights, the profile's weights +- ``--duel-step`` along the directions of greatest
    posterior uncertainty, each taken as the closest grid vector in direction (then length) not taken
-   yet; of their pool answers to a random prompt, all samples of each, the pair with the most expected
-   information under the current fit, as the service picks it; ``--candidates 0``: the best pair among
+   yet; of their pool answers to a random prompt, all samples of each, the pair with the largest expected
+   gain under the current fit, as the service picks it; ``--candidates 0``: the best pair among
    all the pool's answers to the prompt) and with random pairs of grid vectors (a random sample of
    each). After each, the fit is redone as the service does it (prior zero, the heads' fallback
    spreads) and the profile takes the fitted weights; the cosine between the fitted ``utility`` and

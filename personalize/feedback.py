@@ -21,7 +21,8 @@ of ``sum_k u_k · Q_k``: the decoder weights that realise ``u`` are ``w_k ∝ u_
 
 Duels. The next pair to ask about is chosen from the *actual* rewards of a few candidate answers
 (generated with weights spread along the least known directions, :func:`candidate_weights`): the pair
-whose choice is expected to shrink the posterior the most (:func:`most_informative_pair`). Two
+whose choice is expected to shrink the error of the utility's direction the most
+(:func:`most_informative_pair`). Two
 answers' reward differences are mostly sampling noise, so which weights made them says little about
 the difference the user will actually see.
 
@@ -99,9 +100,9 @@ class PairChoice(NamedTuple):
     """Index of one answer of the pair among the candidates."""
     second: int
     """Index of the other (``first < second``)."""
-    information: float
-    """``log(1 + p(1-p) · xᵀ Σ⊥ x)``: how much the choice is expected to shrink the log-determinant of the
-    Laplace covariance across the current estimate, ``Σ⊥`` (nats, to first order; :func:`pair_information`)."""
+    gain: float
+    """How much the choice is expected to shrink the squared angular error of the utility's direction
+    (reward units, radians², to first order; :func:`pair_gain`)."""
     variance: float
     """``xᵀ Σ x``: posterior variance of the utility difference between the two answers (``x = d / spread``)."""
     probability: float
@@ -109,8 +110,8 @@ class PairChoice(NamedTuple):
 
 
 class PairScores(NamedTuple):
-    information: Array
-    """(M,) expected shrinkage of log det of the posterior covariance across the estimate (nats, first order)."""
+    gain: Array
+    """(M,) expected drop of the squared angular error of the utility's direction (radians², first order)."""
     variance: Array
     """(M,) posterior variance of the utility difference between the two answers (``xᵀ Σ x``)."""
     probability: Array
@@ -303,26 +304,36 @@ def candidate_weights(
     return np.clip(np.array(rows), bound[0], bound[1])  # (C, K)
 
 
-def pair_information(fit: UtilityFit, differences: Sequence[Sequence[float]] | Array) -> PairScores:
-    """How informative a choice about each of ``differences`` would be ((M, K): one answer's rewards minus
+def pair_gain(fit: UtilityFit, differences: Sequence[Sequence[float]] | Array) -> PairScores:
+    """How much a choice about each of ``differences`` would teach ((M, K): one answer's rewards minus
     the other's, reward units, the fit's objectives).
 
-    A choice about a difference ``d`` adds ``p(1-p) · x xᵀ`` to the posterior precision (``x = d / spread``,
-    ``p`` the predicted choice probability), so it is expected to shrink ``log det`` of the Laplace
-    covariance ``Σ`` by ``log(1 + p(1-p) · xᵀ Σ x)``: large when the posterior is unsure of the utility
-    difference between the two answers *and* the user is not sure to answer one way. Only the utility's
-    direction steers decoding, so ``Σ`` there is the covariance *across* the current estimate (its radial
-    part, how strongly the user cares, projected out): a pair that would only tell how sure the user is
-    of what the fit already says teaches nothing that moves the weights. ``p`` is the posterior's
-    predictive probability (the probit approximation to the Gaussian average of the sigmoid)."""
+    A choice about a difference ``d`` adds ``c · x xᵀ`` to the posterior precision (``x = d / spread``,
+    ``c = p(1-p)``, ``p`` the predicted choice probability), so the Laplace covariance becomes
+    ``Σ - c Σx xᵀΣ / (1 + c xᵀΣx)``. Only the utility's direction steers decoding, and it is judged in
+    reward units (``u = theta / spread``), so the gain is the expected drop of its squared angular error
+    there, ``trace(P D Σ D P) / |u|²`` (``D = diag(1 / spread)``, ``P`` the projector across ``u``):
+
+        gain = c · |P D Σ x|² / (1 + c · xᵀΣx) / |u|²
+
+    large when the choice would settle the direction where the posterior is least sure of it *and* the user
+    is not sure to answer one way; zero for a pair that would only tell how strongly the user cares (along
+    ``u``). ``p`` is the posterior's predictive probability (the probit approximation to the Gaussian
+    average of the sigmoid). Before any choice (a zero estimate) the gain is the drop of the whole
+    ``trace(D Σ D)``."""
     d = _as_matrix(differences, len(fit.objectives))  # (M, K)
     x = d / fit.spread  # (M, K) normalised
-    variance = np.einsum("mk,kl,ml->m", x, fit.covariance, x)  # (M,)
-    across = _across(fit.theta)  # (K, K)
-    across_variance = np.einsum("mk,kl,ml->m", x, across @ fit.covariance @ across, x)  # (M,)
+    covariance_x = x @ fit.covariance  # (M, K) rows Σx
+    variance = np.einsum("mk,mk->m", x, covariance_x)  # (M,) xᵀΣx
     p = _sigmoid((x @ fit.theta) / np.sqrt(1.0 + np.pi * variance / 8.0))  # (M,)
-    information = np.log1p(p * (1.0 - p) * across_variance)  # (M,)
-    return PairScores(information, variance, p)
+    c = p * (1.0 - p)  # (M,)
+    utility = fit.raw_utility  # (K,) reward units
+    length_squared = float(utility @ utility)
+    moved = (covariance_x / fit.spread) @ _across(utility)  # (M, K) rows P D Σx (P symmetric)
+    gain = c * np.einsum("mk,mk->m", moved, moved) / (1.0 + c * variance)  # (M,)
+    if length_squared > 0:
+        gain = gain / length_squared
+    return PairScores(gain, variance, p)
 
 
 def _across(theta: Array) -> Array:
@@ -336,17 +347,17 @@ def _across(theta: Array) -> Array:
 
 def most_informative_pair(fit: UtilityFit, rewards: Sequence[Sequence[float]] | Array) -> PairChoice:
     """Of ``C`` candidate answers with these (C, K) rewards (reward units, the fit's objectives), the pair
-    whose choice is expected to teach the fit the most (:func:`pair_information`; the first on ties)."""
+    whose choice is expected to teach the fit the most (:func:`pair_gain`; the first on ties)."""
     matrix = _as_matrix(rewards, len(fit.objectives))  # (C, K)
     if matrix.shape[0] < 2:
         raise ConfigError(f"choosing a pair needs at least 2 candidate answers, got {matrix.shape[0]}")
     first, second = np.triu_indices(matrix.shape[0], k=1)  # (M,) each
-    scores = pair_information(fit, matrix[first] - matrix[second])
-    best = int(np.argmax(scores.information))
+    scores = pair_gain(fit, matrix[first] - matrix[second])
+    best = int(np.argmax(scores.gain))
     return PairChoice(
         int(first[best]),
         int(second[best]),
-        float(scores.information[best]),
+        float(scores.gain[best]),
         float(scores.variance[best]),
         float(scores.probability[best]),
     )

@@ -216,7 +216,7 @@ def test_a_duel_returns_the_most_informative_pair_and_counts_each_candidate(
     left, right = (a["personalization"]["weights"] for a in body["answers"])
     assert set(left) == set(right) == {"brevity", "shouty"} and left != right
     assert sum(d * d for d in body["direction"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert body["variance"] >= 0 and body["information"] >= 0
+    assert body["variance"] >= 0 and body["gain"] >= 0
     assert body["comparisons"] == 0
     for answer in body["answers"]:  # the profile's own (zero) weights, the odd candidate, steer with no head
         assert bool(answer["head_versions"]) == any(answer["personalization"]["weights"].values())
@@ -243,7 +243,7 @@ def test_a_duel_is_the_same_for_the_same_seed(start_service: Any, rewarded: Serv
     first, again = (service.client.post(url, json=body, headers=service.auth(key)).json() for _ in range(2))
     assert first["candidates"] == 4 and first["comparisons"] == 1
     assert [a["text"] for a in first["answers"]] == [a["text"] for a in again["answers"]]
-    assert first["information"] == pytest.approx(again["information"])
+    assert first["gain"] == pytest.approx(again["gain"])
 
 
 def test_a_duel_over_the_work_cap_is_422(start_service: Any, rewarded: Service) -> None:

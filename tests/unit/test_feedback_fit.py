@@ -14,7 +14,7 @@ from personalize.feedback import (
     decoder_weights,
     fit_utility,
     most_informative_pair,
-    pair_information,
+    pair_gain,
     utility_of_weights,
 )
 
@@ -98,40 +98,49 @@ def test_candidates_differ_along_the_least_known_directions() -> None:
         candidate_weights(fit, center, 1, rng=rng)
 
 
-def synthetic_fit(theta: np.ndarray, covariance: np.ndarray) -> UtilityFit:
+def synthetic_fit(theta: np.ndarray, covariance: np.ndarray, spread: np.ndarray | None = None) -> UtilityFit:
     k = len(theta)
-    spread = np.ones(k)
-    return UtilityFit(OBJECTIVES[:k], 10, spread, theta, covariance, theta / np.linalg.norm(theta), np.ones(k))
+    spread = np.ones(k) if spread is None else spread
+    utility = theta / spread
+    return UtilityFit(OBJECTIVES[:k], 10, spread, theta, covariance, utility / np.linalg.norm(utility), np.ones(k))
 
 
 def test_the_chosen_pair_is_the_most_informative_among_candidates() -> None:
     rng = np.random.default_rng(5)
     basis = np.linalg.qr(rng.standard_normal((4, 4)))[0]
     covariance = basis @ np.diag([0.02, 0.1, 0.5, 2.0]) @ basis.T  # (K, K) a posterior sure of some directions
-    fit = synthetic_fit(np.array([1.5, -0.5, 0.3, 0.8]), covariance)
-    rewards = rng.standard_normal((7, 4))  # (C, K) seven candidate answers
+    fit = synthetic_fit(np.array([1.5, -0.5, 0.3, 0.8]), covariance, spread=SPREADS)
+    rewards = rng.standard_normal((7, 4)) * SPREADS  # (C, K) seven candidate answers
     pair = most_informative_pair(fit, rewards)
-    unit = fit.theta / np.linalg.norm(fit.theta)
-    across = np.eye(4) - np.outer(unit, unit)  # only the direction steers: the radial part is left out
+    utility = fit.theta / SPREADS  # reward units
+    across = np.eye(4) - np.outer(utility, utility) / (utility @ utility)  # only the direction steers
+    to_reward = np.diag(1.0 / SPREADS)
+
+    def direction_error(sigma: np.ndarray) -> float:
+        """Expected squared angular error of the direction in reward units (first order)."""
+        return float(np.trace(across @ to_reward @ sigma @ to_reward @ across) / (utility @ utility))
+
     scores = {}
     for i in range(7):
         for j in range(i + 1, 7):
-            x = rewards[i] - rewards[j]
+            x = (rewards[i] - rewards[j]) / SPREADS
             variance = x @ covariance @ x
             p = 1.0 / (1.0 + np.exp(-(x @ fit.theta) / np.sqrt(1.0 + np.pi * variance / 8.0)))
-            scores[i, j] = np.log1p(p * (1.0 - p) * (x @ across @ covariance @ across @ x))  # shrinkage of log det
+            after = np.linalg.inv(np.linalg.inv(covariance) + p * (1.0 - p) * np.outer(x, x))  # one more choice
+            scores[i, j] = direction_error(covariance) - direction_error(after)
     assert (pair.first, pair.second) == max(scores, key=lambda key: scores[key])
-    assert pair.information == pytest.approx(max(scores.values()))
-    assert pair.variance == pytest.approx(float((d := rewards[pair.first] - rewards[pair.second]) @ covariance @ d))
+    assert pair.gain == pytest.approx(max(scores.values()))
+    x = (rewards[pair.first] - rewards[pair.second]) / SPREADS
+    assert pair.variance == pytest.approx(float(x @ covariance @ x))
 
 
 def test_an_uncertain_pair_beats_a_known_one_and_a_foregone_one() -> None:
     fit = synthetic_fit(np.array([4.0, 0.0]), np.diag([0.05, 1.0]))
     uncertain, known, foregone = np.array([0.0, 1.0]), np.array([0.3, 0.0]), np.array([3.0, 1.0])
-    scores = pair_information(fit, np.array([uncertain, known, foregone]))
-    assert scores.information[0] > scores.information[1]  # the posterior already knows the first objective
+    scores = pair_gain(fit, np.array([uncertain, known, foregone]))
+    assert scores.gain[0] > scores.gain[1]  # the posterior already knows the first objective
     assert scores.variance[2] > scores.variance[0]  # the most uncertain difference ...
-    assert scores.information[0] > scores.information[2]  # ... but the user is sure to pick the first answer
+    assert scores.gain[0] > scores.gain[2]  # ... but the user is sure to pick the first answer
     assert scores.probability[2] > 0.99
     pair = most_informative_pair(fit, np.array([[0.0, 0.0], uncertain, known]))
     assert (pair.first, pair.second) == (0, 1) and pair.probability == pytest.approx(0.5)
@@ -142,9 +151,9 @@ def test_a_pair_that_only_tells_how_strongly_the_user_cares_teaches_nothing() ->
     a smaller difference across it is worth more, though its utility difference is less uncertain."""
     fit = synthetic_fit(np.array([1.0, 0.0]), np.diag([2.0, 0.5]))
     along, across = np.array([1.0, 0.0]), np.array([0.0, 0.5])
-    scores = pair_information(fit, np.array([along, across]))
+    scores = pair_gain(fit, np.array([along, across]))
     assert scores.variance[0] > scores.variance[1]
-    assert scores.information[0] == pytest.approx(0.0, abs=1e-12) and scores.information[1] > 0.01
+    assert scores.gain[0] == pytest.approx(0.0, abs=1e-12) and scores.gain[1] > 0.01
     pair = most_informative_pair(fit, np.array([[0.0, 0.0], along, across]))
     assert (pair.first, pair.second) == (0, 2)
 
