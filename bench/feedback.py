@@ -22,8 +22,9 @@
    each). After each, the fit is redone as the service does it (prior zero, the heads' fallback
    spreads) and the profile takes the fitted weights; the cosine between the fitted ``utility`` and
    ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
-4. Learned vs default: each user's weights after 40 duels and the default profile (no weights)
-   answer held-out eval prompts (decoded for real); the gain is the paired difference of ``u* . r``.
+4. Learned vs default: the weights of each user (the first ``--steer-users``) after 40 duels and the
+   default profile (no weights) answer held-out eval prompts (decoded for real); the gain is the paired
+   difference of ``u* . r``.
 """
 
 from __future__ import annotations
@@ -272,6 +273,12 @@ def interval(values: Sequence[float]) -> str:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=24)
+    parser.add_argument(
+        "--steer-users",
+        type=int,
+        default=96,
+        help="of the users, how many decode the held-out prompts for learned vs default (the first ones)",
+    )
     parser.add_argument("--prompts", type=int, default=16, help="pool prompts (eval split, spread over it)")
     parser.add_argument("--heldout", type=int, default=6, help="held-out prompts for learned vs default")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -361,6 +368,8 @@ def report(result: dict[str, object], gains: Sequence[float], args: argparse.Nam
         lines.append(f"| {t} | {summary(cos['duel'][t])} | {summary(cos['random'][t])} | {interval(paired)} |")
     lines += [
         "",
+        f"duels, mean cosine after 20 comparisons (95% CI over users): {interval(cos['duel'][20]).lstrip('+')}",
+        "",
         f"learned (40 duels) vs default profile, u*·r per answer on {args.heldout} held-out prompts, paired over "
         f"users: {interval(gains)}; better for {sum(g > 0 for g in gains)}/{len(gains)} users",
     ]
@@ -383,7 +392,8 @@ def main() -> None:
     result = recovery(setup, pool, hidden, args)
     learned = result["learned"]
     assert isinstance(learned, list)
-    gains = learned_vs_default(setup, cache, hidden, learned, heldout, args)
+    steered = min(args.steer_users, args.users)
+    gains = learned_vs_default(setup, cache, hidden[:steered], learned[:steered], heldout, args)
     table = report(result, gains, args, time.perf_counter() - started)
     print(f"\n{datetime.date.today().isoformat()} objectives {', '.join(setup.objectives)}\n{table}")
     if args.json:
