@@ -223,6 +223,27 @@ class Cache:
         if self._call("forget profile", lambda r: r.delete(self._profile_key(user_id)), None) is None:
             self._dirty_profiles.add(user_id)
 
+    # ---- small per-user hashes (kept duel answers, app/duel_memory.py) --------------------
+    def get_field(self, name: str, field: str) -> str | None:
+        """One field of the hash ``{prefix}:{name}`` (None if absent, or without Redis)."""
+        value = self._call("hget", lambda r: r.hget(f"{self.prefix}:{name}", field), None)
+        return value if isinstance(value, str) else None
+
+    def put_field(self, name: str, field: str, value: str, ttl_s: int) -> None:
+        """Set one field of the hash ``{prefix}:{name}``; the whole hash expires ``ttl_s`` after this write."""
+        key = f"{self.prefix}:{name}"
+
+        def write(r: redis.Redis) -> None:
+            pipe = r.pipeline()
+            pipe.hset(key, field, value)
+            pipe.expire(key, max(1, ttl_s))
+            pipe.execute()
+
+        self._call("hset", write, None)
+
+    def delete(self, name: str) -> None:
+        self._call("delete", lambda r: r.delete(f"{self.prefix}:{name}"), None)
+
     # ---- rate limits -------------------------------------------------------------------
     def allow_request(self, key_id: str, limit_per_minute: int) -> RateDecision:
         """Count one request for ``key_id`` in the current minute."""

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 from app.budget import check_work
+from app.duel_memory import KeptAnswer, KeptDuels
 from app.errors import APIError, api_error_for
 from app.feedback import ActiveHeads, feedback_store, fit_profile
 from app.feedback_schemas import DuelAnswer, DuelIn, DuelOut
@@ -39,12 +40,15 @@ WEIGHT_DIGITS = 4
 
 @dataclass(frozen=True)
 class DuelPlan:
-    """The candidate requests of a duel, and the fit the pair will be chosen under."""
+    """The candidate requests of a duel, the fit the pair will be chosen under, and the user's kept answers."""
 
+    user_id: str
     requests: tuple[GenerationRequest, ...]
     objectives: tuple[str, ...]
     fit: UtilityFit
     comparisons: int
+    kept: KeptDuels
+    """The user's earlier duel answers to this prompt (app/duel_memory.py): the pair is chosen among them too."""
 
 
 def _sampling(services: Services, body: DuelIn, index: int) -> SamplingParams:
@@ -92,7 +96,8 @@ def plan_duel(services: Services, runtime: ModelRuntime, user_id: str, body: Due
             raise api_error_for(exc, "prompt") from exc
         except ConfigError as exc:
             raise api_error_for(exc) from exc
-    return DuelPlan(tuple(requests), heads.objectives, fitted.fit, len(records))
+    kept = services.duel_memory.load(user_id, body.prompt, heads.versions)
+    return DuelPlan(user_id, tuple(requests), heads.objectives, fitted.fit, len(records), kept)
 
 
 def _submit(services: Services, runtime: ModelRuntime, requests: Sequence[GenerationRequest]) -> list[Ticket]:
@@ -155,39 +160,53 @@ async def _decode(services: Services, runtime: ModelRuntime, plan: DuelPlan) -> 
     return [Decoded(r.text, r.finish_reason, dict(t.head_versions)) for r, t in zip(results, tickets, strict=True)]
 
 
-def _answer(request: GenerationRequest, decoded: Decoded) -> DuelAnswer:
-    personalization: dict[str, Any] = request.personalization.to_dict()
+def _answer(answer: KeptAnswer) -> DuelAnswer:
     return DuelAnswer(
-        text=decoded.text,
-        finish_reason=decoded.finish_reason,
-        personalization=personalization,
-        head_versions=decoded.head_versions,
+        text=answer.text,
+        finish_reason=answer.finish_reason,
+        personalization=answer.personalization,
+        head_versions=answer.head_versions,
     )
 
 
-def _direction(objectives: Sequence[str], first: GenerationRequest, second: GenerationRequest) -> dict[str, float]:
+def _weight(answer: KeptAnswer, objective: str) -> float:
+    weights = answer.personalization.get("weights")
+    value = weights.get(objective, 0.0) if isinstance(weights, dict) else 0.0
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _direction(objectives: Sequence[str], first: KeptAnswer, second: KeptAnswer) -> dict[str, float]:
     """The unit direction (decoder units) from the second answer's weights to the first's (zeros if equal)."""
-    difference = np.array(
-        [first.personalization.weights.get(n, 0.0) - second.personalization.weights.get(n, 0.0) for n in objectives]
-    )  # (K,)
+    difference = np.array([_weight(first, n) - _weight(second, n) for n in objectives])  # (K,)
     norm = float(np.linalg.norm(difference))
     unit = difference / norm if norm > 0 else difference
     return {name: round(float(d), WEIGHT_DIGITS) for name, d in zip(objectives, unit, strict=True)}
 
 
 async def run_duel(services: Services, runtime: ModelRuntime, plan: DuelPlan, body: DuelIn) -> DuelOut:
-    """Decode the candidates, score them, and answer with the most informative pair."""
+    """Decode the candidates, score them, answer with the most informative pair among them and the user's
+    kept answers to the prompt (never a pair already asked), and keep the new answers."""
     decoded = await _decode(services, runtime, plan)
     texts = [d.text for d in decoded]
     rewards = await run_in_threadpool(candidate_rewards, services, body.prompt, texts, plan.objectives)  # (C, K)
-    pair = most_informative_pair(plan.fit, rewards)
-    first, second = plan.requests[pair.first], plan.requests[pair.second]
+    new = [
+        KeptAnswer(d.text, d.finish_reason, r.personalization.to_dict(), d.head_versions, tuple(map(float, row)))
+        for d, r, row in zip(decoded, plan.requests, rewards, strict=True)
+    ]
+    answers = [*plan.kept.answers, *new]
+    everything = np.vstack([plan.kept.rewards(plan.objectives), rewards])  # (N + C, K)
+    asked = plan.kept.asked_pairs([a.digest for a in answers])
+    pair = most_informative_pair(plan.fit, everything, exclude=asked)
+    first, second = answers[pair.first], answers[pair.second]
+    kept = plan.kept.after(new, (first.digest, second.digest), services.settings.duel_keep)
+    await run_in_threadpool(services.duel_memory.store, plan.user_id, body.prompt, kept)
     return DuelOut(
         prompt=body.prompt,
-        answers=[_answer(first, decoded[pair.first]), _answer(second, decoded[pair.second])],
+        answers=[_answer(first), _answer(second)],
         direction=_direction(plan.objectives, first, second),
         variance=pair.variance,
         gain=pair.gain,
         candidates=len(plan.requests),
+        kept=len(plan.kept.answers),
         comparisons=plan.comparisons,
     )

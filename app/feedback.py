@@ -43,13 +43,16 @@ class ActiveHeads:
     """(K,) calibration scales (decoder units per value unit)."""
     spreads: np.ndarray
     """(K,) typical reward difference between two answers: sqrt(2) x the training returns' std."""
+    versions: tuple[tuple[str, str], ...] = ()
+    """(objective, head version) of each objective, in the same order."""
 
     @classmethod
     def of(cls, records: Sequence[HeadVersionRecord]) -> ActiveHeads:
         ordered = sorted(records, key=lambda r: r.objective)
         scales = [_positive(r.calibration.get("scale"), 1.0) for r in ordered]
         spreads = [math.sqrt(2.0) * _positive(r.calibration.get("return_std"), 1.0) for r in ordered]
-        return cls(tuple(r.objective for r in ordered), np.array(scales), np.array(spreads))
+        versions = tuple((r.objective, r.version) for r in ordered)
+        return cls(tuple(r.objective for r in ordered), np.array(scales), np.array(spreads), versions)
 
 
 def _positive(value: object, default: float) -> float:

@@ -130,4 +130,8 @@ class DuelOut(BaseModel):
         "direction (reward units, radians², to first order; only the direction steers)."
     )
     candidates: int = Field(description="How many answers were generated to choose the pair from.")
+    kept: int = Field(
+        description="How many answers of the user's earlier duels on this prompt the pair was also chosen from "
+        "(a pair already shown is never shown again)."
+    )
     comparisons: int

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from app.auth import AuthCache
 from app.cache import Cache, CachedProfiles, HeadEvent, HeadEventListener
+from app.duel_memory import DuelMemory
 from app.head_sync import HeadSync
 from app.inflight import InFlightLimiter
 from app.metrics import Metrics
@@ -99,6 +100,7 @@ class Services:
             retry_after_s=settings.redis_retry_s,
         )
         self.profiles = CachedProfiles(ProfileStore(self.db), self.cache)
+        self.duel_memory = DuelMemory(self.cache, keep=settings.duel_keep, ttl_s=settings.duel_keep_ttl_s)
         self.metrics = metrics or Metrics()
         self.runtime: ModelRuntime | None = None
         self.load_error: str | None = None

@@ -31,7 +31,7 @@ Pure numpy: no database, no model; every function is deterministic given its ``r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -345,15 +345,24 @@ def _across(theta: Array) -> Array:
     return np.eye(len(theta)) - np.outer(unit, unit)
 
 
-def most_informative_pair(fit: UtilityFit, rewards: Sequence[Sequence[float]] | Array) -> PairChoice:
+def most_informative_pair(
+    fit: UtilityFit, rewards: Sequence[Sequence[float]] | Array, exclude: Collection[tuple[int, int]] = ()
+) -> PairChoice:
     """Of ``C`` candidate answers with these (C, K) rewards (reward units, the fit's objectives), the pair
-    whose choice is expected to teach the fit the most (:func:`pair_gain`; the first on ties)."""
+    whose choice is expected to teach the fit the most (:func:`pair_gain`; the first on ties), other than
+    the pairs in ``exclude`` (index pairs, either order; e.g. pairs already asked about) unless every pair is."""
     matrix = _as_matrix(rewards, len(fit.objectives))  # (C, K)
-    if matrix.shape[0] < 2:
-        raise ConfigError(f"choosing a pair needs at least 2 candidate answers, got {matrix.shape[0]}")
-    first, second = np.triu_indices(matrix.shape[0], k=1)  # (M,) each
+    count = matrix.shape[0]
+    if count < 2:
+        raise ConfigError(f"choosing a pair needs at least 2 candidate answers, got {count}")
+    first, second = np.triu_indices(count, k=1)  # (M,) each
     scores = pair_gain(fit, matrix[first] - matrix[second])
-    best = int(np.argmax(scores.gain))
+    allowed = np.ones(count * count, dtype=bool)  # flat (row, column), row < column used
+    for a, b in exclude:
+        if min(a, b) >= 0 and max(a, b) < count:
+            allowed[min(a, b) * count + max(a, b)] = False
+    allowed = allowed[first * count + second]  # (M,)
+    best = int(np.argmax(np.where(allowed, scores.gain, -np.inf))) if allowed.any() else int(np.argmax(scores.gain))
     return PairChoice(
         int(first[best]),
         int(second[best]),

@@ -140,6 +140,18 @@ class Settings(BaseSettings):
     """Answers a duel generates per candidate weight vector (each a different seed): the pair is chosen
     among ``duel_candidates x duel_samples`` answers, and the duel counts as that many generations."""
 
+    duel_keep: int = Field(default=96, ge=0, le=1024)
+    """Answers of a user's earlier duels on a prompt kept for their next duel on it (whose pair is chosen
+    among its new answers and these, never a pair already asked); 0: nothing is kept."""
+    duel_keep_s: float = Field(default=3600.0, ge=0, le=30 * 86_400)
+    """How long kept duel answers stay after the duel that kept them (never longer than
+    ``feedback_retention_days``; nothing is kept when that is 0)."""
+
+    @property
+    def duel_keep_ttl_s(self) -> float:
+        """How long kept duel answers live: ``duel_keep_s``, capped by the feedback retention period."""
+        return min(self.duel_keep_s, self.feedback_retention_days * 86_400)
+
     @property
     def duel_shape(self) -> tuple[int, int]:
         """(candidates, samples) of one duel: the settings, shrunk to fit ``max_in_flight_per_key`` when

@@ -167,6 +167,7 @@ def _delete_one(services: Services, user_id: str, feedback_id: int) -> FeedbackD
 
 def _delete_all(services: Services, user_id: str) -> FeedbackDeleted:
     _check_user(services, user_id)
+    services.duel_memory.forget(user_id)
     return _deleted(services, user_id, feedback_store(services).delete_all(user_id))
 
 

@@ -236,12 +236,13 @@ def test_a_duel_returns_the_most_informative_pair_and_counts_each_candidate(
 
 def test_a_duel_is_the_same_for_the_same_seed(start_service: Any, rewarded: Service) -> None:
     del rewarded
-    service = start_service(duel_candidates=2, duel_samples=2)  # two answers of each of two weight vectors
+    # two answers of each of two weight vectors; nothing kept, so the second duel sees what the first did
+    service = start_service(duel_candidates=2, duel_samples=2, duel_keep=0)
     user_id, key = service.create_user()
     post(service, user_id, key)
     url, body = f"/v1/users/{user_id}/duel", {"prompt": PROMPT, "max_tokens": 6, "seed": 11}
     first, again = (service.client.post(url, json=body, headers=service.auth(key)).json() for _ in range(2))
-    assert first["candidates"] == 4 and first["comparisons"] == 1
+    assert first["candidates"] == 4 and first["comparisons"] == 1 and first["kept"] == again["kept"] == 0
     assert [a["text"] for a in first["answers"]] == [a["text"] for a in again["answers"]]
     assert first["gain"] == pytest.approx(again["gain"])
 
@@ -254,3 +255,45 @@ def test_a_duel_over_the_work_cap_is_422(start_service: Any, rewarded: Service) 
         f"/v1/users/{user_id}/duel", json={"prompt": PROMPT, "max_tokens": 16}, headers=service.auth(key)
     )
     assert response.status_code == 422 and response.json()["error"]["code"] == "work_limit_exceeded"
+
+
+def duel_texts(service: Service, user_id: str, key: str, prompt: str, seed: int) -> tuple[Any, frozenset[str]]:
+    body = {"prompt": prompt, "max_tokens": 8, "seed": seed}
+    response = service.client.post(f"/v1/users/{user_id}/duel", json=body, headers=service.auth(key))
+    assert response.status_code == 200, response.text
+    out = response.json()
+    return out, frozenset(a["text"] for a in out["answers"])
+
+
+def test_later_duels_on_a_prompt_choose_among_the_kept_answers_and_never_repeat_a_pair(
+    start_service: Any, rewarded: Service
+) -> None:
+    del rewarded
+    service = start_service(duel_candidates=2, duel_samples=1, duel_keep=5)
+    user_id, key = service.create_user()
+    shown: list[frozenset[str]] = []
+    generated = 0
+    for seed in range(4):
+        body, pair = duel_texts(service, user_id, key, PROMPT, seed)
+        assert body["candidates"] == 2 and body["kept"] == min(generated, 5)
+        generated += 2
+        shown.append(pair)
+    assert len(set(shown)) == len(shown)  # no pair shown twice
+    other, _ = duel_texts(service, user_id, key, "Name a colour.", 0)
+    assert other["kept"] == 0  # kept per prompt
+    someone, their_key = service.create_user()
+    assert duel_texts(service, someone, their_key, PROMPT, 0)[0]["kept"] == 0  # kept per user
+    assert service.client.delete(f"/v1/users/{user_id}/feedback", headers=service.auth(key)).status_code == 200
+    again, _ = duel_texts(service, user_id, key, PROMPT, 9)
+    assert again["kept"] == 0  # deleting the comparisons forgets the kept answers
+
+
+@pytest.mark.parametrize("setting", [{"duel_keep": 0}, {"feedback_retention_days": 0}])
+def test_nothing_is_kept_when_keeping_or_retention_is_off(
+    start_service: Any, rewarded: Service, setting: dict[str, float]
+) -> None:
+    del rewarded
+    service = start_service(duel_candidates=2, duel_samples=1, **setting)
+    user_id, key = service.create_user()
+    kept = [duel_texts(service, user_id, key, PROMPT, seed)[0]["kept"] for seed in range(2)]
+    assert kept == [0, 0]

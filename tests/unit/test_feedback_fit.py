@@ -146,6 +146,17 @@ def test_an_uncertain_pair_beats_a_known_one_and_a_foregone_one() -> None:
     assert (pair.first, pair.second) == (0, 1) and pair.probability == pytest.approx(0.5)
 
 
+def test_excluded_pairs_are_skipped_unless_every_pair_is() -> None:
+    fit = synthetic_fit(np.array([1.0, 0.0]), np.diag([2.0, 0.5]))
+    rewards = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.5], [0.0, 0.2]])  # (C, K); (0, 2) teaches the most
+    assert most_informative_pair(fit, rewards)[:2] == (0, 2)
+    second_best = most_informative_pair(fit, rewards, exclude=[(2, 0)])  # either order
+    assert second_best[:2] == (1, 2)
+    assert most_informative_pair(fit, rewards, exclude=[(0, 2), (1, 2)])[:2] not in {(0, 2), (1, 2)}
+    every = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    assert most_informative_pair(fit, rewards, exclude=every)[:2] == (0, 2)  # all asked: the best again
+
+
 def test_a_pair_that_only_tells_how_strongly_the_user_cares_teaches_nothing() -> None:
     """Along the estimate, a choice would only pin down the utility's length, which decoding does not use:
     a smaller difference across it is worth more, though its utility difference is less uncertain."""
