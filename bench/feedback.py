@@ -207,19 +207,45 @@ def choose(u: np.ndarray, temperature: float, a: np.ndarray, b: np.ndarray, rng:
     return a - b if prefers_a else b - a
 
 
+@dataclass
+class Kept:
+    """What the service keeps of one user's duels on one prompt (app/duel_memory.py)."""
+
+    answers: list[Answer]
+    asked: set[frozenset[Answer]]
+
+    def add(self, new: Sequence[Answer], shown: tuple[Answer, Answer], keep: int) -> None:
+        """The ``keep`` most recent distinct answers (a repeated one moves to the end) and the pairs asked."""
+        self.answers = [a for a in self.answers if a not in new] + list(dict.fromkeys(new))
+        self.answers = self.answers[len(self.answers) - keep :] if keep else []
+        self.asked.add(frozenset(shown))
+        self.asked = {pair for pair in self.asked if pair <= set(self.answers)}
+
+
 def pick_duel(
-    pool: Pool, fit: UtilityFit, weights: np.ndarray, prompt: int, args: argparse.Namespace, rng: np.random.Generator
+    pool: Pool,
+    fit: UtilityFit,
+    weights: np.ndarray,
+    prompt: int,
+    kept: Kept,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
 ) -> tuple[Answer, Answer]:
     """The service's duel: candidate weights around the profile (snapped to the grid), or every pool answer
-    with ``--candidates 0``; of their answers to ``prompt`` (``--samples`` each), the most informative pair."""
+    with ``--candidates 0``; of their answers to ``prompt`` (``--samples`` each) and the user's kept answers
+    to it, the most informative pair not asked already; the new answers are kept (``--keep``)."""
     if args.candidates:
         wanted = candidate_weights(fit, weights, args.candidates, step=args.duel_step, rng=rng)  # (C, K)
         rows = candidates_of(pool.grid, wanted)
     else:
         rows = list(range(len(pool.grid)))
-    answers = pool.answers(rows)
-    best = most_informative_pair(fit, np.array([pool.of(a, prompt) for a in answers]))
-    return answers[best.first], answers[best.second]
+    new = pool.answers(rows)
+    answers = [a for a in kept.answers if a not in new] + new
+    exclude = [(i, j) for i, a in enumerate(answers) for j, b in enumerate(answers) if frozenset((a, b)) in kept.asked]
+    best = most_informative_pair(fit, np.array([pool.of(a, prompt) for a in answers]), exclude=exclude)
+    pair = answers[best.first], answers[best.second]
+    kept.add(new, pair, args.keep)
+    return pair
 
 
 def random_pair(pool: Pool, rng: np.random.Generator) -> tuple[Answer, Answer]:
@@ -229,8 +255,23 @@ def random_pair(pool: Pool, rng: np.random.Generator) -> tuple[Answer, Answer]:
     return Answer(first, int(rng.integers(samples))), Answer(second, int(rng.integers(samples)))
 
 
+def prompt_of(user: int, pool: Pool, args: argparse.Namespace, rng: np.random.Generator) -> int:
+    """The prompt of a user's next comparison: a random one, or with ``--one-prompt`` always the user's own
+    (user i: prompt i mod P, as the Teach page asks every duel about the prompt the user typed)."""
+    prompts = pool.rewards.shape[1]
+    draw = int(rng.integers(prompts))  # drawn either way: the same random stream in both modes
+    return user % prompts if args.one_prompt else draw
+
+
 def run_user(
-    setup: Setup, pool: Pool, u: np.ndarray, temperature: float, strategy: str, seed: int, args: argparse.Namespace
+    setup: Setup,
+    pool: Pool,
+    u: np.ndarray,
+    temperature: float,
+    strategy: str,
+    seed: int,
+    args: argparse.Namespace,
+    user: int = 0,
 ) -> tuple[dict[int, float], np.ndarray]:
     """Cosines after each checkpoint, and the final decoder weights, for one user and one strategy."""
     rng = np.random.default_rng(seed)
@@ -238,9 +279,14 @@ def run_user(
     weights = np.zeros(len(setup.objectives))
     fit = fit_utility(setup.objectives, np.zeros((0, len(setup.objectives))), fallback_spread=setup.spreads)
     out: dict[int, float] = {}
+    kept: dict[int, Kept] = {}
     for t in range(1, max(CHECKPOINTS) + 1):
-        prompt = int(rng.integers(pool.rewards.shape[1]))
-        left, right = pick_duel(pool, fit, weights, prompt, args, rng) if strategy == "duel" else random_pair(pool, rng)
+        prompt = prompt_of(user, pool, args, rng)
+        if strategy == "duel":
+            memory = kept.setdefault(prompt, Kept([], set()))
+            left, right = pick_duel(pool, fit, weights, prompt, memory, args, rng)
+        else:
+            left, right = random_pair(pool, rng)
         diffs.append(choose(u, temperature, pool.of(left, prompt), pool.of(right, prompt), rng))
         config = FitConfig(l2=args.l2)
         fit = fit_utility(setup.objectives, np.array(diffs), fallback_spread=setup.spreads, config=config)
@@ -301,6 +347,17 @@ def parse() -> argparse.Namespace:
         default=Settings().duel_candidates,
         help="candidate answers per duel (the service's setting); 0: every pool answer to the prompt",
     )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=Settings().duel_keep,
+        help="answers of a user's earlier duels on a prompt a duel also chooses among (the service's duel_keep)",
+    )
+    parser.add_argument(
+        "--one-prompt",
+        action="store_true",
+        help="every comparison of a user on one prompt (user i: prompt i mod P), as the Teach page asks them",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path(Settings().data_dir) / "bench" / "feedback-answers.json")
     parser.add_argument("--json", type=Path, default=None)
@@ -327,7 +384,7 @@ def recovery(setup: Setup, pool: Pool, hidden: np.ndarray, args: argparse.Namesp
         temperature = temperature_of(u, pool)
         for strategy in ("duel", "random"):
             seed = args.seed * 1000 + i
-            found, weights = run_user(setup, pool, u, temperature, strategy, seed, args)
+            found, weights = run_user(setup, pool, u, temperature, strategy, seed, args, user=i)
             for t, c in found.items():
                 cosines[strategy][t].append(c)
             if strategy == "duel":

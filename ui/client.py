@@ -213,6 +213,10 @@ class Duel:
     left: DuelAnswer
     right: DuelAnswer
     direction: Mapping[str, float]
+    candidates: int = 0
+    """Answers the duel generated."""
+    kept: int = 0
+    """Answers of the user's earlier duels on the prompt the pair was also chosen from."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,8 @@ class FeedbackFit:
 def _duel(data: Mapping[str, Any]) -> Duel:
     left, right = (DuelAnswer(str(a["text"]), dict(a["personalization"])) for a in data["answers"][:2])
     direction = {str(k): float(v) for k, v in data["direction"].items()}
-    return Duel(str(data["prompt"]), left, right, direction)
+    counts = int(data.get("candidates", 0)), int(data.get("kept", 0))
+    return Duel(str(data["prompt"]), left, right, direction, *counts)
 
 
 def _fit(data: Mapping[str, Any]) -> FeedbackFit:
@@ -415,7 +420,7 @@ class ApiClient:
 
     # ---- pairwise feedback -------------------------------------------------------------
     def duel(self, user_id: str, prompt: str, *, max_tokens: int = 96, seed: int | None = None) -> Duel:
-        """Two answers to ``prompt`` chosen to teach the most (counts as ``duel_candidates`` generations, default 4)."""
+        """Two answers to ``prompt`` chosen to teach the most (counts as candidates x samples generations)."""
         body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens}
         if seed is not None:
             body["seed"] = seed

@@ -20,6 +20,7 @@ def test_choices_move_the_weights_and_are_stored(ui_env: LiveApi) -> None:
     duels = ui_env.recorder.posted(f"/v1/users/{ui_env.user_id}/duel")
     assert len(duels) == 1 and duels[0]["prompt"] == "How do I water a cactus?"
     assert [s.value for s in at.subheader][:2] == ["Left", "Right"]
+    assert "new answers." in texts(at) and "earlier pairs" not in texts(at)
 
     at.button(key="teach_left").click().run()
     assert not at.exception, texts(at)
@@ -30,6 +31,7 @@ def test_choices_move_the_weights_and_are_stored(ui_env: LiveApi) -> None:
     assert len(sent) == 1 and sent[0]["prompt"] == "How do I water a cactus?"
     assert sent[0]["chosen_personalization"]["weights"]  # what each answer was generated with goes along
     assert len(ui_env.recorder.posted(f"/v1/users/{ui_env.user_id}/duel")) == 2  # the next pair came at once
+    assert "from your earlier pairs on this prompt" in texts(at)  # chosen among the first duel's answers too
     assert "Fitted from 1 choice(s)" in texts(at)
     assert {m.label for m in at.metric} == {"concise", "helpful"}
 

@@ -48,6 +48,9 @@ def choose(api: ApiClient, user: User, duel: Duel, better: DuelAnswer, worse: Du
 
 
 def show_answers(duel: Duel) -> None:
+    if duel.candidates:
+        earlier = f" and {duel.kept} from your earlier pairs on this prompt" if duel.kept else ""
+        st.caption(f"The pair that teaches the most, of {duel.candidates} new answers{earlier}.")
     left, right = st.columns(2)
     for column, title, answer in ((left, "Left", duel.left), (right, "Right", duel.right)):
         with column:
