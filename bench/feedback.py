@@ -5,8 +5,8 @@
 
 1. A pool of answers: for every weight vector of a grid (0; then at each of ``--strengths``, default
    1 and 2: each objective alone at +-s, each pair of objectives at +-s/sqrt 2, in decoder units,
-   beta 1) and every pool prompt (eval prompts), ``--samples`` answers (default the service's
-   ``duel_samples``, different seeds) from the real engine, scored by every objective's reward.
+   beta 1) and every pool prompt (eval prompts), ``--pool-samples`` answers (default 4, different
+   seeds) from the real engine, scored by every objective's reward.
    Generated once and kept on disk (``--cache``), so a rerun only decodes what is missing.
 2. Simulated users: each has a hidden utility ``u*`` (a random unit direction over the objectives,
    in reward units) and chooses between two answers with probability
@@ -16,12 +16,14 @@
 3. Each user answers 40 comparisons, twice: with duels (the service's choice: ``--candidates``
    candidate weights, the profile's weights +- ``--duel-step`` along the directions of greatest
    posterior uncertainty, each taken as the closest grid vector in direction (then length) not taken
-   yet; of their pool answers to a random prompt, all samples of each, the pair with the largest expected
-   gain under the current fit, as the service picks it; ``--candidates 0``: the best pair among
-   all the pool's answers to the prompt) and with random pairs of grid vectors (a random sample of
-   each). After each, the fit is redone as the service does it (prior zero, the heads' fallback
-   spreads) and the profile takes the fitted weights; the cosine between the fitted ``utility`` and
-   ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
+   yet; ``--samples`` of each one's pool answers to a random prompt (``--one-prompt``: always the user's
+   own prompt, as the Teach page asks), drawn anew each duel as the service draws new seeds, and the
+   user's kept answers to that prompt (``--keep``, as the service keeps them); the pair with the largest
+   expected gain under the current fit not asked already, as the service picks it; ``--candidates 0``:
+   the best pair among all the pool's answers to the prompt) and with random pairs of grid vectors (a
+   random answer of each, on the same prompts). After each, the fit is redone as the service does it
+   (prior zero, the heads' fallback spreads) and the profile takes the fitted weights; the cosine
+   between the fitted ``utility`` and ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
 4. Learned vs default: the weights of each user (the first ``--steer-users``) after 40 duels and the
    default profile (no weights) answer held-out eval prompts (decoded for real); the gain is the paired
    difference of ``u* . r``.
@@ -171,8 +173,10 @@ class Pool:
     rewards: np.ndarray
     """(G, P, S, K) reward of answer s of grid vector g to prompt p."""
 
-    def answers(self, rows: Sequence[int]) -> list[Answer]:
-        return [Answer(g, s) for g in rows for s in range(self.rewards.shape[2])]
+    def answers(self, rows: Sequence[int], samples: int, rng: np.random.Generator) -> list[Answer]:
+        """``samples`` answers of each grid vector in ``rows``, drawn among the pool's (a duel's fresh seeds)."""
+        pooled = self.rewards.shape[2]
+        return [Answer(g, int(s)) for g in rows for s in rng.choice(pooled, size=min(samples, pooled), replace=False)]
 
     def of(self, answer: Answer, prompt: int) -> np.ndarray:
         return self.rewards[answer.vector, prompt, answer.sample]
@@ -239,7 +243,7 @@ def pick_duel(
         rows = candidates_of(pool.grid, wanted)
     else:
         rows = list(range(len(pool.grid)))
-    new = pool.answers(rows)
+    new = pool.answers(rows, args.samples, rng)
     answers = [a for a in kept.answers if a not in new] + new
     exclude = [(i, j) for i, a in enumerate(answers) for j, b in enumerate(answers) if frozenset((a, b)) in kept.asked]
     best = most_informative_pair(fit, np.array([pool.of(a, prompt) for a in answers]), exclude=exclude)
@@ -335,7 +339,17 @@ def parse() -> argparse.Namespace:
         help="lengths of the pool's weight vectors (comma-separated; decoder units, beta 1)",
     )
     parser.add_argument(
-        "--samples", type=int, default=Settings().duel_samples, help="answers per weight vector and prompt"
+        "--samples",
+        type=int,
+        default=Settings().duel_samples,
+        help="answers a duel generates per candidate weight vector (the service's duel_samples)",
+    )
+    parser.add_argument(
+        "--pool-samples",
+        type=int,
+        default=4,
+        help="answers per weight vector and prompt in the pool; a duel draws --samples of them (fresh seeds, as "
+        "the service's next duel generates new answers)",
     )
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PERSONALIZE_THREADS", "2")))
@@ -366,13 +380,14 @@ def parse() -> argparse.Namespace:
 
 def build_pool(setup: Setup, cache: AnswerCache, prompts: Sequence[str], args: argparse.Namespace) -> Pool:
     grid = weight_grid(len(setup.objectives), args.strengths)
-    jobs = [(w, p, s) for w in grid for p in prompts for s in range(args.samples)]
+    samples = max(args.pool_samples, args.samples)
+    jobs = [(w, p, s) for w in grid for p in prompts for s in range(samples)]
     print(
-        f"pool: {len(grid)} weight vectors x {len(prompts)} prompts x {args.samples} samples = {len(jobs)} answers",
+        f"pool: {len(grid)} weight vectors x {len(prompts)} prompts x {samples} samples = {len(jobs)} answers",
         flush=True,
     )
     rewards = generate(setup, cache, jobs, args.max_tokens, args.batch)
-    shape = (len(grid), len(prompts), args.samples, len(setup.objectives))
+    shape = (len(grid), len(prompts), samples, len(setup.objectives))
     return Pool(grid, np.array(rewards).reshape(shape))
 
 
