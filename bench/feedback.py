@@ -327,7 +327,7 @@ def parse() -> argparse.Namespace:
         "--steer-users",
         type=int,
         default=96,
-        help="of the users, how many decode the held-out prompts for learned vs default (the first ones)",
+        help="of the users, how many decode the held-out prompts for learned vs default (the first ones; 0: none)",
     )
     parser.add_argument("--prompts", type=int, default=16, help="pool prompts (eval split, spread over it)")
     parser.add_argument("--heldout", type=int, default=6, help="held-out prompts for learned vs default")
@@ -428,7 +428,8 @@ def report(result: dict[str, object], gains: Sequence[float], args: argparse.Nam
     assert isinstance(cos, dict)
     lines = [
         f"feedback recovery: {args.users} simulated users, {args.prompts} pool prompts, max_tokens {args.max_tokens}, "
-        f"l2 {args.l2}, seed {args.seed}, duel candidates {args.candidates or 'all pool answers'}, "
+        f"l2 {args.l2}, seed {args.seed}, duel candidates {args.candidates or 'all pool answers'} x {args.samples}, "
+        f"kept {args.keep}, {'one prompt per user' if args.one_prompt else 'a random prompt per comparison'}, "
         f"{seconds / 60:.1f} min",
         "",
         "| comparisons | duels: cosine mean ± sd (min) | random pairs: cosine mean ± sd (min) "
@@ -441,10 +442,13 @@ def report(result: dict[str, object], gains: Sequence[float], args: argparse.Nam
     lines += [
         "",
         f"duels, mean cosine after 20 comparisons (95% CI over users): {interval(cos['duel'][20]).lstrip('+')}",
-        "",
-        f"learned (40 duels) vs default profile, u*·r per answer on {args.heldout} held-out prompts, paired over "
-        f"users: {interval(gains)}; better for {sum(g > 0 for g in gains)}/{len(gains)} users",
     ]
+    if len(gains) > 1:
+        lines += [
+            "",
+            f"learned (40 duels) vs default profile, u*·r per answer on {args.heldout} held-out prompts, paired "
+            f"over users: {interval(gains)}; better for {sum(g > 0 for g in gains)}/{len(gains)} users",
+        ]
     return "\n".join(lines)
 
 
@@ -465,7 +469,7 @@ def main() -> None:
     learned = result["learned"]
     assert isinstance(learned, list)
     steered = min(args.steer_users, args.users)
-    gains = learned_vs_default(setup, cache, hidden[:steered], learned[:steered], heldout, args)
+    gains = learned_vs_default(setup, cache, hidden[:steered], learned[:steered], heldout, args) if steered else []
     table = report(result, gains, args, time.perf_counter() - started)
     print(f"\n{datetime.date.today().isoformat()} objectives {', '.join(setup.objectives)}\n{table}")
     if args.json:
