@@ -85,7 +85,7 @@ class KeptDuels:
         for answer in (*self.answers, *new):
             latest.pop(answer.digest, None)
             latest[answer.digest] = answer  # a repeated text moves to the end
-        answers = tuple(latest.values())[-keep:]
+        answers = tuple(latest.values())[-keep:] if keep > 0 else ()
         digests = {a.digest for a in answers}
         asked = {pair for pair in (*self.asked, tuple(sorted(shown))) if pair[0] in digests and pair[1] in digests}
         return KeptDuels(self.heads, answers, frozenset((a, b) for a, b in asked))

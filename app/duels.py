@@ -5,10 +5,12 @@ The user's comparisons are fitted (without writing anything); ``duel_samples`` a
 directions the posterior is least sure of (:func:`personalize.feedback.candidate_weights`), are
 generated in one batch, scored under every active objective as a feedback post scores them, and the
 pair whose choice is expected to shrink the error of the utility's direction the most is returned
-(:func:`personalize.feedback.most_informative_pair`); both counts shrink to fit the per-key in-flight
-limit (``Settings.duel_shape``). A duel is ``duel_generations`` (candidates x samples) generations:
-it holds that many of its key's in-flight slots, counts that many times against the per-key rate
-limit, and its work is checked as ``n = duel_generations``.
+(:func:`personalize.feedback.most_informative_pair`), chosen among the new answers and the ones the user's
+earlier duels on the same prompt kept (:mod:`app.duel_memory`), never a pair shown before while another is
+left; both counts shrink to fit the per-key in-flight limit (``Settings.duel_shape``). A duel is
+``duel_generations`` (candidates x samples) generations: it holds that many of its key's in-flight
+slots, counts that many times against the per-key rate limit, and its work is checked as
+``n = duel_generations``.
 """
 
 from __future__ import annotations

@@ -132,6 +132,6 @@ class DuelOut(BaseModel):
     candidates: int = Field(description="How many answers were generated to choose the pair from.")
     kept: int = Field(
         description="How many answers of the user's earlier duels on this prompt the pair was also chosen from "
-        "(a pair already shown is never shown again)."
+        "(a pair shown before is not shown again while any other pair is left)."
     )
     comparisons: int

@@ -203,7 +203,8 @@ async def duel(
     """Two answers to `prompt` to choose between: say which is better with POST /v1/users/{id}/feedback.
     `duel_samples` answers for each of `duel_candidates` weight vectors, steered either side of the profile
     along the directions the user's choices have pinned down least, are generated in one batch and scored
-    under every active objective; the pair whose choice is expected to teach the fit the most is returned.
+    under every active objective; of them and the answers of the user's earlier duels on the same prompt,
+    the pair whose choice is expected to teach the fit the most (and that was not shown before) is returned.
     Counts as `duel_candidates x duel_samples` generations (rate limit, in-flight slots, work cap)."""
     require_self_or_admin(user, user_id)
     if services.draining:

@@ -60,6 +60,7 @@ def test_the_most_recent_answers_are_kept_with_the_pairs_among_them() -> None:
     kept = kept.after([answer("d")], shown("d", "c"), keep=3)
     assert [a.text for a in kept.answers] == ["c", "a", "d"]  # "b" dropped, and the pairs with it
     assert asked(kept) == {(0, 2)}
+    assert kept.after([answer("e")], shown("e", "d"), keep=0).answers == ()
     assert np.array_equal(KeptDuels(HEADS).rewards(["concise", "positive"]), np.zeros((0, 2)))
 
 
