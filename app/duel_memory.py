@@ -135,7 +135,8 @@ class DuelMemory:
         self.keep = keep
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
-        self._local: dict[tuple[str, str], tuple[float, str]] = {}
+        self._local: dict[tuple[str, str], str] = {}
+        """Without Redis: (user, prompt digest) -> the entry's JSON, oldest written first."""
 
     @property
     def enabled(self) -> bool:
@@ -155,7 +156,7 @@ class DuelMemory:
             payload = self.cache.get_field(self._name(user_id), field_name)
         else:
             with self._lock:
-                payload = self._local.get((user_id, field_name), (0.0, None))[1]
+                payload = self._local.get((user_id, field_name))
         if not isinstance(payload, str):
             return empty
         try:
@@ -176,7 +177,7 @@ class DuelMemory:
             return
         with self._lock:
             self._local.pop((user_id, field_name), None)
-            self._local[(user_id, field_name)] = (time.time(), payload)
+            self._local[(user_id, field_name)] = payload
             while len(self._local) > LOCAL_ENTRIES:
                 self._local.pop(next(iter(self._local)))
 

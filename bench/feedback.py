@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from app.duel_memory import KeptAnswer, KeptDuels
 from personalize.data import load_prompts, prompt_ids
 from personalize.decoding import Engine, GenerationRequest, Personalization, SamplingParams
 from personalize.feedback import (
@@ -211,45 +212,36 @@ def choose(u: np.ndarray, temperature: float, a: np.ndarray, b: np.ndarray, rng:
     return a - b if prefers_a else b - a
 
 
-@dataclass
-class Kept:
-    """What the service keeps of one user's duels on one prompt (app/duel_memory.py)."""
-
-    answers: list[Answer]
-    asked: set[frozenset[Answer]]
-
-    def add(self, new: Sequence[Answer], shown: tuple[Answer, Answer], keep: int) -> None:
-        """The ``keep`` most recent distinct answers (a repeated one moves to the end) and the pairs asked."""
-        self.answers = [a for a in self.answers if a not in new] + list(dict.fromkeys(new))
-        self.answers = self.answers[len(self.answers) - keep :] if keep else []
-        self.asked.add(frozenset(shown))
-        self.asked = {pair for pair in self.asked if pair <= set(self.answers)}
-
-
 def pick_duel(
     pool: Pool,
     fit: UtilityFit,
     weights: np.ndarray,
     prompt: int,
-    kept: Kept,
+    kept: KeptDuels,
     args: argparse.Namespace,
     rng: np.random.Generator,
-) -> tuple[Answer, Answer]:
+) -> tuple[tuple[np.ndarray, np.ndarray], KeptDuels]:
     """The service's duel: candidate weights around the profile (snapped to the grid), or every pool answer
     with ``--candidates 0``; of their answers to ``prompt`` (``--samples`` each) and the user's kept answers
-    to it, the most informative pair not asked already; the new answers are kept (``--keep``)."""
+    to it, the most informative pair not asked already. The two answers' rewards, and what the service's
+    duel memory (app/duel_memory.py) keeps afterwards (``--keep``); a pool answer's text is its place in
+    the pool."""
     if args.candidates:
         wanted = candidate_weights(fit, weights, args.candidates, step=args.duel_step, rng=rng)  # (C, K)
         rows = candidates_of(pool.grid, wanted)
     else:
         rows = list(range(len(pool.grid)))
-    new = pool.answers(rows, args.samples, rng)
-    answers = [a for a in kept.answers if a not in new] + new
-    exclude = [(i, j) for i, a in enumerate(answers) for j, b in enumerate(answers) if frozenset((a, b)) in kept.asked]
-    best = most_informative_pair(fit, np.array([pool.of(a, prompt) for a in answers]), exclude=exclude)
-    pair = answers[best.first], answers[best.second]
-    kept.add(new, pair, args.keep)
-    return pair
+    new = [
+        KeptAnswer(f"{a.vector}/{a.sample}", None, {}, {}, tuple(map(float, pool.of(a, prompt))))
+        for a in pool.answers(rows, args.samples, rng)
+    ]
+    drawn = {a.digest for a in new}
+    answers = [a for a in kept.answers if a.digest not in drawn] + new  # an answer drawn again: with the new ones
+    asked = kept.asked_pairs([a.digest for a in answers])
+    best = most_informative_pair(fit, np.array([a.rewards for a in answers]), exclude=asked)
+    first, second = answers[best.first], answers[best.second]
+    pair = np.array(first.rewards), np.array(second.rewards)
+    return pair, kept.after(new, (first.digest, second.digest), args.keep)
 
 
 def random_pair(pool: Pool, rng: np.random.Generator) -> tuple[Answer, Answer]:
@@ -283,15 +275,15 @@ def run_user(
     weights = np.zeros(len(setup.objectives))
     fit = fit_utility(setup.objectives, np.zeros((0, len(setup.objectives))), fallback_spread=setup.spreads)
     out: dict[int, float] = {}
-    kept: dict[int, Kept] = {}
+    kept: dict[int, KeptDuels] = {}
     for t in range(1, max(CHECKPOINTS) + 1):
         prompt = prompt_of(user, pool, args, rng)
         if strategy == "duel":
-            memory = kept.setdefault(prompt, Kept([], set()))
-            left, right = pick_duel(pool, fit, weights, prompt, memory, args, rng)
+            memory = kept.get(prompt, KeptDuels())
+            (left, right), kept[prompt] = pick_duel(pool, fit, weights, prompt, memory, args, rng)
         else:
-            left, right = random_pair(pool, rng)
-        diffs.append(choose(u, temperature, pool.of(left, prompt), pool.of(right, prompt), rng))
+            left, right = (pool.of(a, prompt) for a in random_pair(pool, rng))
+        diffs.append(choose(u, temperature, left, right, rng))
         config = FitConfig(l2=args.l2)
         fit = fit_utility(setup.objectives, np.array(diffs), fallback_spread=setup.spreads, config=config)
         weights = decoder_weights(fit.utility, setup.scales, strength=1.0)
