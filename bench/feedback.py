@@ -23,7 +23,9 @@
    the best pair among all the pool's answers to the prompt) and with random pairs of grid vectors (a
    random answer of each, on the same prompts). After each, the fit is redone as the service does it
    (prior zero, the heads' fallback spreads) and the profile takes the fitted weights; the cosine
-   between the fitted ``utility`` and ``u*`` is recorded after 5, 10, 20 and 40 comparisons.
+   between the fitted ``utility`` and ``u*`` is recorded after 5, 10, 20 and 40 comparisons. With
+   ``--also-samples S`` the duels run again with ``S`` answers per candidate (the same users and seeds),
+   and the paired difference from the first duels is reported.
 4. Learned vs default: the weights of each user (the first ``--steer-users``) after 40 duels and the
    default profile (no weights) answer held-out eval prompts (decoded for real); the gain is the paired
    difference of ``u* . r``.
@@ -65,6 +67,8 @@ from personalize.rewards import get_reward
 from personalize.settings import Settings
 
 CHECKPOINTS = (5, 10, 20, 40)
+ALSO = "duel-also"
+"""The cosines of the duels rerun with ``--also-samples`` answers per candidate."""
 T_CRIT_95 = {n: t for n, t in ((5, 2.776), (10, 2.262), (15, 2.145), (20, 2.093), (24, 2.069), (30, 2.045))}
 
 
@@ -343,6 +347,13 @@ def parse() -> argparse.Namespace:
         help="answers per weight vector and prompt in the pool; a duel draws --samples of them (fresh seeds, as "
         "the service's next duel generates new answers)",
     )
+    parser.add_argument(
+        "--also-samples",
+        type=int,
+        default=0,
+        help="run the duels again with this many answers per candidate (the same users and seeds) and report "
+        "the paired difference; 0: not",
+    )
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PERSONALIZE_THREADS", "2")))
     parser.add_argument("--l2", type=float, default=FitConfig().l2)
@@ -384,17 +395,22 @@ def build_pool(setup: Setup, cache: AnswerCache, prompts: Sequence[str], args: a
 
 
 def recovery(setup: Setup, pool: Pool, hidden: np.ndarray, args: argparse.Namespace) -> dict[str, object]:
-    """Every user under both strategies: cosines per checkpoint, learned weights after the duels."""
-    cosines: dict[str, dict[int, list[float]]] = {s: {t: [] for t in CHECKPOINTS} for s in ("duel", "random")}
+    """Every user under both strategies (and the duels again with ``--also-samples``): cosines per
+    checkpoint, learned weights after the duels."""
+    runs = {"duel": args, "random": args}
+    if args.also_samples:
+        runs[ALSO] = argparse.Namespace(**{**vars(args), "samples": args.also_samples})
+    cosines: dict[str, dict[int, list[float]]] = {s: {t: [] for t in CHECKPOINTS} for s in runs}
     learned = []
     for i, u in enumerate(hidden):
         temperature = temperature_of(u, pool)
-        for strategy in ("duel", "random"):
+        for name, settings in runs.items():
+            strategy = "random" if name == "random" else "duel"
             seed = args.seed * 1000 + i
-            found, weights = run_user(setup, pool, u, temperature, strategy, seed, args, user=i)
+            found, weights = run_user(setup, pool, u, temperature, strategy, seed, settings, user=i)
             for t, c in found.items():
-                cosines[strategy][t].append(c)
-            if strategy == "duel":
+                cosines[name][t].append(c)
+            if name == "duel":
                 learned.append(weights)
     return {"cosines": cosines, "learned": learned}
 
@@ -435,6 +451,21 @@ def report(result: dict[str, object], gains: Sequence[float], args: argparse.Nam
         "",
         f"duels, mean cosine after 20 comparisons (95% CI over users): {interval(cos['duel'][20]).lstrip('+')}",
     ]
+    if ALSO in cos:
+        lines += [
+            "",
+            f"| comparisons | duels, {args.candidates} x {args.also_samples}: cosine mean ± sd (min) "
+            f"| minus duels, {args.candidates} x {args.samples} (95% CI) |",
+            "|---|---|---|",
+        ]
+        for t in CHECKPOINTS:
+            paired = [a - b for a, b in zip(cos[ALSO][t], cos["duel"][t], strict=True)]
+            lines.append(f"| {t} | {summary(cos[ALSO][t])} | {interval(paired)} |")
+        lines += [
+            "",
+            f"duels, {args.candidates} x {args.also_samples}, mean cosine after 20 comparisons (95% CI over users): "
+            f"{interval(cos[ALSO][20]).lstrip('+')}",
+        ]
     if len(gains) > 1:
         lines += [
             "",
