@@ -23,11 +23,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from app.cache import Cache
+from personalize.feedback import PairChoice, UtilityFit, most_informative_pair
 
 LOCAL_ENTRIES = 4096
 """Most user-prompt entries kept in this process when there is no Redis."""
@@ -51,6 +52,15 @@ class KeptAnswer:
     @property
     def digest(self) -> str:
         return text_digest(self.text)
+
+
+class Chosen(NamedTuple):
+    """The pair a duel shows, how informative it is, and what is kept after showing it."""
+
+    first: KeptAnswer
+    second: KeptAnswer
+    pair: PairChoice
+    kept: KeptDuels
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,15 @@ class KeptDuels:
         for i, digest in enumerate(digests):
             where.setdefault(digest, []).append(i)
         return [(i, j) for a, b in self.asked for i in where.get(a, ()) for j in where.get(b, ())]
+
+    def choose(self, fit: UtilityFit, new: Sequence[KeptAnswer], rewards: np.ndarray, keep: int) -> Chosen:
+        """Of the kept answers and a duel's ``new`` ones (``rewards``: (N + C, K) theirs in that order, the
+        fit's objectives), the pair whose choice is expected to teach ``fit`` the most, never one asked
+        already while another is left, and the entry once it is shown (:meth:`after`, ``keep``)."""
+        answers = [*self.answers, *new]
+        pair = most_informative_pair(fit, rewards, exclude=self.asked_pairs([a.digest for a in answers]))
+        first, second = answers[pair.first], answers[pair.second]
+        return Chosen(first, second, pair, self.after(new, (first.digest, second.digest), keep))
 
     def after(self, new: Sequence[KeptAnswer], shown: tuple[str, str], keep: int) -> KeptDuels:
         """The entry once a duel added its answers ``new`` and showed the pair of digests ``shown``: the

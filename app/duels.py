@@ -35,7 +35,7 @@ from app.services import ModelRuntime, Services
 from personalize.decoding.config import DEFAULT_BETA, GenerationRequest, Personalization, SamplingParams
 from personalize.decoding.rng import derive_seed
 from personalize.errors import ConfigError, ContextLengthError
-from personalize.feedback import UtilityFit, candidate_weights, most_informative_pair
+from personalize.feedback import UtilityFit, candidate_weights
 
 WEIGHT_DIGITS = 4
 
@@ -195,19 +195,15 @@ async def run_duel(services: Services, runtime: ModelRuntime, plan: DuelPlan, bo
         KeptAnswer(d.text, d.finish_reason, r.personalization.to_dict(), d.head_versions, tuple(map(float, row)))
         for d, r, row in zip(decoded, plan.requests, rewards, strict=True)
     ]
-    answers = [*plan.kept.answers, *new]
     everything = np.vstack([plan.kept.rewards(plan.objectives), rewards])  # (N + C, K)
-    asked = plan.kept.asked_pairs([a.digest for a in answers])
-    pair = most_informative_pair(plan.fit, everything, exclude=asked)
-    first, second = answers[pair.first], answers[pair.second]
-    kept = plan.kept.after(new, (first.digest, second.digest), services.settings.duel_keep)
-    await run_in_threadpool(services.duel_memory.store, plan.user_id, body.prompt, kept)
+    chosen = plan.kept.choose(plan.fit, new, everything, services.settings.duel_keep)
+    await run_in_threadpool(services.duel_memory.store, plan.user_id, body.prompt, chosen.kept)
     return DuelOut(
         prompt=body.prompt,
-        answers=[_answer(first), _answer(second)],
-        direction=_direction(plan.objectives, first, second),
-        variance=pair.variance,
-        gain=pair.gain,
+        answers=[_answer(chosen.first), _answer(chosen.second)],
+        direction=_direction(plan.objectives, chosen.first, chosen.second),
+        variance=chosen.pair.variance,
+        gain=chosen.pair.gain,
         candidates=len(plan.requests),
         kept=len(plan.kept.answers),
         comparisons=plan.comparisons,

@@ -59,7 +59,6 @@ from personalize.feedback import (
     cosine,
     decoder_weights,
     fit_utility,
-    most_informative_pair,
 )
 from personalize.heads import SHIPPED_HEADS_DIR, discover_heads, load_head
 from personalize.models import load_base_model, set_threads
@@ -239,13 +238,9 @@ def pick_duel(
         KeptAnswer(f"{a.vector}/{a.sample}", None, {}, {}, tuple(map(float, pool.of(a, prompt))))
         for a in pool.answers(rows, args.samples, rng)
     ]
-    drawn = {a.digest for a in new}
-    answers = [a for a in kept.answers if a.digest not in drawn] + new  # an answer drawn again: with the new ones
-    asked = kept.asked_pairs([a.digest for a in answers])
-    best = most_informative_pair(fit, np.array([a.rewards for a in answers]), exclude=asked)
-    first, second = answers[best.first], answers[best.second]
-    pair = np.array(first.rewards), np.array(second.rewards)
-    return pair, kept.after(new, (first.digest, second.digest), args.keep)
+    rewards = np.array([a.rewards for a in (*kept.answers, *new)])  # (N + C, K)
+    chosen = kept.choose(fit, new, rewards, args.keep)
+    return (np.array(chosen.first.rewards), np.array(chosen.second.rewards)), chosen.kept
 
 
 def random_pair(pool: Pool, rng: np.random.Generator) -> tuple[Answer, Answer]:
