@@ -332,8 +332,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--samples",
         type=int,
-        default=Settings().duel_samples,
-        help="answers a duel generates per candidate weight vector (the service's duel_samples)",
+        default=Settings().duel_shape[1],
+        help="answers a duel generates per candidate weight vector (the service's duel_samples, as its in-flight "
+        "limit lets it draw them)",
     )
     parser.add_argument(
         "--pool-samples",
@@ -356,8 +357,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--candidates",
         type=int,
-        default=Settings().duel_candidates,
-        help="candidate answers per duel (the service's setting); 0: every pool answer to the prompt",
+        default=Settings().duel_shape[0],
+        help="candidate weight vectors per duel (the service's duel_candidates, as its in-flight limit lets it draw "
+        "them); 0: every pool answer to the prompt",
     )
     parser.add_argument(
         "--keep",

@@ -72,18 +72,21 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(default=128, ge=1)
     queue_size: int = Field(default=64, ge=1)
     """Requests waiting for the decoder beyond this get 429."""
-    max_batch_size: int = Field(default=8, ge=1)
+    max_batch_size: int = Field(default=16, ge=1)
+    """Most requests decoding at once; the others wait in the queue (16: a duel's answers decode together)."""
     threads: int = Field(default=0, ge=0, le=1024)
     """CPU threads for the model's arithmetic (0: PyTorch's default, one per physical core). On a machine
     shared with other busy processes (a serving engine polling for work, say), fewer threads than cores
     avoid threads waiting on each other for a core."""
-    max_batch_rows: int = Field(default=64, ge=1)
+    max_batch_rows: int = Field(default=96, ge=1)
     """Most batch rows decoding at once (a sequence's base row plus one per LoRA head it uses; best-of,
-    ivg and aisp count every sample): a heavier request waits for room instead of slowing every step."""
-    max_request_rows: int = Field(default=0, ge=0)
-    """Most batch rows one request may hold at once (0: ``max_batch_rows``); a wider request gets 422. A
-    light request decoding beside the widest admissible one takes steps that carry this many more rows:
-    lower it to bound what one heavy request costs everyone else (docs/hardening.md, measured)."""
+    ivg and aisp count every sample): a heavier request waits for room instead of slowing every step.
+    96: a duel's 16 answers steered by four heads (80 rows) decode together."""
+    max_request_rows: int = Field(default=64, ge=0)
+    """Most batch rows one request may hold at once (0: ``max_batch_rows``; never more than it); a wider
+    request gets 422. A light request decoding beside the widest admissible one takes steps that carry
+    this many more rows: lower it to bound what one heavy request costs everyone else
+    (docs/hardening.md, measured)."""
     kv_cache_mb: int = Field(default=2048, ge=1)
     """The KV cache the live requests may hold at their token limits; a request that would pass it waits."""
     batch_window_ms: float = Field(default=10.0, ge=0, le=1000)
@@ -114,8 +117,9 @@ class Settings(BaseSettings):
     model_load_retry_max_s: float = Field(default=60.0, gt=0, le=3600)
     decoder_stall_s: float = Field(default=120.0, gt=0)
     """/readyz reports the decoder stuck when it has work and no step ended for this long."""
-    max_in_flight_per_key: int = Field(default=8, ge=0)
-    """Completions one API key may have running at once on a replica (0: no limit)."""
+    max_in_flight_per_key: int = Field(default=16, ge=0)
+    """Completions one API key may have running at once on a replica (0: no limit). A duel
+    holds one per answer it generates (16 by default) and draws fewer where this is lower."""
     max_request_work: int = Field(default=65_536, ge=1)
     """Largest work of one completion request: sequences x rows x (prompt + max_tokens) tokens."""
     request_timeout_s: float = Field(default=300.0, ge=0)
@@ -136,7 +140,7 @@ class Settings(BaseSettings):
     duel_candidates: int = Field(default=4, ge=2, le=16)
     """Candidate answers a duel generates (in one batch) to pick the most informative pair from; a duel
     counts as this many generations against rate limits, in-flight slots and the work cap."""
-    duel_samples: int = Field(default=2, ge=1, le=8)
+    duel_samples: int = Field(default=4, ge=1, le=8)
     """Answers a duel generates per candidate weight vector (each a different seed): the pair is chosen
     among ``duel_candidates x duel_samples`` answers, and the duel counts as that many generations."""
 

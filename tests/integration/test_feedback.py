@@ -234,14 +234,15 @@ def test_a_duel_returns_the_most_informative_pair_and_counts_each_candidate(
     assert "3 requests" in third.json()["error"]["message"]
 
 
-def test_a_duel_of_sixteen_answers_runs_where_the_limits_allow_it(start_service: Any, rewarded: Service) -> None:
+def test_a_duel_draws_sixteen_answers_by_default_and_fewer_under_a_lower_in_flight_limit(
+    start_service: Any, rewarded: Service
+) -> None:
     del rewarded
-    limits = {"max_in_flight_per_key": 16, "max_batch_size": 16}
-    service = start_service(duel_candidates=4, duel_samples=4, **limits)  # the docs' setting for better recovery
+    service = start_service()  # the defaults: 4 candidates x 4 answers, 16 in flight per key
     user_id, key = service.create_user()
     body, _ = duel_texts(service, user_id, key, PROMPT, 5)
     assert body["candidates"] == 16 and len(body["answers"]) == 2
-    narrow = start_service(duel_candidates=4, duel_samples=4)  # the default in-flight limit, 8: 4 x 2
+    narrow = start_service(max_in_flight_per_key=8)  # samples give way: 4 x 2
     assert duel_texts(narrow, user_id, key, PROMPT, 6)[0]["candidates"] == 8
 
 

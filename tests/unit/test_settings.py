@@ -31,3 +31,15 @@ def test_a_duel_shrinks_to_what_one_key_may_decode_at_once(monkeypatch: pytest.M
     assert Settings().duel_shape == (3, 1)
     monkeypatch.setenv("PERSONALIZE_MAX_IN_FLIGHT_PER_KEY", "1")  # a duel is at least a pair (it gets 429)
     assert Settings().duel_shape == (2, 1)
+
+
+def test_the_default_duel_draws_sixteen_answers_that_decode_in_one_batch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setenv("PERSONALIZE_DATA_DIR", str(tmp_path))
+    settings = Settings()
+    assert settings.duel_shape == (4, 4)  # what docs/feedback.md measures
+    assert settings.duel_generations <= min(settings.max_in_flight_per_key, settings.max_batch_size)
+    shipped_heads = 4  # every answer steered by each: a base row and a row per head
+    assert settings.duel_generations * (1 + shipped_heads) <= settings.max_batch_rows
+    assert settings.max_request_rows <= settings.max_batch_rows
