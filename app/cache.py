@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import redis
 
@@ -229,15 +229,22 @@ class Cache:
         value = self._call("hget", lambda r: r.hget(f"{self.prefix}:{name}", field), None)
         return value if isinstance(value, str) else None
 
-    def put_field(self, name: str, field: str, value: str, ttl_s: int) -> None:
-        """Set one field of the hash ``{prefix}:{name}``; the whole hash expires ``ttl_s`` after this write."""
+    def put_field(self, name: str, field: str, value: str, ttl_s: int, max_fields: int = 0) -> None:
+        """Set one field of the hash ``{prefix}:{name}``; the whole hash expires ``ttl_s`` after this write.
+        With ``max_fields``, a hash that grows past it loses other fields, drawn at random, down to it."""
         key = f"{self.prefix}:{name}"
 
         def write(r: redis.Redis) -> None:
             pipe = r.pipeline()
             pipe.hset(key, field, value)
             pipe.expire(key, max(1, ttl_s))
-            pipe.execute()
+            pipe.hlen(key)
+            over = int(pipe.execute()[-1]) - max_fields
+            if max_fields > 0 and over > 0:
+                fields = cast(list[str], r.hrandfield(key, over + 1) or [])  # distinct fields
+                drawn = [f for f in fields if f != field][:over]
+                if drawn:
+                    r.hdel(key, *drawn)
 
         self._call("hset", write, None)
 

@@ -7,9 +7,10 @@ choice teaches (docs/feedback.md, "Kept answers").
 
 Kept per user and prompt, with their rewards, what steered them and which pairs were asked: in Redis when
 it is configured (one hash per user, ``{prefix}:duels:{user}``, a field per prompt digest), otherwise in
-this process (at most ``LOCAL_ENTRIES`` user-prompt entries, the oldest dropped first). An entry lives
-``duel_keep_s`` after the duel that wrote it, never longer than the feedback retention period; nothing is
-kept when ``duel_keep`` or ``feedback_retention_days`` is 0. Answers steered by other head versions than the
+this process (at most ``LOCAL_ENTRIES`` user-prompt entries, the oldest dropped first); at most
+``PROMPTS_PER_USER`` prompts per user either way. An entry lives ``duel_keep_s`` after the duel that
+wrote it, never longer than the feedback retention period; nothing is kept when ``duel_keep`` or
+``feedback_retention_days`` is 0. Answers steered by other head versions than the
 active ones are dropped (what they were scored and steered under has changed), and deleting every
 comparison of a user forgets them too. It is a cache: two duels of one user on one prompt at once keep
 the answers of the one that finishes last, and while Redis cannot be reached nothing is kept or read.
@@ -32,6 +33,9 @@ from personalize.feedback import PairChoice, UtilityFit, most_informative_pair
 
 LOCAL_ENTRIES = 4096
 """Most user-prompt entries kept in this process when there is no Redis."""
+PROMPTS_PER_USER = 64
+"""Most prompts one user has kept answers to: past it, another of the user's entries is dropped (in Redis one
+drawn at random, in this process the oldest), so a user who duels on ever new prompts holds bounded memory."""
 
 
 def text_digest(text: str) -> str:
@@ -192,11 +196,14 @@ class DuelMemory:
         field_name = text_digest(prompt)
         payload = kept.to_json(time.time())
         if self.cache.configured:
-            self.cache.put_field(self._name(user_id), field_name, payload, int(self.ttl_s))
+            self.cache.put_field(self._name(user_id), field_name, payload, int(self.ttl_s), PROMPTS_PER_USER)
             return
         with self._lock:
             self._local.pop((user_id, field_name), None)
             self._local[(user_id, field_name)] = payload
+            theirs = [key for key in self._local if key[0] == user_id]  # oldest written first
+            for key in theirs[: max(0, len(theirs) - PROMPTS_PER_USER)]:
+                del self._local[key]
             while len(self._local) > LOCAL_ENTRIES:
                 self._local.pop(next(iter(self._local)))
 
