@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import time
@@ -102,28 +103,30 @@ async def decode(scheduler: Scheduler, requests: Sequence[GenerationRequest]) ->
 
 
 def run(setup: Setup, shapes: Sequence[Shape], prompts: Sequence[str], args: argparse.Namespace) -> dict[str, list]:
-    seconds: dict[str, list[float]] = {s.label: [] for s in shapes}
-    tokens: dict[str, list[int]] = {s.label: [] for s in shapes}
-    schedulers = {}
-    for shape in shapes:
-        scheduler = Scheduler(setup.engine, max_queue=256, max_batch_size=shape.batch, max_batch_rows=shape.rows)
+    """Per shape (in the order given): seconds and tokens of each counted round."""
+    seconds: list[list[float]] = [[] for _ in shapes]
+    tokens: list[list[int]] = [[] for _ in shapes]
+    schedulers = [
+        Scheduler(setup.engine, max_queue=256, max_batch_size=shape.batch, max_batch_rows=shape.rows)
+        for shape in shapes
+    ]
+    for scheduler in schedulers:
         scheduler.start()
-        schedulers[shape.label] = scheduler
     try:
         for round_ in range(args.rounds + 1):  # round 0 warms up, not counted
             prompt = prompts[round_ % len(prompts)]
-            order = [shapes[(round_ + i) % len(shapes)] for i in range(len(shapes))]
-            for shape in order:
-                requests = duel_requests(setup, prompt, shape, args.max_tokens, seed=1000 * round_)
-                took, count = asyncio.run(decode(schedulers[shape.label], requests))
+            for offset in range(len(shapes)):  # the order rotates from round to round
+                i = (round_ + offset) % len(shapes)
+                requests = duel_requests(setup, prompt, shapes[i], args.max_tokens, seed=1000 * round_)
+                took, count = asyncio.run(decode(schedulers[i], requests))
                 if round_:
-                    seconds[shape.label].append(took)
-                    tokens[shape.label].append(count)
-                    print(f"round {round_}: {shape.label}: {took:.2f} s, {count} tokens", flush=True)
+                    seconds[i].append(took)
+                    tokens[i].append(count)
+                    print(f"round {round_}: {shapes[i].label}: {took:.2f} s, {count} tokens", flush=True)
     finally:
-        for scheduler in schedulers.values():
+        for scheduler in schedulers:
             scheduler.stop()
-    return {"seconds": [seconds[s.label] for s in shapes], "tokens": [tokens[s.label] for s in shapes]}
+    return {"seconds": seconds, "tokens": tokens}
 
 
 def report(shapes: Sequence[Shape], measured: dict[str, list], args: argparse.Namespace) -> str:
@@ -154,7 +157,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("PERSONALIZE_THREADS", "2")))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     setup = load_setup(args.threads)
